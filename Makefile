@@ -1,0 +1,41 @@
+# drkit: `make demo` runs the whole loop, `make test` runs every check. Each sets itself up:
+# system packages (restic) when missing, a virtualenv in .venv, and drkit with its dev extras.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.drkit-installed
+
+.PHONY: setup system demo test lint typecheck unit bench clean
+
+setup: system $(STAMP)
+
+system:
+	@scripts/ensure-system.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/drkit demo
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+bench: setup
+	$(BIN)/python bench/backup_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

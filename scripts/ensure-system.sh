@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the system packages drkit needs when they are missing (Debian/Ubuntu, as root).
+# Not root: say exactly what to install and fail, rather than half-working later.
+set -euo pipefail
+
+missing=()
+command -v restic >/dev/null 2>&1 || missing+=(restic)
+# Debian's python3 needs python3-venv for `python3 -m venv` (ensurepip).
+${PYTHON:-python3} -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "drkit needs these system packages: ${missing[*]}" >&2
+  echo "install them with: sudo apt-get install -y ${missing[*]}   (then run make again)" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "drkit needs: ${missing[*]}; no apt-get here, install them with your package manager" >&2
+  exit 1
+fi
+echo "installing system packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null
+echo "installed: ${missing[*]} ($(restic version 2>/dev/null | head -1))" >&2

@@ -1,0 +1,3 @@
+from drkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""ORM models of the catalog. Query functions live in :mod:`drkit.catalog.queries`.
+
+``records`` is append-only: a finished record is never updated. A run in flight lives in
+``runs_in_flight`` until its record is appended; ``chain_head`` holds the newest hash and is the
+row whose lock serializes appends across processes and hosts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+GENESIS_HASH = "0" * 64
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Record(Base):
+    """One finished run (backup, repo init, check, prune, drill, report) and its evidence."""
+
+    __tablename__ = "records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True, nullable=False)
+    run_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    status: Mapped[str] = mapped_column(String(32), nullable=False)
+    target: Mapped[str | None] = mapped_column(String(128))
+    repository: Mapped[str | None] = mapped_column(String(128))
+    plan: Mapped[str | None] = mapped_column(String(128))
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    drkit_version: Mapped[str] = mapped_column(String(32), nullable=False)
+    restic_version: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    snapshot_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    evidence: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+
+    __table_args__ = (
+        Index("ix_records_kind_target_finished", "kind", "target", "finished_at"),
+        Index("ix_records_kind_repository_finished", "kind", "repository", "finished_at"),
+        Index("ix_records_finished", "finished_at"),
+    )
+
+
+class RunInFlight(Base):
+    """A run that has started and not yet been recorded. Removed when its record is appended."""
+
+    __tablename__ = "runs_in_flight"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    target: Mapped[str | None] = mapped_column(String(128))
+    repository: Mapped[str | None] = mapped_column(String(128))
+    plan: Mapped[str | None] = mapped_column(String(128))
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    pid_started: Mapped[str | None] = mapped_column(String(32))
+    drkit_version: Mapped[str] = mapped_column(String(32), nullable=False)
+    restic_version: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class ChainHead(Base):
+    """The single row (id 1) holding the newest record's sequence number and hash."""
+
+    __tablename__ = "chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)

@@ -1,0 +1,128 @@
+"""The ``drkit`` command line: argument parsing and the one error funnel.
+
+Only argparse is imported at start-up; each command imports what it needs when it runs, so
+``drkit --help`` stays fast and never loads Prefect, boto3 or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from drkit import __version__
+
+log = logging.getLogger("drkit")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse exits 2 for bad flags, which is our "bad request" code too.
+        self.print_usage(sys.stderr)
+        self.exit(2, f"drkit: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (commands, flags and help texts)."""
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $DRKIT_CONFIG, else ./config/drkit.yaml)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logs, and a traceback on errors")
+    as_json = _Parser(add_help=False)
+    as_json.add_argument("--json", action="store_true",
+                         help="print one JSON document on stdout (logs stay on stderr)")
+
+    parser = _Parser(
+        prog="drkit", parents=[common],
+        description="Back up with restic to S3, prove the backups restore, keep the evidence.",
+        epilog="Exit codes: 0 all held, 1 something failed or breached, 2 bad request.")
+    parser.add_argument("--version", action="version", version=f"drkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("init", parents=[common], help="write a commented starter config")
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
+
+    sub.add_parser("validate", parents=[common, as_json],
+                   help="validate the config; print every error with file, line and path")
+
+    repo = sub.add_parser("repo", parents=[common], help="repository commands")
+    repo_sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND",
+                                   parser_class=_Parser)
+    p = repo_sub.add_parser("init", parents=[common, as_json],
+                            help="create restic repositories (and S3 buckets)")
+    p.add_argument("repositories", nargs="*", metavar="REPO")
+
+    p = sub.add_parser("backup", parents=[common, as_json],
+                       help="back up targets (all by default) to each of their repositories")
+    p.add_argument("targets", nargs="*", metavar="TARGET")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be backed up; write nothing, record nothing")
+
+    p = sub.add_parser("snapshots", parents=[common, as_json],
+                       help="list snapshots known to the repositories")
+    p.add_argument("targets", nargs="*", metavar="TARGET")
+
+    sub.add_parser("status", parents=[common, as_json],
+                   help="per target: last good backup and its age")
+
+    p = sub.add_parser("demo", parents=[common],
+                       help="the whole loop on a local S3 endpoint, in a temporary directory")
+    p.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("drkit: %(message)s" if not verbose else
+                                           "%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _sigterm_as_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 failed, 2 bad request)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    _configure_logging(verbose)
+    if args.command is None or (args.command == "repo" and args.repo_command is None):
+        parser.print_help(sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    from drkit.errors import DrkitError
+
+    try:
+        from drkit.cli import commands
+
+        return commands.dispatch(args)
+    except DrkitError as exc:
+        if verbose:
+            log.exception("traceback")
+        print(f"drkit: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"drkit: hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("drkit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # the last resort: still one line, traceback only when asked
+        if verbose:
+            log.exception("internal error")
+        print(f"drkit: internal error: {type(exc).__name__}: {exc} "
+              "(run with --verbose for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,157 @@
+"""One function a command: load what it needs, call the job, render, return the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from drkit.errors import EXIT_BAD_REQUEST, EXIT_FAILED, EXIT_OK, BadRequestError, ConfigError
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the command named in ``args``; return its exit code."""
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
+        "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
+        "demo": cmd_demo,
+    }
+    return handlers[args.command](args)
+
+
+def emit_json(document: Any) -> None:
+    """Print one JSON document on stdout."""
+    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from drkit.config.loader import load_config
+
+    return load_config(getattr(args, "config", None))
+
+
+def _catalog(config: Any) -> Any:
+    from drkit.catalog.store import open_catalog
+
+    catalog = open_catalog(config.catalog, base_dir=config.base_dir)
+    catalog.recover_interrupted()
+    return catalog
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from drkit.starter import write_starter
+
+    written = write_starter(Path(args.dir))
+    for path in written:
+        print(f"wrote {path}")
+    print("next: export RESTIC_PASSWORD=..., edit the config, then 'drkit validate' and "
+          "'drkit repo init'")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from drkit.config.loader import find_config_path
+
+    path = find_config_path(getattr(args, "config", None))
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        if args.json:
+            emit_json({"valid": False, "config": str(path), "errors": exc.problems})
+        else:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            count = len(exc.problems)
+            print(f"drkit: {count} error{'s' if count != 1 else ''} in {path}", file=sys.stderr)
+        return EXIT_BAD_REQUEST
+    summary = {"valid": True, "config": str(config.source),
+               "repositories": list(config.repositories), "targets": list(config.targets),
+               "errors": []}
+    if args.json:
+        emit_json(summary)
+    else:
+        print(f"{config.source}: valid ({len(config.repositories)} repositories, "
+              f"{len(config.targets)} targets)")
+    return EXIT_OK
+
+
+def cmd_repo_init(args: argparse.Namespace) -> int:
+    from drkit.cli import render
+    from drkit.jobs.repo import init_repositories
+
+    config = _config(args)
+    results = init_repositories(config, _catalog(config), args.repositories)
+    if args.json:
+        emit_json({"repositories": [r.to_json() for r in results]})
+    else:
+        render.repo_init_table(results)
+    failed = [r.repository for r in results if r.error]
+    if failed:
+        print(f"drkit: repo init failed for: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from drkit.cli import render
+    from drkit.cli.progress import backup_progress
+    from drkit.jobs.backup import run_backups
+
+    config = _config(args)
+    if not args.dry_run:
+        from drkit.jobs.common import select_names
+
+        select_names(args.targets, config.targets, "target")  # bad names: exit 2, no records
+    catalog = None if args.dry_run else _catalog(config)
+    with backup_progress() as hook:
+        runs = run_backups(config, catalog, args.targets, dry_run=args.dry_run, on_progress=hook)
+    if not runs:
+        raise BadRequestError("no targets declared in the config")
+    if args.json:
+        emit_json({"runs": [run.to_json() for run in runs]})
+    else:
+        render.backup_table(runs)
+    failed = [f"{r.target} -> {r.repository}" for r in runs if r.status != "succeeded"]
+    if failed:
+        print(f"drkit: {len(failed)} of {len(runs)} backups failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    from drkit.cli import render
+    from drkit.jobs.snapshots import list_snapshots
+
+    config = _config(args)
+    rows, errors = list_snapshots(config, args.targets)
+    if args.json:
+        emit_json([row.to_json() for row in rows])
+    else:
+        render.snapshots_table(rows)
+    for error in errors:
+        print(f"drkit: error: {error}", file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from drkit.cli import render
+    from drkit.jobs.status import target_statuses
+
+    config = _config(args)
+    statuses = target_statuses(config, _catalog(config))
+    if args.json:
+        emit_json({"targets": [s.to_json() for s in statuses]})
+    else:
+        render.status_table(statuses)
+    return EXIT_OK if all(s.healthy for s in statuses) else EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from drkit.demo import run_demo
+
+    return run_demo(keep=args.keep, verbose=bool(getattr(args, "verbose", False)))

@@ -1,0 +1,208 @@
+"""Load ``drkit.yaml``: parse YAML keeping line numbers, validate, report every error at once.
+
+Each problem reads ``file:line: at 'path': message`` so that an operator can jump to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Union, cast
+
+import yaml
+from pydantic import Field, ValidationError, create_model
+
+from drkit.config.models import Config
+from drkit.errors import BadRequestError, ConfigError
+
+Loc = tuple[str | int, ...]
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """Where the config is: ``explicit``, else ``$DRKIT_CONFIG``, else ``./config/drkit.yaml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("DRKIT_CONFIG")
+    if env:
+        return Path(env)
+    return Path("config") / "drkit.yaml"
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[Loc, int], list[str]]:
+    """Parse ``path``; return (data, line of each location, duplicate-key problems).
+
+    Raises :class:`BadRequestError` when the file is missing or is not YAML.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadRequestError(
+            f"no config at {path}", hint="create one with 'drkit init' or pass --config PATH"
+        ) from None
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
+    lines: dict[Loc, int] = {}
+    duplicates: list[str] = []
+    if node is not None:
+        _index_lines(node, (), lines, duplicates, path)
+    return data, lines, duplicates
+
+
+def _index_lines(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[str], path: Path
+) -> None:
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = (*loc, key)
+            if key in seen:
+                dups.append(
+                    f"{path}:{key_node.start_mark.line + 1}: at '{format_loc(child)}': "
+                    "duplicate key (the later one would silently win)"
+                )
+            seen.add(key)
+            lines[child] = key_node.start_mark.line + 1
+            _index_lines(value_node, child, lines, dups, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*loc, index), lines, dups, path)
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    """``('targets', 'app', 'repositories', 1)`` -> ``targets.app.repositories[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def locate(path: Path, lines: dict[Loc, int], loc: Loc, message: str) -> str:
+    """Format one problem; the line is that of the deepest part of ``loc`` present in the file."""
+    probe = loc
+    while probe and probe not in lines:
+        probe = probe[:-1]
+    line = lines.get(probe, 1)
+    return f"{path}:{line}: at '{format_loc(loc)}': {message}"
+
+
+@functools.cache
+def config_model() -> type[Config]:
+    """``Config`` with ``targets`` typed as the union of every registered target kind."""
+    from drkit.targets import registry
+
+    models = tuple(kind.config_model for kind in registry.all_kinds())
+    union: Any = Union[models] if len(models) > 1 else models[0]  # noqa: UP007
+    target_type: Any = Field(discriminator="kind") if len(models) > 1 else Field()
+    field_type: Any = dict[str, Annotated[union, target_type]]
+    model = create_model(
+        "Config", __base__=Config, targets=(field_type, Field(default_factory=dict))
+    )
+    return model
+
+
+def _clean_loc(loc: Loc, data: Any) -> Loc:
+    """Drop the discriminator tag pydantic puts into locations inside a tagged union."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        from drkit.targets import registry
+
+        tag = error.get("ctx", {}).get("tag")
+        known = ", ".join(registry.kind_names())
+        return f"unknown target kind {tag!r} (known kinds: {known})"
+    if kind == "union_tag_not_found":
+        from drkit.targets import registry
+
+        return f"'kind' is required (one of: {', '.join(registry.kind_names())})"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _cross_references(data: Any) -> Iterator[tuple[Loc, str]]:
+    """Checks across sections, done on the raw data so they run even when other parts fail."""
+    if not isinstance(data, dict):
+        return
+    repos = data.get("repositories")
+    known = set(repos) if isinstance(repos, dict) else set()
+    targets = data.get("targets")
+    if not isinstance(targets, dict):
+        return
+    for name, target in targets.items():
+        if not isinstance(target, dict):
+            continue
+        listed = target.get("repositories")
+        if not isinstance(listed, list):
+            continue
+        for index, repo in enumerate(listed):
+            if isinstance(repo, str) and repo not in known:
+                hint = f" (declared: {', '.join(sorted(known))})" if known else ""
+                yield ("targets", name, "repositories", index), f"unknown repository {repo!r}{hint}"
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the config at ``path`` (see :func:`find_config_path`).
+
+    Returns the validated :class:`Config` with every relative path made absolute against the
+    config file's directory. Raises :class:`ConfigError` listing every problem, each located.
+    """
+    shown = find_config_path(path)  # as the user named it, for messages
+    source = shown.absolute()
+    data, lines, problems = read_yaml(shown)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{shown}:1: at '(top level)': expected a mapping of settings"])
+    problems = list(problems)
+    model = config_model()
+    config: Config | None = None
+    try:
+        config = model.model_validate(data, context={"base_dir": source.parent})
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = _clean_loc(tuple(error["loc"]), data)
+            problems.append(locate(shown, lines, loc, _message(cast(dict[str, Any], error))))
+    for loc, message in _cross_references(data):
+        problems.append(locate(shown, lines, loc, message))
+    if problems:
+        raise ConfigError(sorted(set(problems), key=_line_of))
+    assert config is not None
+    return config.model_copy(update={"source": source})
+
+
+def _line_of(problem: str) -> tuple[int, str]:
+    try:
+        return int(problem.split(":", 2)[1]), problem
+    except (IndexError, ValueError):
+        return 0, problem

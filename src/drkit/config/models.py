@@ -1,0 +1,231 @@
+"""Pydantic models of ``config/drkit.yaml``. Unknown keys are rejected everywhere.
+
+Target kinds add their own model (a subclass of :class:`TargetConfig`) in their module under
+``drkit.targets``; the loader builds the discriminated union from that registry.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from drkit.config.secrets import SecretRef
+
+DEFAULT_CATALOG = "sqlite:///.drkit/catalog.db"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+def _check_cron(value: str) -> str:
+    from croniter import croniter  # lazy: only validation needs it
+
+    if not croniter.is_valid(value):
+        raise ValueError(f"not a valid cron expression: {value!r}")
+    return value
+
+
+CronExpr = Annotated[str, AfterValidator(_check_cron)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Make ``value`` absolute against the config file's directory (from the validation context)."""
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if not value.is_absolute() and base is not None:
+        return Path(base) / value
+    return value
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3Settings(Strict):
+    """How boto3 (and restic) reach an S3-compatible endpoint."""
+
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    access_key: SecretRef | None = None
+    secret_key: SecretRef | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("endpoint must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> S3Settings:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("give both access_key and secret_key, or neither")
+        return self
+
+
+class ObjectLockPosture(Strict):
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    days: PositiveInt
+
+
+class Posture(Strict):
+    """What the storage under a repository must look like (checked by ``drkit check``)."""
+
+    versioning: bool = False
+    object_lock: ObjectLockPosture | None = None
+    encryption: bool = False
+
+
+class Repository(Strict):
+    """A restic repository: its URL, its password and, for S3, how to reach the bucket."""
+
+    url: str = Field(min_length=1)
+    password: SecretRef
+    s3: S3Settings | None = None
+    posture: Posture | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3:")
+
+    @field_validator("url")
+    @classmethod
+    def _local_path_absolute(cls, value: str, info: ValidationInfo) -> str:
+        # A plain path (no backend prefix) is relative to the config file, like every path.
+        if re.match(r"^[a-z0-9]+:", value) and not value.startswith("local:"):
+            return value
+        path = Path(value.removeprefix("local:"))
+        return str(resolve_path(path, info))
+
+    @model_validator(mode="after")
+    def _s3_only_for_s3(self) -> Repository:
+        if not self.is_s3 and (self.s3 is not None or self.posture is not None):
+            raise ValueError("'s3' and 'posture' apply only to s3: repository URLs")
+        if self.is_s3 and not re.match(r"^s3:(https?://)?[^/]+/[^/]+", self.url):
+            raise ValueError("an S3 URL looks like s3:https://host[:port]/bucket[/prefix]")
+        return self
+
+
+class Retention(Strict):
+    """Which snapshots ``drkit prune`` keeps (restic forget's --keep-* flags)."""
+
+    keep_last: NonNegativeInt | None = None
+    keep_hourly: NonNegativeInt | None = None
+    keep_daily: NonNegativeInt | None = None
+    keep_weekly: NonNegativeInt | None = None
+    keep_monthly: NonNegativeInt | None = None
+    keep_yearly: NonNegativeInt | None = None
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> Retention:
+        if not any(v for v in self.model_dump().values()):
+            raise ValueError("a retention policy must keep something (set a keep_* above 0)")
+        return self
+
+
+class TargetConfig(Strict):
+    """Fields every target kind has. Kinds subclass this with ``kind: Literal[...]``."""
+
+    kind: str
+    repositories: list[Name] = Field(min_length=1)
+    schedule: CronExpr | None = None
+    retention: Retention | None = None
+
+    @field_validator("repositories")
+    @classmethod
+    def _no_duplicates(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a repository is listed twice")
+        return value
+
+
+class DrillSettings(Strict):
+    sandbox_dir: Annotated[Path, AfterValidator(resolve_path)] = Field(
+        default=Path("/var/tmp/drkit-drills"), validate_default=True)
+
+
+class CheckSettings(Strict):
+    schedule: CronExpr | None = None
+    read_data_subset: str | None = Field(default=None, pattern=r"^(\d{1,3}(\.\d+)?%|\d+/\d+)$")
+
+
+class S3Output(Strict):
+    bucket: str
+    prefix: str = ""
+    repository: Name | None = None
+
+
+class ReportOutput(Strict):
+    s3: S3Output | None = None
+    directory: Annotated[Path, AfterValidator(resolve_path)] | None = None
+
+
+class ReportSettings(Strict):
+    schedule: CronExpr | None = None
+    output: ReportOutput | None = None
+
+
+class Webhook(Strict):
+    url: SecretRef
+
+
+class NotifySettings(Strict):
+    webhook: Webhook | None = None
+
+
+class Config(Strict):
+    """The whole of ``drkit.yaml``. ``source`` and ``base_dir`` are set by the loader."""
+
+    catalog: str = DEFAULT_CATALOG
+    plans_dir: Annotated[Path, AfterValidator(resolve_path)] = Field(
+        default=Path("../recovery_plans"), validate_default=True)
+    state_dir: Annotated[Path, AfterValidator(resolve_path)] = Field(
+        default=Path(".drkit"), validate_default=True)
+    restic_binary: str = "restic"
+    parallelism: PositiveInt = 2
+    timezone: str = "UTC"
+    drills: DrillSettings = Field(default_factory=DrillSettings)
+    repositories: dict[Name, Repository] = Field(min_length=1)
+    targets: dict[Name, TargetConfig] = Field(default_factory=dict)
+    checks: CheckSettings | None = None
+    reports: ReportSettings | None = None
+    notify: NotifySettings | None = None
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("restic_binary")
+    @classmethod
+    def _binary_path(cls, value: str, info: ValidationInfo) -> str:
+        # A bare name is looked up on PATH; a relative path is relative to the config file.
+        if "/" in value:
+            return str(resolve_path(Path(value), info))
+        return value
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source is not None else Path.cwd()

@@ -1,0 +1,213 @@
+"""Back targets up: prepare each target's data, run restic per repository, record every run.
+
+Targets run concurrently up to ``parallelism``; a target's repositories run one after the
+other from one prepared copy. A failing target never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from drkit.catalog.chain import canonical_time
+from drkit.catalog.store import Catalog, RunHandle, utcnow
+from drkit.config.models import Config
+from drkit.errors import DrkitError
+from drkit.jobs.common import restic_repository, select_names
+from drkit.restic import commands
+from drkit.restic.commands import BackupProgress, BackupSummary
+from drkit.restic.errors import ResticError, SourceIncomplete
+from drkit.restic.runner import mask_url, restic_version, terminate_all
+from drkit.targets import registry
+from drkit.units import human_bytes
+
+log = logging.getLogger("drkit.backup")
+
+ProgressHook = Callable[[str, str, BackupProgress], None]
+
+TAG = "drkit"
+
+
+def target_tag(name: str) -> str:
+    """The restic tag that marks a snapshot as target ``name``'s."""
+    return f"drkit-target={name}"
+
+
+@dataclass
+class BackupRun:
+    """The outcome of one target backed up to one repository (the ``backup --json`` shape)."""
+
+    target: str
+    repository: str
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    snapshot_id: str | None = None
+    bytes_added: int | None = None
+    files_new: int | None = None
+    files_changed: int | None = None
+    error: str | None = None
+    record_id: int | None = None
+    dry_run: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return round((self.finished_at - self.started_at).total_seconds(), 3)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = canonical_time(self.started_at)
+        data["finished_at"] = canonical_time(self.finished_at)
+        data["duration_s"] = self.duration_s
+        return data
+
+
+class _Cancel:
+    """Set when the user interrupts: runs still going are recorded as ``interrupted``."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+def run_backups(config: Config, catalog: Catalog | None, names: Sequence[str] = (), *,
+                dry_run: bool = False, on_progress: ProgressHook | None = None
+                ) -> list[BackupRun]:
+    """Back up ``names`` (all targets when empty) to each of their repositories.
+
+    ``catalog`` may be None only for a dry run (which records nothing). Returns one
+    :class:`BackupRun` per target x repository. Raises :class:`BadRequestError` for unknown
+    targets before anything runs; every other failure is recorded and returned as a run.
+    """
+    selected = select_names(names, config.targets, "target")
+    if not selected:
+        return []
+    try:
+        version: str | None = restic_version(config.restic_binary)
+    except ResticError as exc:
+        log.error("%s", exc)
+        version = None  # every run fails on its own, and each failure is recorded
+    cancel = _Cancel()
+    runs: list[BackupRun] = []
+    with ThreadPoolExecutor(max_workers=config.parallelism,
+                            thread_name_prefix="drkit-backup") as pool:
+        futures = [pool.submit(backup_target, config, catalog, name, dry_run=dry_run,
+                               restic_version=version, on_progress=on_progress, cancel=cancel)
+                   for name in selected]
+        try:
+            for future in futures:
+                runs.extend(future.result())
+        except BaseException:
+            cancel.event.set()
+            terminate_all()
+            for future in futures:
+                future.cancel()
+            raise
+    return runs
+
+
+def backup_target(config: Config, catalog: Catalog | None, name: str, *, dry_run: bool = False,
+                  restic_version: str | None = None, on_progress: ProgressHook | None = None,
+                  cancel: _Cancel | None = None) -> list[BackupRun]:
+    """Back one target up to each of its repositories; record and return every run."""
+    target = config.targets[name]
+    kind = registry.get(target.kind)
+    handles: dict[str, RunHandle | None] = {}
+    for repo_name in target.repositories:
+        handles[repo_name] = None if dry_run or catalog is None else catalog.start_run(
+            "backup", target=name, repository=repo_name, restic_version=restic_version)
+    started = {repo: (h.started_at if h else utcnow()) for repo, h in handles.items()}
+    staging = _fresh_staging(config.state_dir, name)
+    runs: list[BackupRun] = []
+    try:
+        with kind.prepare(name, target, staging) as source:
+            for repo_name in target.repositories:
+                if cancel is not None and cancel.event.is_set():
+                    runs.append(_finish(catalog, handles[repo_name], name, repo_name,
+                                        started[repo_name], error="interrupted before it began",
+                                        status="interrupted"))
+                    continue
+                runs.append(_backup_one(config, catalog, handles[repo_name], name, repo_name,
+                                        started[repo_name], source, dry_run, on_progress, cancel))
+    except DrkitError as exc:  # the target could not be prepared: every repository fails
+        done = {run.repository for run in runs}
+        for repo_name in target.repositories:
+            if repo_name not in done:
+                runs.append(_finish(catalog, handles[repo_name], name, repo_name,
+                                    started[repo_name], error=str(exc)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return runs
+
+
+def _backup_one(config: Config, catalog: Catalog | None, handle: RunHandle | None, name: str,
+                repo_name: str, started_at: datetime, source: Any, dry_run: bool,
+                on_progress: ProgressHook | None, cancel: _Cancel | None) -> BackupRun:
+    repo = restic_repository(config, repo_name)
+    action = f"backup {name} -> {repo_name}"
+    hook = None
+    if on_progress is not None:
+        def hook(progress: BackupProgress) -> None:
+            on_progress(name, repo_name, progress)
+    clock = time.monotonic()
+    evidence: dict[str, Any] = {"source": source.description, **source.evidence,
+                                "repository_url": mask_url(repo.url)}
+    try:
+        summary = commands.backup(
+            repo, source.paths, tags=(TAG, target_tag(name)), excludes=source.excludes,
+            cwd=source.cwd, dry_run=dry_run, action=action, on_progress=hook)
+    except SourceIncomplete as exc:
+        evidence["incomplete_snapshot_id"] = exc.snapshot_id
+        return _finish(catalog, handle, name, repo_name, started_at, error=str(exc),
+                       evidence=evidence)
+    except DrkitError as exc:
+        interrupted = cancel is not None and cancel.event.is_set()
+        return _finish(catalog, handle, name, repo_name, started_at,
+                       error="interrupted by the user" if interrupted else str(exc),
+                       status="interrupted" if interrupted else "failed", evidence=evidence)
+    except Exception as exc:
+        log.debug("unexpected error in %s", action, exc_info=True)
+        return _finish(catalog, handle, name, repo_name, started_at,
+                       error=f"internal error: {type(exc).__name__}: {exc}", evidence=evidence)
+    evidence["restic_summary"] = asdict(summary)
+    log.info("%s: %s (snapshot %s, %s added, %.1f s)", action,
+             "dry run done" if dry_run else "succeeded", summary.snapshot_id or "-",
+             human_bytes(summary.data_added), time.monotonic() - clock)
+    return _finish(catalog, handle, name, repo_name, started_at, summary=summary,
+                   evidence=evidence, status="succeeded", dry_run=dry_run)
+
+
+def _finish(catalog: Catalog | None, handle: RunHandle | None, name: str, repo_name: str,
+            started_at: datetime, *, status: str = "failed", error: str | None = None,
+            summary: BackupSummary | None = None, evidence: dict[str, Any] | None = None,
+            dry_run: bool = False) -> BackupRun:
+    if error is not None:
+        log.error("backup %s -> %s: %s", name, repo_name, error)
+    run = BackupRun(
+        target=name, repository=repo_name, status=status, started_at=started_at,
+        finished_at=utcnow(), error=error, dry_run=dry_run,
+        snapshot_id=summary.snapshot_id if summary and not dry_run else None,
+        bytes_added=summary.data_added if summary else None,
+        files_new=summary.files_new if summary else None,
+        files_changed=summary.files_changed if summary else None,
+    )
+    if catalog is not None and handle is not None:
+        record = catalog.finish_run(handle, status=status, snapshot_id=run.snapshot_id,
+                                    error=error, evidence=evidence or {},
+                                    finished_at=run.finished_at)
+        run.record_id = record.id
+    return run
+
+
+def _fresh_staging(state_dir: Path, name: str) -> Path:
+    staging = state_dir / "staging" / name
+    shutil.rmtree(staging, ignore_errors=True)  # left over by a killed run
+    staging.mkdir(parents=True, mode=0o700)
+    return staging

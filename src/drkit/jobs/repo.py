@@ -1,0 +1,75 @@
+"""``repo init``: create the bucket (for S3) and the restic repository, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from drkit.catalog.store import Catalog
+from drkit.config.models import Config
+from drkit.errors import DrkitError
+from drkit.jobs.common import restic_repository, select_names
+from drkit.restic import commands
+from drkit.restic.errors import RepositoryAlreadyExists, ResticError
+from drkit.restic.runner import mask_url, restic_version
+
+log = logging.getLogger("drkit.repo")
+
+
+@dataclass
+class RepoInitResult:
+    repository: str
+    status: str  # "created" | "exists" | "failed"
+    bucket_created: bool = False
+    error: str | None = None
+    record_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def init_repositories(config: Config, catalog: Catalog, names: Sequence[str] = ()
+                      ) -> list[RepoInitResult]:
+    """Create each named repository (all when empty); an existing one is verified, not touched.
+
+    Raises :class:`BadRequestError` for unknown names; other failures are recorded and returned.
+    """
+    selected = select_names(names, config.repositories, "repository")
+    try:
+        version: str | None = restic_version(config.restic_binary)
+    except ResticError:
+        version = None
+    return [_init_one(config, catalog, name, version) for name in selected]
+
+
+def _init_one(config: Config, catalog: Catalog, name: str, version: str | None
+              ) -> RepoInitResult:
+    handle = catalog.start_run("repo_init", repository=name, restic_version=version)
+    repo = restic_repository(config, name)
+    result = RepoInitResult(repository=name, status="failed")
+    action = f"repo init {name}"
+    try:
+        if repo.config.is_s3:
+            from drkit.storage.s3 import ensure_bucket
+
+            result.bucket_created = ensure_bucket(name, repo.config)
+        try:
+            commands.init(repo, action=action)
+            result.status = "created"
+        except RepositoryAlreadyExists:
+            commands.cat_config(repo, action=action)  # proves the password opens it
+            result.status = "exists"
+    except DrkitError as exc:
+        result.error = str(exc)
+        log.error("%s", exc)
+    evidence = {"url": mask_url(repo.url), "outcome": result.status,
+                "bucket_created": result.bucket_created}
+    record = catalog.finish_run(handle, status="failed" if result.error else "succeeded",
+                                error=result.error, evidence=evidence)
+    result.record_id = record.id
+    if not result.error:
+        log.info("repository %s: %s%s", name, result.status,
+                 " (bucket created)" if result.bucket_created else "")
+    return result

@@ -1,0 +1,66 @@
+"""``snapshots``: list drkit's snapshots in every repository the selected targets use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from drkit.catalog.chain import canonical_time
+from drkit.config.models import Config
+from drkit.errors import DrkitError
+from drkit.jobs.backup import TAG, target_tag
+from drkit.jobs.common import restic_repository, select_names
+from drkit.restic import commands
+
+_PREFIX = target_tag("")
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    id: str
+    target: str | None
+    repository: str
+    time: str
+    hostname: str
+    paths: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "target": self.target, "repository": self.repository,
+                "time": self.time, "hostname": self.hostname, "paths": list(self.paths),
+                "tags": list(self.tags)}
+
+
+def list_snapshots(config: Config, names: Sequence[str] = ()
+                   ) -> tuple[list[SnapshotRow], list[str]]:
+    """drkit's snapshots of ``names`` (all targets when empty), oldest first, and the errors.
+
+    A repository that cannot be read adds an error and does not hide the others' snapshots.
+    Raises :class:`BadRequestError` for unknown target names.
+    """
+    selected = select_names(names, config.targets, "target")
+    repos = list(dict.fromkeys(
+        repo for name in selected for repo in config.targets[name].repositories))
+    if not names:
+        repos += [name for name in config.repositories if name not in repos]
+    rows: list[SnapshotRow] = []
+    errors: list[str] = []
+    for repo_name in repos:
+        repo = restic_repository(config, repo_name)
+        try:
+            found = commands.snapshots(repo, tags=(TAG,), action=f"snapshots of {repo_name}")
+        except DrkitError as exc:
+            errors.append(str(exc))
+            continue
+        for snap in found:
+            target = next((t.removeprefix(_PREFIX) for t in snap.tags if t.startswith(_PREFIX)),
+                          None)
+            if names and target not in selected:
+                continue
+            rows.append(SnapshotRow(
+                id=snap.id, target=target, repository=repo_name,
+                time=canonical_time(snap.time), hostname=snap.hostname, paths=snap.paths,
+                tags=snap.tags))
+    rows.sort(key=lambda row: row.time)
+    return rows, errors

@@ -1,0 +1,171 @@
+"""restic verbs drkit uses, each built as an argument tuple over :func:`run_restic`.
+
+Policy (what to back up, which tags) is decided by the caller; this module only knows how
+restic is asked for it and how its JSON answers are parsed into typed results.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from drkit.restic.errors import ResticFailed, SourceIncomplete, fatal_line
+from drkit.restic.runner import ResticRepository, json_list, run_restic
+
+EXIT_INCOMPLETE = 3  # restic: snapshot made, but some source files could not be read
+
+
+@dataclass(frozen=True)
+class BackupProgress:
+    """One ``status`` line of ``restic backup --json``."""
+
+    percent_done: float
+    bytes_done: int
+    total_bytes: int
+    files_done: int
+    total_files: int
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    """The ``summary`` line of ``restic backup --json`` (fields present since 0.14)."""
+
+    snapshot_id: str | None
+    files_new: int
+    files_changed: int
+    files_unmodified: int
+    dirs_new: int
+    dirs_changed: int
+    data_added: int
+    total_files_processed: int
+    total_bytes_processed: int
+    total_duration: float
+    dry_run: bool
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BackupSummary:
+        return cls(
+            snapshot_id=data.get("snapshot_id"),
+            files_new=int(data.get("files_new", 0)),
+            files_changed=int(data.get("files_changed", 0)),
+            files_unmodified=int(data.get("files_unmodified", 0)),
+            dirs_new=int(data.get("dirs_new", 0)),
+            dirs_changed=int(data.get("dirs_changed", 0)),
+            data_added=int(data.get("data_added", 0)),
+            total_files_processed=int(data.get("total_files_processed", 0)),
+            total_bytes_processed=int(data.get("total_bytes_processed", 0)),
+            total_duration=float(data.get("total_duration", 0.0)),
+            dry_run=bool(data.get("dry_run", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot as ``restic snapshots --json`` lists it."""
+
+    id: str
+    short_id: str
+    time: datetime
+    hostname: str
+    paths: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Snapshot:
+        return cls(
+            id=str(data["id"]),
+            short_id=str(data.get("short_id") or data["id"][:8]),
+            time=parse_restic_time(str(data["time"])),
+            hostname=str(data.get("hostname", "")),
+            paths=tuple(data.get("paths") or ()),
+            tags=tuple(data.get("tags") or ()),
+        )
+
+
+def parse_restic_time(value: str) -> datetime:
+    """Parse restic's RFC 3339 times (nanoseconds, ``Z`` or offset) into an aware datetime."""
+    head, _, rest = value.partition(".")
+    if rest:
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits):]
+        value = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def backup_args(paths: Sequence[str], *, tags: Sequence[str], host: str | None,
+                excludes: Sequence[str], dry_run: bool) -> tuple[str, ...]:
+    """Arguments of ``restic backup`` for ``paths`` with drkit's tags."""
+    return (
+        ("backup", "--json")
+        + tuple(arg for tag in tags for arg in ("--tag", tag))
+        + (("--host", host) if host else ())
+        + tuple(arg for pattern in excludes for arg in ("--exclude", pattern))
+        + (("--dry-run",) if dry_run else ())
+        + ("--", *paths)
+    )
+
+
+def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
+           host: str | None = None, excludes: Sequence[str] = (), cwd: Path | None = None,
+           dry_run: bool = False, action: str,
+           on_progress: Callable[[BackupProgress], None] | None = None) -> BackupSummary:
+    """Back ``paths`` up into ``repo``; return restic's summary.
+
+    Raises :class:`SourceIncomplete` (with the snapshot id) when restic could not read some
+    files, and the typed errors of :func:`run_restic` otherwise.
+    """
+    def handle(message: dict[str, Any]) -> None:
+        if on_progress is not None and message.get("message_type") == "status":
+            on_progress(BackupProgress(
+                percent_done=float(message.get("percent_done", 0.0)),
+                bytes_done=int(message.get("bytes_done", 0)),
+                total_bytes=int(message.get("total_bytes", 0)),
+                files_done=int(message.get("files_done", 0)),
+                total_files=int(message.get("total_files", 0)),
+            ))
+
+    args = backup_args(paths, tags=tags, host=host, excludes=excludes, dry_run=dry_run)
+    result = run_restic(repo, args, action=action, on_json=handle, cwd=cwd,
+                        ok_codes=(0, EXIT_INCOMPLETE))
+    summary_json = result.last("summary")
+    summary = BackupSummary.from_json(summary_json) if summary_json else None
+    if result.returncode == EXIT_INCOMPLETE:
+        unreadable = [m.get("item") for m in result.messages if m.get("message_type") == "error"]
+        listed = ", ".join(str(item) for item in unreadable[:5] if item)
+        raise SourceIncomplete(
+            f"{action}: some files could not be read ({listed or fatal_line(result.stderr)}); "
+            "the snapshot is incomplete",
+            snapshot_id=summary.snapshot_id if summary else None,
+            stderr=result.stderr, returncode=result.returncode,
+        )
+    if summary is None or (not dry_run and not summary.snapshot_id):
+        raise ResticFailed(f"{action}: restic reported no snapshot ({fatal_line(result.stderr)})",
+                           stderr=result.stderr, returncode=result.returncode)
+    return summary
+
+
+def snapshots(repo: ResticRepository, *, tags: Sequence[str] = (), action: str
+              ) -> list[Snapshot]:
+    """Snapshots in ``repo`` carrying all of ``tags``, oldest first."""
+    args: tuple[str, ...] = ("snapshots", "--json")
+    if tags:
+        args += ("--tag", ",".join(tags))
+    result = run_restic(repo, args, action=action)
+    found = [Snapshot.from_json(item) for item in json_list(result) if isinstance(item, dict)]
+    return sorted(found, key=lambda snap: snap.time)
+
+
+def init(repo: ResticRepository, *, action: str) -> None:
+    """Create the repository. Raises :class:`RepositoryAlreadyExists` if one is there."""
+    run_restic(repo, ("init",), action=action)
+
+
+def cat_config(repo: ResticRepository, *, action: str) -> dict[str, Any]:
+    """The repository's config (proves the repository exists and the password opens it)."""
+    result = run_restic(repo, ("cat", "config"), action=action)
+    parsed = json.loads("\n".join(result.stdout_lines) or "{}")
+    return dict(parsed) if isinstance(parsed, dict) else {}

@@ -1,0 +1,1 @@
+"""S3 storage through boto3: where a repository's bucket is, and making sure it exists."""
