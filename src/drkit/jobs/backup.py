@@ -70,6 +70,11 @@ class BackupRun:
         return data
 
 
+def describe(exc: DrkitError) -> str:
+    """The error's message with its hint, as one line for a run's record."""
+    return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
+
+
 class _Cancel:
     """Set when the user interrupts: runs still going are recorded as ``interrupted``."""
 
@@ -141,7 +146,7 @@ def backup_target(config: Config, catalog: Catalog | None, name: str, *, dry_run
         for repo_name in target.repositories:
             if repo_name not in done:
                 runs.append(_finish(catalog, handles[repo_name], name, repo_name,
-                                    started[repo_name], error=str(exc)))
+                                    started[repo_name], error=describe(exc)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return runs
@@ -170,7 +175,7 @@ def _backup_one(config: Config, catalog: Catalog | None, handle: RunHandle | Non
     except DrkitError as exc:
         interrupted = cancel is not None and cancel.event.is_set()
         return _finish(catalog, handle, name, repo_name, started_at,
-                       error="interrupted by the user" if interrupted else str(exc),
+                       error="interrupted by the user" if interrupted else describe(exc),
                        status="interrupted" if interrupted else "failed", evidence=evidence)
     except Exception as exc:
         log.debug("unexpected error in %s", action, exc_info=True)
@@ -189,7 +194,8 @@ def _finish(catalog: Catalog | None, handle: RunHandle | None, name: str, repo_n
             summary: BackupSummary | None = None, evidence: dict[str, Any] | None = None,
             dry_run: bool = False) -> BackupRun:
     if error is not None:
-        log.error("backup %s -> %s: %s", name, repo_name, error)
+        prefix = f"backup {name} -> {repo_name}"
+        log.error("%s", error if error.startswith(prefix) else f"{prefix}: {error}")
     run = BackupRun(
         target=name, repository=repo_name, status=status, started_at=started_at,
         finished_at=utcnow(), error=error, dry_run=dry_run,

@@ -7,9 +7,10 @@ restic is asked for it and how its JSON answers are parsed into typed results.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,11 @@ def parse_restic_time(value: str) -> datetime:
     """Parse restic's RFC 3339 times (nanoseconds, ``Z`` or offset) into an aware datetime."""
     head, _, rest = value.partition(".")
     if rest:
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits):]
-        value = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        match = re.match(r"(\d+)(.*)", rest)
+        if match:
+            digits, zone = match.groups()
+            value = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def backup_args(paths: Sequence[str], *, tags: Sequence[str], host: str | None,

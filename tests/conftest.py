@@ -1,0 +1,190 @@
+"""Fixtures that start the real parts: restic, rclone's S3 server, moto, MinIO (Docker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from drkit.locals3 import LocalS3, free_port, local_s3, wait_for_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """An S3 endpoint tests can point a repository at."""
+
+    name: str
+    endpoint: str
+    access_key: str
+    secret_key: str
+    data_dir: Path | None = None  # where objects live on disk (rclone only)
+
+    def url(self, bucket: str, prefix: str = "repo") -> str:
+        return f"s3:{self.endpoint}/{bucket}/{prefix}"
+
+    def repository(self, bucket: str, prefix: str = "repo", *,
+                   password_env: str = "DRKIT_TEST_PASSWORD") -> dict[str, Any]:
+        """A repository block for drkit.yaml; the keys come from DRKIT_TEST_S3_* env vars."""
+        return {
+            "url": self.url(bucket, prefix),
+            "password": {"env": password_env},
+            "s3": {"endpoint": self.endpoint, "region": "us-east-1",
+                   "access_key": {"env": f"DRKIT_TEST_S3_AK_{self.name.upper()}"},
+                   "secret_key": {"env": f"DRKIT_TEST_S3_SK_{self.name.upper()}"}},
+        }
+
+    def env(self) -> dict[str, str]:
+        return {f"DRKIT_TEST_S3_AK_{self.name.upper()}": self.access_key,
+                f"DRKIT_TEST_S3_SK_{self.name.upper()}": self.secret_key}
+
+
+@pytest.fixture(scope="session")
+def restic_binary() -> str:
+    """The real restic. `make test` installs it; its absence is a failure, not a skip."""
+    found = shutil.which("restic")
+    if found is None:
+        pytest.fail("restic is not installed: run `make test` (it installs it) or "
+                    "apt-get install restic")
+    return found
+
+
+@pytest.fixture(scope="session")
+def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """`rclone serve s3` on a free loopback port, real credentials, data on disk."""
+    root = tmp_path_factory.mktemp("rclone-s3")
+    with local_s3(root / "data", log_file=root / "rclone.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """`moto_server` on a free loopback port (versioning and object lock work there)."""
+    binary = Path(sys.executable).parent / "moto_server"
+    if not binary.exists():
+        pytest.fail("moto_server not installed: pip install -e '.[dev]'")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=sink, stderr=sink)
+        try:
+            wait_for_port(port, proc, timeout=30)
+            yield S3Endpoint("moto", f"http://127.0.0.1:{port}", "drkitmotoaccess",
+                             "drkitmotosecretkey0123")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def docker_available() -> bool:
+    """Whether a Docker engine and compose answer (the client alone is not enough)."""
+    if shutil.which("docker") is None:
+        return False
+    for probe in (["docker", "info"], ["docker", "compose", "version"]):
+        try:
+            if subprocess.run(probe, capture_output=True, timeout=20).returncode != 0:
+                return False
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(REPO_ROOT / "docker-compose.yml")
+
+
+@pytest.fixture(scope="session")
+def minio_s3(request: pytest.FixtureRequest) -> S3Endpoint:
+    """MinIO from docker-compose.yml via pytest-docker; skipped cleanly without a Docker engine."""
+    if not docker_available():
+        pytest.skip("no Docker engine (`docker info` fails): MinIO tests need one")
+    services = request.getfixturevalue("docker_services")
+    ip = request.getfixturevalue("docker_ip")
+    port = services.port_for("minio", 9000)
+    endpoint = f"http://{ip}:{port}"
+
+    def ready() -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{endpoint}/minio/health/live", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    services.wait_until_responsive(check=ready, timeout=60.0, pause=0.5)
+    return S3Endpoint("minio", endpoint, "drkitminio", "drkitminiosecret123")
+
+
+@pytest.fixture(scope="session")
+def rclone_endpoint(rclone_s3: LocalS3) -> S3Endpoint:
+    return S3Endpoint("rclone", rclone_s3.endpoint, rclone_s3.access_key, rclone_s3.secret_key,
+                      data_dir=rclone_s3.data_dir)
+
+
+@pytest.fixture(params=["rclone", "moto", pytest.param("minio", marks=pytest.mark.docker)])
+def s3_endpoint(request: pytest.FixtureRequest) -> S3Endpoint:
+    """Every S3 server the S3 suite runs against (MinIO only where Docker works)."""
+    fixture = {"rclone": "rclone_endpoint", "moto": "moto_s3", "minio": "minio_s3"}
+    endpoint: S3Endpoint = request.getfixturevalue(fixture[request.param])
+    return endpoint
+
+
+@dataclass
+class Project:
+    """A drkit deployment in a temporary directory: config, data, and a way to run the CLI."""
+
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config" / "drkit.yaml"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "config" / ".drkit" / "catalog.db"
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        return self.config_path
+
+    def run(self, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """Run the real `drkit` CLI (a subprocess) against this project's config."""
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "drkit", "--config", str(self.config_path), *args],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=self.root)
+
+    def run_json(self, *args: str, expect: int = 0) -> Any:
+        result = self.run(*args, "--json")
+        assert result.returncode == expect, (result.returncode, result.stdout, result.stderr)
+        return json.loads(result.stdout)
+
+    def restic(self, url: str, *args: str, extra_env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+        """Run bare restic against ``url`` with this project's password."""
+        env = {**os.environ, "RESTIC_REPOSITORY": url,
+               "RESTIC_PASSWORD": self.env["DRKIT_TEST_PASSWORD"], **(extra_env or {})}
+        return subprocess.run(["restic", *args], capture_output=True, text=True, env=env,
+                              timeout=600)
+
+
+@pytest.fixture
+def project(tmp_path: Path, restic_binary: str) -> Project:
+    """An empty project with a repository password in its environment."""
+    return Project(root=tmp_path, env={"DRKIT_TEST_PASSWORD": "correct-horse-battery-staple-42"})

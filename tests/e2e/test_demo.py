@@ -1,0 +1,24 @@
+"""`drkit demo` runs the whole loop a new user sees, end to end, with the real parts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_demo_runs_the_loop(restic_binary: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "drkit", "demo"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for step in ("$ drkit validate", "$ drkit repo init", "$ drkit backup", "$ drkit snapshots",
+                 "$ drkit status", "demo: done"):
+        assert step in out
+    assert "backup app-files -> primary: succeeded" in result.stderr
+    assert "backup invoices -> primary: succeeded" in result.stderr
+    assert "Traceback" not in out + result.stderr
+    directory = next(line.split(": ", 1)[1] for line in out.splitlines()
+                     if line.startswith("demo directory: "))
+    from pathlib import Path
+
+    assert not Path(directory).exists()  # cleaned up

@@ -1,0 +1,117 @@
+"""The catalog's chain: every record hashes its content and links to the one before it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from drkit.catalog.chain import record_hash
+from drkit.catalog.models import GENESIS_HASH, ChainHead, Record, RunInFlight
+from drkit.catalog.store import NewRecord, open_catalog, utcnow
+
+
+def verify_chain(records: list[Record]) -> None:
+    """Recompute each hash from the stored columns and check the links."""
+    previous = GENESIS_HASH
+    for expected_seq, record in enumerate(records, start=1):
+        assert record.seq == expected_seq
+        assert record.prev_hash == previous
+        fields = {c: getattr(record, c) for c in Record.__table__.columns.keys()}
+        assert record_hash(fields) == record.hash
+        previous = record.hash
+
+
+def all_records(catalog) -> list[Record]:  # type: ignore[no-untyped-def]
+    with catalog.session() as session:
+        return list(session.scalars(select(Record).order_by(Record.seq)))
+
+
+def test_records_form_a_hash_chain(tmp_path: Path) -> None:
+    catalog = open_catalog("sqlite:///catalog.db", base_dir=tmp_path)
+    assert (tmp_path / "catalog.db").exists()
+    now = utcnow()
+    for index in range(5):
+        catalog.append(NewRecord(kind="backup", status="succeeded", target=f"t{index}",
+                                 started_at=now, finished_at=now + timedelta(seconds=1),
+                                 evidence={"bytes": index, "name": "ünï"}))
+    records = all_records(catalog)
+    verify_chain(records)
+    with catalog.session() as session:
+        head = session.get(ChainHead, 1)
+        assert head is not None and head.hash == records[-1].hash and head.seq == 5
+    # An edited column no longer matches its hash.
+    edited = records[2]
+    fields = {c: getattr(edited, c) for c in Record.__table__.columns.keys()}
+    fields["status"] = "failed"
+    assert record_hash(fields) != edited.hash
+
+
+def test_concurrent_appends_from_threads_and_processes_keep_one_chain(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    catalog = open_catalog(url)
+    now = utcnow()
+
+    def writer(index: int) -> None:
+        for step in range(10):
+            catalog.append(NewRecord(kind="backup", status="succeeded", target=f"w{index}",
+                                     started_at=now, finished_at=now,
+                                     evidence={"step": step}))
+
+    script = (
+        "import sys\n"
+        "from drkit.catalog.store import open_catalog, NewRecord, utcnow\n"
+        "c = open_catalog(sys.argv[1])\n"
+        "for i in range(10):\n"
+        "    n = utcnow()\n"
+        "    c.append(NewRecord(kind='backup', status='succeeded', target='proc',"
+        " started_at=n, finished_at=n))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, url]) for _ in range(2)]
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(proc.wait(timeout=120) == 0 for proc in procs)
+    records = all_records(catalog)
+    assert len(records) == 60
+    verify_chain(records)
+
+
+def test_run_in_flight_then_finished(tmp_path: Path) -> None:
+    catalog = open_catalog("sqlite:///c.db", base_dir=tmp_path)
+    handle = catalog.start_run("backup", target="t", repository="r", restic_version="0.14.0")
+    with catalog.session() as session:
+        assert session.get(RunInFlight, handle.run_id) is not None
+    assert catalog.recover_interrupted() == []  # this process is alive: not interrupted
+    record = catalog.finish_run(handle, status="succeeded", snapshot_id="abc",
+                                evidence={"k": 1})
+    assert record.run_id == handle.run_id and record.status == "succeeded"
+    with catalog.session() as session:
+        assert session.get(RunInFlight, handle.run_id) is None
+
+
+def test_dead_process_run_becomes_interrupted_once(tmp_path: Path) -> None:
+    catalog = open_catalog("sqlite:///c.db", base_dir=tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with catalog.session() as session:
+        session.add(RunInFlight(run_id="r-1", kind="backup", target="t", repository="r",
+                                hostname=catalog.hostname, pid=dead.pid, pid_started="1",
+                                drkit_version="0", started_at=utcnow()))
+        session.add(RunInFlight(run_id="r-2", kind="backup", target="t", repository="r",
+                                hostname="another-host", pid=dead.pid, pid_started="1",
+                                drkit_version="0", started_at=utcnow()))
+    (record,) = catalog.recover_interrupted()
+    assert record.status == "interrupted" and record.run_id == "r-1"
+    assert "stopped before the run finished" in (record.error or "")
+    assert catalog.recover_interrupted() == []  # recorded once, never "running" forever
+    with catalog.session() as session:
+        remaining = list(session.scalars(select(RunInFlight.run_id)))
+    assert remaining == ["r-2"]  # another host's run is that host's to judge
+    verify_chain(all_records(catalog))
