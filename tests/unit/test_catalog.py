@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -11,8 +12,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from drkit.catalog.chain import record_hash
-from drkit.catalog.models import GENESIS_HASH, ChainHead, Record, RunInFlight
-from drkit.catalog.store import NewRecord, open_catalog, utcnow
+from drkit.catalog.inflight import RunJournal, utcnow
+from drkit.catalog.models import GENESIS_HASH, ChainHead, Record
+from drkit.catalog.store import NewRecord, open_catalog
 
 
 def verify_chain(records: list[Record]) -> None:
@@ -83,35 +85,40 @@ def test_concurrent_appends_from_threads_and_processes_keep_one_chain(tmp_path: 
     verify_chain(records)
 
 
-def test_run_in_flight_then_finished(tmp_path: Path) -> None:
+def test_journaled_run_then_finished(tmp_path: Path) -> None:
     catalog = open_catalog("sqlite:///c.db", base_dir=tmp_path)
-    handle = catalog.start_run("backup", target="t", repository="r", restic_version="0.14.0")
-    with catalog.session() as session:
-        assert session.get(RunInFlight, handle.run_id) is not None
-    assert catalog.recover_interrupted() == []  # this process is alive: not interrupted
+    journal = RunJournal(tmp_path / "state")
+    handle = journal.open("backup", target="t", repository="r", restic_version="0.14.0")
+    assert (journal.directory / f"{handle.run_id}.json").exists()
+    assert catalog.recover_interrupted(journal) == []  # this process is alive
     record = catalog.finish_run(handle, status="succeeded", snapshot_id="abc",
                                 evidence={"k": 1})
+    journal.close(handle)
     assert record.run_id == handle.run_id and record.status == "succeeded"
-    with catalog.session() as session:
-        assert session.get(RunInFlight, handle.run_id) is None
+    assert not list(journal.directory.iterdir())
+
+
+def _journal_dead_run(journal: RunJournal, hostname: str) -> str:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    journal.directory.mkdir(parents=True, exist_ok=True)
+    run_id = f"run-{hostname}"
+    (journal.directory / f"{run_id}.json").write_text(json.dumps({
+        "run_id": run_id, "kind": "backup", "started_at": utcnow().isoformat(),
+        "hostname": hostname, "pid": dead.pid, "pid_started": "1", "target": "t",
+        "repository": "r", "plan": None, "restic_version": "0.14.0"}))
+    return run_id
 
 
 def test_dead_process_run_becomes_interrupted_once(tmp_path: Path) -> None:
     catalog = open_catalog("sqlite:///c.db", base_dir=tmp_path)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    with catalog.session() as session:
-        session.add(RunInFlight(run_id="r-1", kind="backup", target="t", repository="r",
-                                hostname=catalog.hostname, pid=dead.pid, pid_started="1",
-                                drkit_version="0", started_at=utcnow()))
-        session.add(RunInFlight(run_id="r-2", kind="backup", target="t", repository="r",
-                                hostname="another-host", pid=dead.pid, pid_started="1",
-                                drkit_version="0", started_at=utcnow()))
-    (record,) = catalog.recover_interrupted()
-    assert record.status == "interrupted" and record.run_id == "r-1"
+    journal = RunJournal(tmp_path / "state")
+    mine = _journal_dead_run(journal, catalog.hostname)
+    _journal_dead_run(journal, "another-host")
+    (record,) = catalog.recover_interrupted(journal)
+    assert record.status == "interrupted" and record.run_id == mine
     assert "stopped before the run finished" in (record.error or "")
-    assert catalog.recover_interrupted() == []  # recorded once, never "running" forever
-    with catalog.session() as session:
-        remaining = list(session.scalars(select(RunInFlight.run_id)))
-    assert remaining == ["r-2"]  # another host's run is that host's to judge
+    assert catalog.recover_interrupted(journal) == []  # recorded once, never "running" forever
+    remaining = sorted(p.name for p in journal.directory.iterdir())
+    assert remaining == ["run-another-host.json"]  # another host's run is that host's to judge
     verify_chain(all_records(catalog))

@@ -1,5 +1,5 @@
-"""The catalog: an append-only, hash-chained record of every run (SQLAlchemy 2)."""
+"""The catalog: an append-only, hash-chained record of every run (SQLAlchemy 2).
 
-from drkit.catalog.store import Catalog, NewRecord, open_catalog
-
-__all__ = ["Catalog", "NewRecord", "open_catalog"]
+Import the submodules you need; this package imports nothing so that the light ones
+(``chain``, ``inflight``) do not pull SQLAlchemy in.
+"""

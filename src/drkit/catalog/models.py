@@ -1,8 +1,8 @@
 """ORM models of the catalog. Query functions live in :mod:`drkit.catalog.queries`.
 
-``records`` is append-only: a finished record is never updated. A run in flight lives in
-``runs_in_flight`` until its record is appended; ``chain_head`` holds the newest hash and is the
-row whose lock serializes appends across processes and hosts.
+``records`` is append-only: a finished record is never updated (runs in flight are journaled
+apart, see :mod:`drkit.catalog.inflight`). ``chain_head`` holds the newest hash and is the row
+whose lock serializes appends across processes and hosts.
 """
 
 from __future__ import annotations
@@ -47,25 +47,8 @@ class Record(Base):
         Index("ix_records_kind_target_finished", "kind", "target", "finished_at"),
         Index("ix_records_kind_repository_finished", "kind", "repository", "finished_at"),
         Index("ix_records_finished", "finished_at"),
+        Index("ix_records_run_id", "run_id"),
     )
-
-
-class RunInFlight(Base):
-    """A run that has started and not yet been recorded. Removed when its record is appended."""
-
-    __tablename__ = "runs_in_flight"
-
-    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), nullable=False)
-    target: Mapped[str | None] = mapped_column(String(128))
-    repository: Mapped[str | None] = mapped_column(String(128))
-    plan: Mapped[str | None] = mapped_column(String(128))
-    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
-    pid: Mapped[int] = mapped_column(Integer, nullable=False)
-    pid_started: Mapped[str | None] = mapped_column(String(32))
-    drkit_version: Mapped[str] = mapped_column(String(32), nullable=False)
-    restic_version: Mapped[str | None] = mapped_column(String(32))
-    started_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
 
 class ChainHead(Base):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -26,7 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drkit import __version__
 from drkit.catalog.chain import canonical_json, record_hash
-from drkit.catalog.models import GENESIS_HASH, Base, ChainHead, Record, RunInFlight
+from drkit.catalog.inflight import RunHandle, RunJournal, utcnow
+from drkit.catalog.models import GENESIS_HASH, Base, ChainHead, Record
 from drkit.errors import DrkitError
 
 log = logging.getLogger("drkit.catalog")
@@ -34,11 +34,6 @@ log = logging.getLogger("drkit.catalog")
 
 class CatalogError(DrkitError):
     """The catalog database cannot be opened or written."""
-
-
-def utcnow() -> datetime:
-    """Now, as a naive UTC datetime (how the catalog stores times)."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -57,43 +52,6 @@ class NewRecord:
     evidence: dict[str, Any] = field(default_factory=dict)
     restic_version: str | None = None
     run_id: str | None = None
-
-
-@dataclass(frozen=True)
-class RunHandle:
-    """A run registered as in flight; pass it back to :meth:`Catalog.finish_run`."""
-
-    run_id: str
-    kind: str
-    started_at: datetime
-    target: str | None
-    repository: str | None
-    plan: str | None
-    restic_version: str | None
-
-
-def process_start_token(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (starttime) counts after the command name, which may contain spaces.
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def process_alive(pid: int, token: str | None) -> bool:
-    """Whether the process that registered a run is still running on this host."""
-    if Path("/proc").is_dir() and token is not None:
-        return process_start_token(pid) == token
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def masked_url(url: str) -> str:
@@ -189,68 +147,40 @@ class Catalog:
         session.flush()
         return record
 
-    def start_run(self, kind: str, *, target: str | None = None, repository: str | None = None,
-                  plan: str | None = None, restic_version: str | None = None) -> RunHandle:
-        """Register a run as in flight (so a crash leaves a trace) and return its handle."""
-        handle = RunHandle(run_id=str(uuid.uuid4()), kind=kind, started_at=utcnow(),
-                           target=target, repository=repository, plan=plan,
-                           restic_version=restic_version)
-        with self.session() as session:
-            session.add(RunInFlight(
-                run_id=handle.run_id, kind=kind, target=target, repository=repository,
-                plan=plan, hostname=self.hostname, pid=os.getpid(),
-                pid_started=process_start_token(os.getpid()), drkit_version=__version__,
-                restic_version=restic_version, started_at=handle.started_at,
-            ))
-        return handle
-
     def finish_run(self, handle: RunHandle, *, status: str, snapshot_id: str | None = None,
                    error: str | None = None, evidence: dict[str, Any] | None = None,
                    finished_at: datetime | None = None) -> Record:
-        """Append the run's record and drop its in-flight row, in one transaction."""
-        new = NewRecord(
+        """Append the record of a journaled run (close the journal entry afterwards)."""
+        return self.append(NewRecord(
             kind=handle.kind, status=status, started_at=handle.started_at,
             finished_at=finished_at or utcnow(), target=handle.target,
             repository=handle.repository, plan=handle.plan, snapshot_id=snapshot_id,
             error=error, evidence=evidence or {}, restic_version=handle.restic_version,
             run_id=handle.run_id,
-        )
-        with self.session() as session:
-            record = self._append(session, new)
-            flight = session.get(RunInFlight, handle.run_id)
-            if flight is not None:
-                session.delete(flight)
-            return record
+        ))
 
-    def recover_interrupted(self) -> list[Record]:
-        """Turn runs in flight whose process on this host is gone into ``interrupted`` records.
+    def recover_interrupted(self, journal: RunJournal) -> list[Record]:
+        """Record every journaled run of this host whose process is gone as ``interrupted``.
 
-        Runs registered by other hosts are left to those hosts' own next start.
+        Runs journaled by other hosts are left to those hosts' own next start. A run already
+        in the catalog (its process died after appending) is only removed from the journal.
         """
         recovered: list[Record] = []
-        with self.session() as session:
-            stale = [
-                flight for flight in session.scalars(
-                    select(RunInFlight).where(RunInFlight.hostname == self.hostname)
-                    .order_by(RunInFlight.started_at)
-                )
-                if not process_alive(flight.pid, flight.pid_started)
-            ]
-            if not stale:
-                return recovered
-            now = utcnow()
-            for flight in stale:
-                record = self._append(session, NewRecord(
-                    kind=flight.kind, status="interrupted", started_at=flight.started_at,
-                    finished_at=now, target=flight.target, repository=flight.repository,
-                    plan=flight.plan, restic_version=flight.restic_version,
-                    run_id=flight.run_id,
-                    error=(f"process {flight.pid} on {flight.hostname} stopped before the run "
-                           "finished (killed, crashed or host restarted)"),
-                    evidence={"detected_at": now, "pid": flight.pid},
-                ))
-                session.delete(flight)
-                recovered.append(record)
+        for handle, claimed in journal.claim_stale():
+            with self.session() as session:
+                known = session.scalar(select(Record.id).where(Record.run_id == handle.run_id))
+                if known is None:
+                    now = utcnow()
+                    recovered.append(self._append(session, NewRecord(
+                        kind=handle.kind, status="interrupted", started_at=handle.started_at,
+                        finished_at=now, target=handle.target, repository=handle.repository,
+                        plan=handle.plan, restic_version=handle.restic_version,
+                        run_id=handle.run_id,
+                        error=(f"process {handle.pid} on {handle.hostname} stopped before the "
+                               "run finished (killed, crashed or host restarted)"),
+                        evidence={"detected_at": now, "pid": handle.pid},
+                    )))
+            claimed.unlink(missing_ok=True)
         for record in recovered:
             log.warning("%s run of %s started %s was interrupted; recorded as such",
                         record.kind, record.target or record.plan or record.repository,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,18 @@ def _config(args: argparse.Namespace) -> Any:
     return load_config(getattr(args, "config", None))
 
 
+def _journal(config: Any) -> Any:
+    from drkit.catalog.inflight import RunJournal
+
+    return RunJournal(config.state_dir)
+
+
 def _catalog(config: Any) -> Any:
+    """Open the catalog and record runs that a crash cut short as interrupted."""
     from drkit.catalog.store import open_catalog
 
     catalog = open_catalog(config.catalog, base_dir=config.base_dir)
-    catalog.recover_interrupted()
+    catalog.recover_interrupted(_journal(config))
     return catalog
 
 
@@ -84,7 +93,7 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
     from drkit.jobs.repo import init_repositories
 
     config = _config(args)
-    results = init_repositories(config, _catalog(config), args.repositories)
+    results = init_repositories(config, _catalog(config), _journal(config), args.repositories)
     if args.json:
         emit_json({"repositories": [r.to_json() for r in results]})
     else:
@@ -97,18 +106,24 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from drkit.cli import render
     from drkit.cli.progress import backup_progress
-    from drkit.jobs.backup import run_backups
+    from drkit.jobs.backup import Recorder, run_backups
+    from drkit.jobs.common import CatalogOpener, select_names
 
     config = _config(args)
+    select_names(args.targets, config.targets, "target")  # bad names: exit 2, nothing recorded
+    recorder = None
     if not args.dry_run:
-        from drkit.jobs.common import select_names
-
-        select_names(args.targets, config.targets, "target")  # bad names: exit 2, no records
-    catalog = None if args.dry_run else _catalog(config)
+        journal = _journal(config)
+        # The catalog opens (and the table renderer imports) while restic already runs.
+        recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal))
+        threading.Thread(target=importlib.import_module, args=("drkit.cli.render",),
+                         daemon=True).start()
     with backup_progress() as hook:
-        runs = run_backups(config, catalog, args.targets, dry_run=args.dry_run, on_progress=hook)
+        runs = run_backups(config, recorder, args.targets, dry_run=args.dry_run,
+                           on_progress=hook)
+    from drkit.cli import render
+
     if not runs:
         raise BadRequestError("no targets declared in the config")
     if args.json:

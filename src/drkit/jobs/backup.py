@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from drkit.catalog.chain import canonical_time
-from drkit.catalog.store import Catalog, RunHandle, utcnow
+from drkit.catalog.inflight import RunHandle, RunJournal, utcnow
 from drkit.config.models import Config
 from drkit.errors import DrkitError
-from drkit.jobs.common import restic_repository, select_names
+from drkit.jobs.common import CatalogOpener, restic_repository, select_names
 from drkit.restic import commands
 from drkit.restic.commands import BackupProgress, BackupSummary
 from drkit.restic.errors import ResticError, SourceIncomplete
@@ -82,12 +82,20 @@ class _Cancel:
         self.event = threading.Event()
 
 
-def run_backups(config: Config, catalog: Catalog | None, names: Sequence[str] = (), *,
+@dataclass(frozen=True)
+class Recorder:
+    """Where runs are journaled while in flight and recorded when done."""
+
+    journal: RunJournal
+    catalog: CatalogOpener
+
+
+def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] = (), *,
                 dry_run: bool = False, on_progress: ProgressHook | None = None
                 ) -> list[BackupRun]:
     """Back up ``names`` (all targets when empty) to each of their repositories.
 
-    ``catalog`` may be None only for a dry run (which records nothing). Returns one
+    ``recorder`` may be None only for a dry run (which records nothing). Returns one
     :class:`BackupRun` per target x repository. Raises :class:`BadRequestError` for unknown
     targets before anything runs; every other failure is recorded and returned as a run.
     """
@@ -103,7 +111,7 @@ def run_backups(config: Config, catalog: Catalog | None, names: Sequence[str] = 
     runs: list[BackupRun] = []
     with ThreadPoolExecutor(max_workers=config.parallelism,
                             thread_name_prefix="drkit-backup") as pool:
-        futures = [pool.submit(backup_target, config, catalog, name, dry_run=dry_run,
+        futures = [pool.submit(backup_target, config, recorder, name, dry_run=dry_run,
                                restic_version=version, on_progress=on_progress, cancel=cancel)
                    for name in selected]
         try:
@@ -118,7 +126,7 @@ def run_backups(config: Config, catalog: Catalog | None, names: Sequence[str] = 
     return runs
 
 
-def backup_target(config: Config, catalog: Catalog | None, name: str, *, dry_run: bool = False,
+def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_run: bool = False,
                   restic_version: str | None = None, on_progress: ProgressHook | None = None,
                   cancel: _Cancel | None = None) -> list[BackupRun]:
     """Back one target up to each of its repositories; record and return every run."""
@@ -126,7 +134,7 @@ def backup_target(config: Config, catalog: Catalog | None, name: str, *, dry_run
     kind = registry.get(target.kind)
     handles: dict[str, RunHandle | None] = {}
     for repo_name in target.repositories:
-        handles[repo_name] = None if dry_run or catalog is None else catalog.start_run(
+        handles[repo_name] = None if dry_run or recorder is None else recorder.journal.open(
             "backup", target=name, repository=repo_name, restic_version=restic_version)
     started = {repo: (h.started_at if h else utcnow()) for repo, h in handles.items()}
     staging = _fresh_staging(config.state_dir, name)
@@ -135,24 +143,24 @@ def backup_target(config: Config, catalog: Catalog | None, name: str, *, dry_run
         with kind.prepare(name, target, staging) as source:
             for repo_name in target.repositories:
                 if cancel is not None and cancel.event.is_set():
-                    runs.append(_finish(catalog, handles[repo_name], name, repo_name,
+                    runs.append(_finish(recorder, handles[repo_name], name, repo_name,
                                         started[repo_name], error="interrupted before it began",
                                         status="interrupted"))
                     continue
-                runs.append(_backup_one(config, catalog, handles[repo_name], name, repo_name,
+                runs.append(_backup_one(config, recorder, handles[repo_name], name, repo_name,
                                         started[repo_name], source, dry_run, on_progress, cancel))
     except DrkitError as exc:  # the target could not be prepared: every repository fails
         done = {run.repository for run in runs}
         for repo_name in target.repositories:
             if repo_name not in done:
-                runs.append(_finish(catalog, handles[repo_name], name, repo_name,
+                runs.append(_finish(recorder, handles[repo_name], name, repo_name,
                                     started[repo_name], error=describe(exc)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return runs
 
 
-def _backup_one(config: Config, catalog: Catalog | None, handle: RunHandle | None, name: str,
+def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | None, name: str,
                 repo_name: str, started_at: datetime, source: Any, dry_run: bool,
                 on_progress: ProgressHook | None, cancel: _Cancel | None) -> BackupRun:
     repo = restic_repository(config, repo_name)
@@ -170,26 +178,26 @@ def _backup_one(config: Config, catalog: Catalog | None, handle: RunHandle | Non
             cwd=source.cwd, dry_run=dry_run, action=action, on_progress=hook)
     except SourceIncomplete as exc:
         evidence["incomplete_snapshot_id"] = exc.snapshot_id
-        return _finish(catalog, handle, name, repo_name, started_at, error=str(exc),
+        return _finish(recorder, handle, name, repo_name, started_at, error=str(exc),
                        evidence=evidence)
     except DrkitError as exc:
         interrupted = cancel is not None and cancel.event.is_set()
-        return _finish(catalog, handle, name, repo_name, started_at,
+        return _finish(recorder, handle, name, repo_name, started_at,
                        error="interrupted by the user" if interrupted else describe(exc),
                        status="interrupted" if interrupted else "failed", evidence=evidence)
     except Exception as exc:
         log.debug("unexpected error in %s", action, exc_info=True)
-        return _finish(catalog, handle, name, repo_name, started_at,
+        return _finish(recorder, handle, name, repo_name, started_at,
                        error=f"internal error: {type(exc).__name__}: {exc}", evidence=evidence)
     evidence["restic_summary"] = asdict(summary)
     log.info("%s: %s (snapshot %s, %s added, %.1f s)", action,
              "dry run done" if dry_run else "succeeded", summary.snapshot_id or "-",
              human_bytes(summary.data_added), time.monotonic() - clock)
-    return _finish(catalog, handle, name, repo_name, started_at, summary=summary,
+    return _finish(recorder, handle, name, repo_name, started_at, summary=summary,
                    evidence=evidence, status="succeeded", dry_run=dry_run)
 
 
-def _finish(catalog: Catalog | None, handle: RunHandle | None, name: str, repo_name: str,
+def _finish(recorder: Recorder | None, handle: RunHandle | None, name: str, repo_name: str,
             started_at: datetime, *, status: str = "failed", error: str | None = None,
             summary: BackupSummary | None = None, evidence: dict[str, Any] | None = None,
             dry_run: bool = False) -> BackupRun:
@@ -204,10 +212,11 @@ def _finish(catalog: Catalog | None, handle: RunHandle | None, name: str, repo_n
         files_new=summary.files_new if summary else None,
         files_changed=summary.files_changed if summary else None,
     )
-    if catalog is not None and handle is not None:
-        record = catalog.finish_run(handle, status=status, snapshot_id=run.snapshot_id,
-                                    error=error, evidence=evidence or {},
-                                    finished_at=run.finished_at)
+    if recorder is not None and handle is not None:
+        record = recorder.catalog.get().finish_run(
+            handle, status=status, snapshot_id=run.snapshot_id, error=error,
+            evidence=evidence or {}, finished_at=run.finished_at)
+        recorder.journal.close(handle)
         run.record_id = record.id
     return run
 

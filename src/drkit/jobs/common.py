@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import threading
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
+from drkit.catalog.inflight import RunJournal
 from drkit.config.models import Config
 from drkit.errors import BadRequestError
 from drkit.restic.runner import ResticRepository
+
+if TYPE_CHECKING:
+    from drkit.catalog.store import Catalog
 
 
 def select_names(requested: Sequence[str], declared: Iterable[str], what: str) -> list[str]:
@@ -34,3 +40,38 @@ def restic_repository(config: Config, name: str) -> ResticRepository:
     """The restic handle for repository ``name`` of ``config``."""
     return ResticRepository(name=name, config=config.repositories[name],
                             binary=config.restic_binary)
+
+
+class CatalogOpener:
+    """Opens the catalog in a background thread while the caller starts its real work.
+
+    Importing SQLAlchemy and connecting take about half a second; a backup journals its runs
+    in files (:class:`RunJournal`) and starts restic at once, and only waits for the catalog
+    when it has a record to append. :meth:`get` returns the catalog or raises its error.
+    """
+
+    def __init__(self, config: Config, journal: RunJournal) -> None:
+        self._config = config
+        self._journal = journal
+        self._result: Catalog | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._open, name="drkit-catalog", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            from drkit.catalog.store import open_catalog
+
+            catalog = open_catalog(self._config.catalog, base_dir=self._config.base_dir)
+            catalog.recover_interrupted(self._journal)
+            self._result = catalog
+        except BaseException as exc:
+            self._error = exc
+
+    def get(self) -> Catalog:
+        """The open catalog (waits for it). Raises whatever opening it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from drkit.catalog.inflight import RunJournal
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 from drkit.errors import DrkitError
@@ -30,8 +31,8 @@ class RepoInitResult:
         return dict(self.__dict__)
 
 
-def init_repositories(config: Config, catalog: Catalog, names: Sequence[str] = ()
-                      ) -> list[RepoInitResult]:
+def init_repositories(config: Config, catalog: Catalog, journal: RunJournal,
+                      names: Sequence[str] = ()) -> list[RepoInitResult]:
     """Create each named repository (all when empty); an existing one is verified, not touched.
 
     Raises :class:`BadRequestError` for unknown names; other failures are recorded and returned.
@@ -41,12 +42,12 @@ def init_repositories(config: Config, catalog: Catalog, names: Sequence[str] = (
         version: str | None = restic_version(config.restic_binary)
     except ResticError:
         version = None
-    return [_init_one(config, catalog, name, version) for name in selected]
+    return [_init_one(config, catalog, journal, name, version) for name in selected]
 
 
-def _init_one(config: Config, catalog: Catalog, name: str, version: str | None
-              ) -> RepoInitResult:
-    handle = catalog.start_run("repo_init", repository=name, restic_version=version)
+def _init_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
+              version: str | None) -> RepoInitResult:
+    handle = journal.open("repo_init", repository=name, restic_version=version)
     repo = restic_repository(config, name)
     result = RepoInitResult(repository=name, status="failed")
     action = f"repo init {name}"
@@ -68,6 +69,7 @@ def _init_one(config: Config, catalog: Catalog, name: str, version: str | None
                 "bucket_created": result.bucket_created}
     record = catalog.finish_run(handle, status="failed" if result.error else "succeeded",
                                 error=result.error, evidence=evidence)
+    journal.close(handle)
     result.record_id = record.id
     if not result.error:
         log.info("repository %s: %s%s", name, result.status,

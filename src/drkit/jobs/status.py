@@ -8,7 +8,8 @@ from typing import Any
 
 from drkit.catalog import queries
 from drkit.catalog.chain import canonical_time
-from drkit.catalog.store import Catalog, utcnow
+from drkit.catalog.inflight import utcnow
+from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 
 

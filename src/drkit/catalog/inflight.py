@@ -1,0 +1,120 @@
+"""Runs in flight, journaled as one small file each under ``state_dir/runs/``.
+
+A run is journaled before it starts work and the file is removed once its catalog record is
+appended. A file whose process is gone (killed, crashed, host rebooted) is what the next start
+turns into an ``interrupted`` record. Files, not catalog rows, so that starting a run costs no
+database import or round trip, and the run is journaled before restic starts.
+This module must stay free of SQLAlchemy: the backup path imports it before the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def utcnow() -> datetime:
+    """Now, as a naive UTC datetime (how the catalog stores times)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def process_start_token(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime) counts after the command name, which may contain spaces.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_alive(pid: int, token: str | None) -> bool:
+    """Whether the process that journaled a run is still running on this host."""
+    if Path("/proc").is_dir() and token is not None:
+        return process_start_token(pid) == token
+    return _pid_exists(pid)
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """A journaled run; pass it back to ``Catalog.finish_run`` and :meth:`RunJournal.close`."""
+
+    run_id: str
+    kind: str
+    started_at: datetime
+    hostname: str
+    pid: int
+    pid_started: str | None
+    target: str | None = None
+    repository: str | None = None
+    plan: str | None = None
+    restic_version: str | None = None
+
+
+class RunJournal:
+    """The in-flight runs of one deployment on this host (``state_dir/runs``)."""
+
+    def __init__(self, state_dir: Path, hostname: str | None = None) -> None:
+        self.directory = state_dir / "runs"
+        self.hostname = hostname or socket.gethostname()
+
+    def open(self, kind: str, *, target: str | None = None, repository: str | None = None,
+             plan: str | None = None, restic_version: str | None = None) -> RunHandle:
+        """Journal a run as started now by this process; return its handle."""
+        pid = os.getpid()
+        handle = RunHandle(run_id=str(uuid.uuid4()), kind=kind, started_at=utcnow(),
+                           hostname=self.hostname, pid=pid, pid_started=process_start_token(pid),
+                           target=target, repository=repository, plan=plan,
+                           restic_version=restic_version)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = asdict(handle)
+        data["started_at"] = handle.started_at.isoformat()
+        path = self.directory / f"{handle.run_id}.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data))
+        temporary.replace(path)  # atomic: a reader never sees half a file
+        return handle
+
+    def close(self, handle: RunHandle) -> None:
+        """Forget a run whose record is in the catalog."""
+        (self.directory / f"{handle.run_id}.json").unlink(missing_ok=True)
+
+    def claim_stale(self) -> Iterator[tuple[RunHandle, Path]]:
+        """Runs whose process is gone, each claimed by renaming its file (so only one process
+        records it). Yield (handle, claimed file); delete the file once recorded."""
+        if not self.directory.is_dir():
+            return
+        orphans = [p for p in self.directory.glob("*.claimed-*")
+                   if not _pid_exists(int(p.suffix.rsplit("-", 1)[-1]))]
+        for path in sorted(self.directory.glob("*.json")) + orphans:
+            try:
+                data = json.loads(path.read_text())
+                data["started_at"] = datetime.fromisoformat(data["started_at"])
+                handle = RunHandle(**data)
+            except (OSError, ValueError, TypeError):
+                continue
+            if handle.hostname != self.hostname or process_alive(handle.pid, handle.pid_started):
+                continue
+            claimed = path.with_suffix(f".claimed-{os.getpid()}")
+            try:
+                path.rename(claimed)
+            except FileNotFoundError:
+                continue  # another process claimed it first
+            yield handle, claimed
