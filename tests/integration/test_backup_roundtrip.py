@@ -100,8 +100,8 @@ def test_tree_roundtrip_to_local_path(project: Project) -> None:
     source.mkdir()
     make_tree(source)
     repo = project.root / "repo"
-    project.write_config(files_config({"url": str(repo), "password": {"env": "DRKIT_TEST_PASSWORD"}},
-                                      [str(source)]))
+    password = {"env": "DRKIT_TEST_PASSWORD"}
+    project.write_config(files_config({"url": str(repo), "password": password}, [str(source)]))
     project.run_json("repo", "init")
     (run,) = project.run_json("backup")["runs"]
     assert run["status"] == "succeeded"

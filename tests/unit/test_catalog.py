@@ -16,6 +16,8 @@ from drkit.catalog.inflight import RunJournal, utcnow
 from drkit.catalog.models import GENESIS_HASH, ChainHead, Record
 from drkit.catalog.store import NewRecord, open_catalog
 
+COLUMNS = [column.name for column in Record.__table__.columns]
+
 
 def verify_chain(records: list[Record]) -> None:
     """Recompute each hash from the stored columns and check the links."""
@@ -23,7 +25,7 @@ def verify_chain(records: list[Record]) -> None:
     for expected_seq, record in enumerate(records, start=1):
         assert record.seq == expected_seq
         assert record.prev_hash == previous
-        fields = {c: getattr(record, c) for c in Record.__table__.columns.keys()}
+        fields = {c: getattr(record, c) for c in COLUMNS}
         assert record_hash(fields) == record.hash
         previous = record.hash
 
@@ -48,7 +50,7 @@ def test_records_form_a_hash_chain(tmp_path: Path) -> None:
         assert head is not None and head.hash == records[-1].hash and head.seq == 5
     # An edited column no longer matches its hash.
     edited = records[2]
-    fields = {c: getattr(edited, c) for c in Record.__table__.columns.keys()}
+    fields = {c: getattr(edited, c) for c in COLUMNS}
     fields["status"] = "failed"
     assert record_hash(fields) != edited.hash
 

@@ -73,7 +73,7 @@ def test_backup_args_never_carry_secrets_and_end_paths() -> None:
                        excludes=["*.tmp"], dry_run=True)
     assert args[:2] == ("backup", "--json")
     assert args[-3:] == ("--", "-weird-name", "/srv")  # a path starting with '-' is no flag
-    assert "--dry-run" in args and ("--exclude", "*.tmp") == args[6:8]
+    assert "--dry-run" in args and args[6:8] == ("--exclude", "*.tmp")
 
 
 def test_parse_restic_time_nanoseconds() -> None:

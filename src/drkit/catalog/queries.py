@@ -54,8 +54,3 @@ def backup_states(session: Session, kind: str = "backup") -> list[RepositoryStat
             last_error=latest.error,
         ))
     return states
-
-
-def records_for_run(session: Session, run_id: str) -> list[Record]:
-    """Every record of a run id (normally one)."""
-    return list(session.scalars(select(Record).where(Record.run_id == run_id)))

@@ -200,8 +200,8 @@ def open_catalog(url: str, *, base_dir: Path | None = None) -> Catalog:
     A relative SQLite path is taken relative to ``base_dir`` (the config file's directory).
     Raises :class:`CatalogError` when the database cannot be reached or created.
     """
-    resolved = resolve_catalog_url(url, base_dir or Path.cwd())
     try:
+        resolved = resolve_catalog_url(url, base_dir or Path.cwd())
         engine = create_engine(resolved, connect_args=_connect_args(resolved), future=True)
         if engine.dialect.name == "sqlite":
             _sqlite_pragmas(engine)

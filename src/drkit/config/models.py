@@ -192,7 +192,8 @@ class NotifySettings(Strict):
 class Config(Strict):
     """The whole of ``drkit.yaml``. ``source`` and ``base_dir`` are set by the loader."""
 
-    catalog: str = DEFAULT_CATALOG
+    catalog: str = Field(default=DEFAULT_CATALOG, pattern=r"^[A-Za-z0-9+_]+://",
+                         description="SQLAlchemy URL of the catalog")
     plans_dir: Annotated[Path, AfterValidator(resolve_path)] = Field(
         default=Path("../recovery_plans"), validate_default=True)
     state_dir: Annotated[Path, AfterValidator(resolve_path)] = Field(

@@ -75,13 +75,6 @@ def describe(exc: DrkitError) -> str:
     return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
 
 
-class _Cancel:
-    """Set when the user interrupts: runs still going are recorded as ``interrupted``."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-
 @dataclass(frozen=True)
 class Recorder:
     """Where runs are journaled while in flight and recorded when done."""
@@ -107,7 +100,7 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
     except ResticError as exc:
         log.error("%s", exc)
         version = None  # every run fails on its own, and each failure is recorded
-    cancel = _Cancel()
+    cancel = threading.Event()  # set on Ctrl-C/SIGTERM: runs still going become "interrupted"
     runs: list[BackupRun] = []
     with ThreadPoolExecutor(max_workers=config.parallelism,
                             thread_name_prefix="drkit-backup") as pool:
@@ -118,7 +111,7 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
             for future in futures:
                 runs.extend(future.result())
         except BaseException:
-            cancel.event.set()
+            cancel.set()
             terminate_all()
             for future in futures:
                 future.cancel()
@@ -128,7 +121,7 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
 
 def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_run: bool = False,
                   restic_version: str | None = None, on_progress: ProgressHook | None = None,
-                  cancel: _Cancel | None = None) -> list[BackupRun]:
+                  cancel: threading.Event | None = None) -> list[BackupRun]:
     """Back one target up to each of its repositories; record and return every run."""
     target = config.targets[name]
     kind = registry.get(target.kind)
@@ -142,7 +135,7 @@ def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_r
     try:
         with kind.prepare(name, target, staging) as source:
             for repo_name in target.repositories:
-                if cancel is not None and cancel.event.is_set():
+                if cancel is not None and cancel.is_set():
                     runs.append(_finish(recorder, handles[repo_name], name, repo_name,
                                         started[repo_name], error="interrupted before it began",
                                         status="interrupted"))
@@ -162,7 +155,7 @@ def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_r
 
 def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | None, name: str,
                 repo_name: str, started_at: datetime, source: Any, dry_run: bool,
-                on_progress: ProgressHook | None, cancel: _Cancel | None) -> BackupRun:
+                on_progress: ProgressHook | None, cancel: threading.Event | None) -> BackupRun:
     repo = restic_repository(config, repo_name)
     action = f"backup {name} -> {repo_name}"
     hook = None
@@ -181,7 +174,7 @@ def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | N
         return _finish(recorder, handle, name, repo_name, started_at, error=str(exc),
                        evidence=evidence)
     except DrkitError as exc:
-        interrupted = cancel is not None and cancel.event.is_set()
+        interrupted = cancel is not None and cancel.is_set()
         return _finish(recorder, handle, name, repo_name, started_at,
                        error="interrupted by the user" if interrupted else describe(exc),
                        status="interrupted" if interrupted else "failed", evidence=evidence)
