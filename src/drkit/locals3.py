@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drkit.errors import DrkitError
+from drkit.processes import stop_process
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,6 @@ def local_s3(data_dir: Path, *, log_file: Path | None = None) -> Iterator[LocalS
         yield LocalS3(endpoint=f"http://127.0.0.1:{port}", access_key=access_key,
                       secret_key=secret_key, data_dir=data_dir, pid=proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if log_file:
             sink.close()  # type: ignore[union-attr]

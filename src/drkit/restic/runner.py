@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from drkit.config.models import Repository
 from drkit.config.secrets import SecretRef
+from drkit.processes import stop_process
 from drkit.restic.errors import ResticError, ResticFailed, ResticNotFound, classify
 
 log = logging.getLogger("drkit.restic")
@@ -160,7 +161,7 @@ def run_restic(
         result.returncode = proc.wait()
     except BaseException:
         # Ctrl-C or a failing callback: never leave restic running behind us.
-        _stop(proc)
+        stop_process(proc)
         raise
     finally:
         with _live_lock:
@@ -208,17 +209,6 @@ def _take_line(raw: bytes, result: ResticResult, on_json: JsonHandler | None) ->
 def _drain(stream: IO[bytes], into: list[bytes]) -> None:
     for chunk in iter(lambda: stream.read(65536), b""):
         into.append(chunk)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _not_found(binary: str) -> ResticNotFound:
