@@ -35,7 +35,8 @@ unit: setup
 	$(BIN)/pytest tests/unit
 
 bench: setup
-	$(BIN)/python bench/backup_overhead.py
+	$(BIN)/python -m bench.backup_overhead
+	$(BIN)/python -m bench.drill_overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

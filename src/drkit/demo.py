@@ -1,7 +1,8 @@
 """``drkit demo``: the whole loop on a local S3 endpoint, in a temporary directory.
 
 It starts ``rclone serve s3`` on a free port with fresh credentials, makes sample files and a
-SQLite database, writes a config for them, then runs the real commands one after the other.
+SQLite database, writes a config for them and the example recovery plan, then runs the real
+commands one after the other: validate, repo init, backup, snapshots, drill, status.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import sqlite3
 import tempfile
 from contextlib import closing
+from importlib import resources
 from pathlib import Path
 
 from drkit.locals3 import LocalS3, local_s3
@@ -21,6 +23,8 @@ CONFIG = """\
 catalog: sqlite:///.drkit/catalog.db
 plans_dir: ../recovery_plans
 parallelism: 2
+drills:
+  sandbox_dir: ../sandbox
 repositories:
   primary:
     url: {url}
@@ -72,6 +76,10 @@ def write_demo_config(workdir: Path, s3: LocalS3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(CONFIG.format(url=s3.restic_url("drkit-demo", "restic"),
                                   endpoint=s3.endpoint))
+    plans = workdir / "recovery_plans"
+    plans.mkdir(exist_ok=True)
+    plan = resources.files("drkit").joinpath("templates", "example-plan.yaml")
+    (plans / "example.yaml").write_text(plan.read_text(encoding="utf-8"))
     return path
 
 
@@ -89,7 +97,7 @@ def run_demo(*, keep: bool = False, verbose: bool = False) -> int:
             config = write_demo_config(workdir, s3)
             base = ["--config", str(config)] + (["--verbose"] if verbose else [])
             for step in (["validate"], ["repo", "init"], ["backup"], ["snapshots"],
-                         ["status"]):
+                         ["drill", "example"], ["status"]):
                 print(f"\n$ drkit {' '.join(step)}", flush=True)
                 result = main(base + step)
                 if result != 0:

@@ -9,7 +9,7 @@ from drkit.errors import BadRequestError
 
 STARTER_FILES = {
     Path("config") / "drkit.yaml": "drkit.yaml",
-    Path("recovery_plans") / "example.yaml": "example-plan.yaml",
+    Path("recovery_plans") / "example.yaml": "starter-plan.yaml",
 }
 
 

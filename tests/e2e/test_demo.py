@@ -12,7 +12,7 @@ def test_demo_runs_the_loop(restic_binary: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for step in ("$ drkit validate", "$ drkit repo init", "$ drkit backup", "$ drkit snapshots",
-                 "$ drkit status", "demo: done"):
+                 "$ drkit drill example", "verdict: passed", "$ drkit status", "demo: done"):
         assert step in out
     assert "backup app-files -> primary: succeeded" in result.stderr
     assert "backup invoices -> primary: succeeded" in result.stderr

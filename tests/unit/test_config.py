@@ -47,15 +47,16 @@ targets:
 """)
     config = load_config(path)
     base = path.parent
-    assert config.repositories["local"].url == str(base / "../backups")
-    assert config.repositories["local"].password.file == base / "../secrets/restic"
+    top = tmp_path
+    assert config.repositories["local"].url == str(top / "backups")
+    assert config.repositories["local"].password.file == top / "secrets" / "restic"
     assert config.repositories["remote"].url == "s3:http://127.0.0.1:9000/bkt/prefix"
     files = config.targets["files"]
-    assert isinstance(files, FilesTarget) and files.paths == [base / "../data", Path("/abs")]
+    assert isinstance(files, FilesTarget) and files.paths == [top / "data", Path("/abs")]
     db = config.targets["db"]
-    assert isinstance(db, SqliteTarget) and db.path == base / "../app.sqlite"
+    assert isinstance(db, SqliteTarget) and db.path == top / "app.sqlite"
     assert config.state_dir == base / ".drkit"
-    assert config.plans_dir == base / "../recovery_plans"
+    assert config.plans_dir == top / "recovery_plans"
 
 
 def test_every_error_at_once_with_file_line_and_path(tmp_path: Path) -> None:

@@ -54,3 +54,22 @@ def backup_states(session: Session, kind: str = "backup") -> list[RepositoryStat
             last_error=latest.error,
         ))
     return states
+
+
+@dataclass(frozen=True)
+class LastDrill:
+    plan: str
+    finished_at: datetime
+    status: str
+    evidence: str
+
+
+def last_drills(session: Session) -> dict[str, LastDrill]:
+    """The newest drill record of each plan."""
+    newest = (
+        select(Record.plan, func.max(Record.seq).label("seq"))
+        .where(Record.kind == "drill").group_by(Record.plan).subquery()
+    )
+    rows = session.scalars(select(Record).join(newest, Record.seq == newest.c.seq))
+    return {r.plan or "": LastDrill(plan=r.plan or "", finished_at=r.finished_at,
+                                    status=r.status, evidence=r.evidence) for r in rows}

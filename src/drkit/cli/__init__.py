@@ -68,8 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list snapshots known to the repositories")
     p.add_argument("targets", nargs="*", metavar="TARGET")
 
+    p = sub.add_parser("drill", parents=[common, as_json],
+                       help="rehearse one recovery plan: restore, verify, score RPO/RTO")
+    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("--snapshot", metavar="ID", help="restore this snapshot (id or prefix) "
+                   "for the step whose target has it; the others use their newest")
+    p.add_argument("--keep-sandbox", action="store_true",
+                   help="leave the restored data in the sandbox to look at")
+
     sub.add_parser("status", parents=[common, as_json],
-                   help="per target: last good backup and its age")
+                   help="per target: last good backup, its age against the RPO, last drill")
 
     p = sub.add_parser("demo", parents=[common],
                        help="the whole loop on a local S3 endpoint, in a temporary directory")

@@ -19,6 +19,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
+        "drill": cmd_drill,
         "demo": cmd_demo,
     }
     return handlers[args.command](args)
@@ -64,10 +65,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from drkit.config.loader import find_config_path
+    from drkit.drills.plans import load_plans
 
     path = find_config_path(getattr(args, "config", None))
     try:
         config = _config(args)
+        plans = load_plans(config)
     except ConfigError as exc:
         if args.json:
             emit_json({"valid": False, "config": str(path), "errors": exc.problems})
@@ -79,12 +82,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_BAD_REQUEST
     summary = {"valid": True, "config": str(config.source),
                "repositories": list(config.repositories), "targets": list(config.targets),
-               "errors": []}
+               "plans": list(plans), "errors": []}
     if args.json:
         emit_json(summary)
     else:
         print(f"{config.source}: valid ({len(config.repositories)} repositories, "
-              f"{len(config.targets)} targets)")
+              f"{len(config.targets)} targets, {len(plans)} recovery plans)")
     return EXIT_OK
 
 
@@ -155,15 +158,48 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from drkit.cli import render
-    from drkit.jobs.status import target_statuses
+    from drkit.drills.plans import load_plans
+    from drkit.jobs.status import plan_statuses, target_statuses
 
     config = _config(args)
-    statuses = target_statuses(config, _catalog(config))
+    plans = load_plans(config)
+    catalog = _catalog(config)
+    statuses = target_statuses(config, catalog, plans)
+    drills = plan_statuses(plans, catalog)
     if args.json:
-        emit_json({"targets": [s.to_json() for s in statuses]})
+        emit_json({"targets": [s.to_json() for s in statuses],
+                   "plans": [p.to_json() for p in drills]})
     else:
         render.status_table(statuses)
-    return EXIT_OK if all(s.healthy for s in statuses) else EXIT_FAILED
+        if drills:
+            render.plans_table(drills)
+    healthy = all(s.healthy for s in statuses) and all(p.healthy for p in drills)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from drkit.drills.plans import find_plan, load_plans
+    from drkit.drills.runner import run_drill
+    from drkit.jobs.backup import Recorder
+    from drkit.jobs.common import CatalogOpener
+
+    config = _config(args)
+    plan = find_plan(load_plans(config), args.plan)
+    journal = _journal(config)
+    recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal))
+    result = run_drill(config, plan, recorder, snapshot=args.snapshot,
+                       keep_sandbox=args.keep_sandbox)
+    if args.json:
+        emit_json(result.to_json())
+    else:
+        from drkit.cli import render
+
+        render.drill_summary(result)
+    if result.status != "passed":
+        print(f"drkit: drill {plan.name}: {result.status}"
+              + (f": {result.error}" if result.error else ""), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -13,13 +13,14 @@ from rich.table import Table
 from drkit.units import human_age, human_bytes
 
 if TYPE_CHECKING:
+    from drkit.drills.runner import DrillResult
     from drkit.jobs.backup import BackupRun
     from drkit.jobs.repo import RepoInitResult
     from drkit.jobs.snapshots import SnapshotRow
-    from drkit.jobs.status import TargetStatus
+    from drkit.jobs.status import PlanStatus, TargetStatus
 
 _STYLE = {"succeeded": "green", "created": "green", "exists": "green", "failed": "red",
-          "interrupted": "yellow"}
+          "interrupted": "yellow", "passed": "green", "breached": "yellow"}
 
 
 def _console() -> Console:
@@ -70,18 +71,73 @@ def snapshots_table(rows: Sequence[SnapshotRow]) -> None:
 
 def status_table(statuses: Sequence[TargetStatus]) -> None:
     table = Table(title="status", title_justify="left")
-    for column in ("target", "last good backup", "age", "repository", "last run", "error"):
+    for column in ("target", "last good backup", "age", "RPO", "repository", "last run",
+                   "last drill", "error"):
         table.add_column(column)
     for status in statuses:
+        rpo = "-" if status.rpo_objective_s is None else (
+            ("[green]ok[/]" if status.rpo_ok else "[red]breached[/]")
+            + f" ({human_age(status.rpo_objective_s)})")
         for index, repo in enumerate(status.repositories):
             first = index == 0
             table.add_row(
                 status.target if first else "",
                 _when(status.last_success_at) if first else "",
                 human_age(status.age_s) if first else "",
+                rpo if first else "",
                 repo.repository, _status(repo.last_status or "never run"),
+                _status(status.last_drill_status) if first else "",
                 (repo.last_error or "")[:80])
     _console().print(table)
+
+
+def plans_table(plans: Sequence[PlanStatus]) -> None:
+    table = Table(title="recovery plans", title_justify="left")
+    for column in ("plan", "last drill", "status", "RPO achieved / objective",
+                   "RTO achieved / objective"):
+        table.add_column(column)
+    for plan in plans:
+        table.add_row(plan.plan, _when(plan.last_drill_at) if plan.last_drill_at else "never",
+                      _status(plan.last_drill_status),
+                      f"{_age(plan.rpo_achieved_s)} / {human_age(plan.rpo_objective_s)}",
+                      f"{_age(plan.rto_achieved_s)} / {human_age(plan.rto_objective_s)}")
+    _console().print(table)
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else human_age(seconds)
+
+
+def _vs(achieved: float | None, objective: float) -> str:
+    if achieved is None:
+        return f"- / {human_age(objective)}"
+    style = "green" if achieved <= objective else "red"
+    return f"[{style}]{achieved:.1f} s[/] / {human_age(objective)}"
+
+
+def drill_summary(result: DrillResult) -> None:
+    table = Table(title=f"drill {result.plan}", title_justify="left")
+    for column in ("step", "snapshot", "restore", "check", "result", "detail"):
+        table.add_column(column)
+    for step in result.steps:
+        snap = (step.snapshot_id or "-")[:8]
+        if step.snapshot_time is not None:
+            snap += " " + step.snapshot_time.strftime("%Y-%m-%d %H:%M:%S")
+        restore = f"{step.restore_s:.1f} s" if step.restore_s is not None else "-"
+        if step.error:
+            table.add_row(step.target, snap, restore, "restore", _status("failed"), step.error)
+        for index, check in enumerate(step.checks):
+            first = index == 0 and not step.error
+            table.add_row(step.target if first else "", snap if first else "",
+                          restore if first else "", check.name, _status(check.status),
+                          check.detail[:100])
+    console = _console()
+    console.print(table)
+    console.print(f"RPO achieved {_vs(result.rpo_achieved_s, result.rpo_objective_s)}   "
+                  f"RTO achieved {_vs(result.rto_achieved_s, result.rto_objective_s)}")
+    console.print(f"verdict: {_status(result.status)}"
+                  + (f" - {result.error}" if result.error and result.status != "passed" else "")
+                  + (f" (sandbox kept: {result.sandbox})" if result.sandbox_kept else ""))
 
 
 def repo_init_table(results: Sequence[RepoInitResult]) -> None:

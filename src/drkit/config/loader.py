@@ -9,10 +9,10 @@ import functools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Union, cast
+from typing import Annotated, Any, TypeVar, Union, cast
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from drkit.config.models import Config
 from drkit.errors import BadRequestError, ConfigError
@@ -116,12 +116,17 @@ def config_model() -> type[Config]:
 
 
 def _clean_loc(loc: Loc, data: Any) -> Loc:
-    """Drop the discriminator tag pydantic puts into locations inside a tagged union."""
+    """Drop the union tags pydantic puts into locations: a target's ``kind`` value, or a
+    check's kind key (``sql``) followed by a sibling field, which cannot be inside a scalar."""
     out: list[str | int] = []
     node = data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("kind") == part:
-            continue
+    for position, part in enumerate(loc):
+        more = position + 1 < len(loc)
+        if isinstance(node, dict):
+            is_kind_tag = part not in node and node.get("kind") == part
+            is_key_tag = more and part in node and not isinstance(node[part], dict | list)
+            if is_kind_tag or is_key_tag:
+                continue
         out.append(part)
         if isinstance(node, dict):
             node = node.get(part)
@@ -173,6 +178,23 @@ def _cross_references(data: Any) -> Iterator[tuple[Loc, str]]:
                 yield ("targets", name, "repositories", index), f"unknown repository {repo!r}{hint}"
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_located(model: type[M], data: Any, shown: Path, lines: dict[Loc, int], *,
+                     context: dict[str, Any]) -> tuple[M | None, list[str]]:
+    """Validate ``data`` (read from ``shown``) as ``model``; return it, or None and every
+    problem located as ``file:line: at 'path': message``."""
+    try:
+        return model.model_validate(data, context=context), []
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = _clean_loc(tuple(error["loc"]), data)
+            problems.append(locate(shown, lines, loc, _message(cast(dict[str, Any], error))))
+        return None, problems
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read and validate the config at ``path`` (see :func:`find_config_path`).
 
@@ -184,15 +206,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     data, lines, problems = read_yaml(shown)
     if not isinstance(data, dict):
         raise ConfigError([f"{shown}:1: at '(top level)': expected a mapping of settings"])
-    problems = list(problems)
-    model = config_model()
-    config: Config | None = None
-    try:
-        config = model.model_validate(data, context={"base_dir": source.parent})
-    except ValidationError as exc:
-        for error in exc.errors():
-            loc = _clean_loc(tuple(error["loc"]), data)
-            problems.append(locate(shown, lines, loc, _message(cast(dict[str, Any], error))))
+    config, found = validate_located(config_model(), data, shown, lines,
+                                     context={"base_dir": source.parent})
+    problems = [*problems, *found]
     for loc, message in _cross_references(data):
         problems.append(locate(shown, lines, loc, message))
     if problems:

@@ -6,6 +6,7 @@ Target kinds add their own model (a subclass of :class:`TargetConfig`) in their 
 
 from __future__ import annotations
 
+import os
 import re
 import zoneinfo
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -39,6 +41,34 @@ def _check_cron(value: str) -> str:
 
 
 CronExpr = Annotated[str, AfterValidator(_check_cron)]
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)([smhdw]))+$")
+
+
+def parse_duration(value: str | int | float) -> float:
+    """``"15m"`` -> 900.0; ``"1h30m"`` -> 5400.0; a bare number is seconds.
+
+    Raises ValueError naming the accepted forms.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    text = str(value).strip().replace(" ", "")
+    if not text or not _DURATION.match(text):
+        raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 15m, 1h, 1h30m, 1d)")
+    return float(sum(float(n) * _DURATION_UNITS[u]
+                     for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)))
+
+
+def _to_seconds(value: object) -> float:
+    if not isinstance(value, str | int | float):
+        raise ValueError("a duration is a string like 15m or a number of seconds")
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_to_seconds)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
@@ -47,7 +77,8 @@ def resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     value = value.expanduser()
     if not value.is_absolute() and base is not None:
-        return Path(base) / value
+        # normpath, not resolve(): "config/../data" reads better, symlinks stay as written.
+        return Path(os.path.normpath(Path(base) / value))
     return value
 
 

@@ -42,7 +42,7 @@ class SecretRef(BaseModel):
     def _absolute(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         base = (info.context or {}).get("base_dir")
         if value is not None and not value.is_absolute() and base is not None:
-            return Path(base) / value
+            return Path(os.path.normpath(Path(base) / value))
         return value
 
     def describe(self) -> str:

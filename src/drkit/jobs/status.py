@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,7 @@ from drkit.catalog.chain import canonical_time
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config
+from drkit.drills.plans import RecoveryPlan
 
 
 @dataclass
@@ -39,8 +41,8 @@ class TargetStatus:
 
     @property
     def healthy(self) -> bool:
-        """Every repository has a good backup and its latest run succeeded."""
-        return bool(self.repositories) and all(
+        """Every repository has a good backup, its latest run succeeded, and the RPO holds."""
+        return bool(self.repositories) and self.rpo_ok is not False and all(
             r.last_success_at is not None and r.last_status == "succeeded"
             for r in self.repositories)
 
@@ -56,12 +58,60 @@ def _time(value: datetime | None) -> str | None:
     return canonical_time(value) if value is not None else None
 
 
-def target_statuses(config: Config, catalog: Catalog, now: datetime | None = None
-                    ) -> list[TargetStatus]:
-    """One :class:`TargetStatus` per declared target, in config order."""
+@dataclass
+class PlanStatus:
+    plan: str
+    rpo_objective_s: float
+    rto_objective_s: float
+    last_drill_at: datetime | None = None
+    last_drill_status: str | None = None
+    rpo_achieved_s: float | None = None
+    rto_achieved_s: float | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Never drilled, or the last drill passed."""
+        return self.last_drill_status in (None, "passed")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan": self.plan, "rpo_objective_s": self.rpo_objective_s,
+                "rto_objective_s": self.rto_objective_s,
+                "last_drill_at": _time(self.last_drill_at),
+                "last_drill_status": self.last_drill_status,
+                "rpo_achieved_s": self.rpo_achieved_s, "rto_achieved_s": self.rto_achieved_s}
+
+
+def plan_statuses(plans: dict[str, RecoveryPlan], catalog: Catalog) -> list[PlanStatus]:
+    """Each plan's objectives and its last drill."""
+    with catalog.session() as session:
+        drills = queries.last_drills(session)
+    out = []
+    for name, plan in plans.items():
+        status = PlanStatus(plan=name, rpo_objective_s=plan.objectives.rpo,
+                            rto_objective_s=plan.objectives.rto)
+        last = drills.get(name)
+        if last is not None:
+            evidence = json.loads(last.evidence)
+            status.last_drill_at = last.finished_at
+            status.last_drill_status = last.status
+            status.rpo_achieved_s = evidence.get("rpo_achieved_s")
+            status.rto_achieved_s = evidence.get("rto_achieved_s")
+        out.append(status)
+    return out
+
+
+def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryPlan] | None = None,
+                    now: datetime | None = None) -> list[TargetStatus]:
+    """One :class:`TargetStatus` per declared target, in config order.
+
+    A target's RPO objective is the tightest of the plans that restore it; ``rpo_ok`` compares
+    the age of its last good backup with it, continuously, with no drill needed.
+    """
     now = now or utcnow()
+    plans = plans or {}
     with catalog.session() as session:
         states = {(s.target, s.repository): s for s in queries.backup_states(session)}
+        drills = queries.last_drills(session)
     out = []
     for name, target in config.targets.items():
         repos = []
@@ -76,6 +126,14 @@ def target_statuses(config: Config, catalog: Catalog, now: datetime | None = Non
         successes = [r.last_success_at for r in repos if r.last_success_at is not None]
         newest = max(successes) if successes else None
         age = round((now - newest).total_seconds(), 3) if newest is not None else None
-        out.append(TargetStatus(target=name, last_success_at=newest, age_s=age,
-                                repositories=repos))
+        covering = [plan for plan in plans.values()
+                    if any(step.target == name for step in plan.steps)]
+        rpo = min((plan.objectives.rpo for plan in covering), default=None)
+        drilled = [drills[plan.name] for plan in covering if plan.name in drills]
+        last_drill = max(drilled, key=lambda d: d.finished_at) if drilled else None
+        out.append(TargetStatus(
+            target=name, last_success_at=newest, age_s=age, repositories=repos,
+            rpo_objective_s=rpo,
+            rpo_ok=None if rpo is None else (age is not None and age <= rpo),
+            last_drill_status=last_drill.status if last_drill else None))
     return out

@@ -1,0 +1,1 @@
+"""Recovery plans and restore drills: restore into a sandbox, verify, score RPO/RTO."""

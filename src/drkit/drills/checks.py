@@ -1,0 +1,227 @@
+"""Declared checks run against restored data. One function a check kind.
+
+A database kind (postgres, mysql) plugs in by providing a :class:`SqlDatabase` for its scratch
+database; ``sql`` checks then run unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import closing, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from drkit.drills.expect import evaluate, parse_expectation
+from drkit.drills.plans import (
+    Check,
+    CommandCheck,
+    FilesExistCheck,
+    SqlCheck,
+    SqliteIntegrityCheck,
+)
+
+DETAIL_LIMIT = 2000
+OUTPUT_LIMIT = 4000
+
+
+@dataclass
+class CheckResult:
+    """One check's outcome and its evidence (output is truncated, never unbounded)."""
+
+    name: str
+    status: str  # "passed" | "failed"
+    detail: str
+    duration_s: float = 0.0
+    output: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "status": self.status,
+                                "detail": self.detail[:DETAIL_LIMIT],
+                                "duration_s": round(self.duration_s, 3)}
+        if self.output:
+            data["output"] = self.output
+        return data
+
+
+class SqlDatabase(Protocol):
+    """Where ``sql`` checks run: a restored SQLite file or a scratch database server."""
+
+    def scalar(self, sql: str) -> Any:
+        """The first column of the first row of ``sql`` (None when no row)."""
+        ...
+
+
+class SqliteDatabase:
+    """A restored SQLite file in the sandbox (a copy: opening it read-write is harmless)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def scalar(self, sql: str) -> Any:
+        with closing(sqlite3.connect(self.path, timeout=30)) as db:
+            row = db.execute(sql).fetchone()
+        return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a check may look at: the restored data and the snapshot it came from."""
+
+    data_dir: Path           # the restored data (``{restore_dir}``)
+    sandbox: Path            # the drill's sandbox; nothing is written outside it
+    snapshot_time: datetime
+    default_database: Path | None = None   # a sqlite target's own file
+    database: SqlDatabase | None = None    # set by database steps (postgres, mysql)
+    substitutions: dict[str, str] = field(default_factory=dict)
+
+
+def truncate(text: str, limit: int = OUTPUT_LIMIT) -> str:
+    """Keep the end of ``text`` (where errors usually are), marking what was cut."""
+    if len(text) <= limit:
+        return text
+    return f"[... {len(text) - limit} characters cut ...]\n" + text[-limit:]
+
+
+def check_name(check: Check) -> str:
+    """A readable default name for ``check``."""
+    if check.name:
+        return check.name
+    if isinstance(check, FilesExistCheck):
+        return "files_exist: " + ", ".join(check.files_exist)
+    if isinstance(check, CommandCheck):
+        return "command: " + " ".join(check.command)
+    if isinstance(check, SqliteIntegrityCheck):
+        return "sqlite_integrity" + (f": {check.sqlite_integrity}"
+                                     if isinstance(check.sqlite_integrity, str) else "")
+    return f"sql: {check.sql} expect {check.expect}"
+
+
+def inside(base: Path, relative: str) -> Path:
+    """``base / relative``, refusing anything that would resolve outside ``base``."""
+    path = (base / relative).resolve()
+    if path != base.resolve() and base.resolve() not in path.parents:
+        raise ValueError(f"{relative!r} points outside the restored data")
+    return path
+
+
+def run_check(check: Check, context: StepContext) -> CheckResult:
+    """Run one check; never raises for a failing check (the result says why)."""
+    name = check_name(check)
+    start = time.monotonic()
+    runner: Callable[[Any, StepContext], tuple[bool, str, dict[str, str]]] = _RUNNERS[type(check)]
+    try:
+        ok, detail, output = runner(check, context)
+    except Exception as exc:
+        ok, detail, output = False, f"{type(exc).__name__}: {exc}", {}
+    return CheckResult(name=name, status="passed" if ok else "failed", detail=detail,
+                       duration_s=time.monotonic() - start, output=output)
+
+
+def _files_exist(check: FilesExistCheck, context: StepContext
+                 ) -> tuple[bool, str, dict[str, str]]:
+    missing = []
+    for item in check.files_exist:
+        path = inside(context.data_dir, item)
+        wanted_dir = item.endswith("/")
+        if not path.exists() or (wanted_dir and not path.is_dir()):
+            missing.append(item)
+    if missing:
+        return False, f"missing: {', '.join(missing)}", {}
+    return True, f"{len(check.files_exist)} present", {}
+
+
+def _sqlite_path(value: str | bool | None, context: StepContext) -> Path:
+    if isinstance(value, str):
+        return inside(context.data_dir, value)
+    if context.default_database is None:
+        raise ValueError("no database given and the step's target is not a sqlite target")
+    return context.default_database
+
+
+def _sqlite_integrity(check: SqliteIntegrityCheck, context: StepContext
+                      ) -> tuple[bool, str, dict[str, str]]:
+    path = _sqlite_path(check.sqlite_integrity, context)
+    if not path.is_file():
+        return False, f"{path.name} was not restored", {}
+    with closing(sqlite3.connect(path, timeout=30)) as db:
+        rows = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    ok = rows == ["ok"]
+    return ok, "integrity_check: ok" if ok else "integrity_check: " + "; ".join(rows[:5]), {}
+
+
+def _sql(check: SqlCheck, context: StepContext) -> tuple[bool, str, dict[str, str]]:
+    database = context.database
+    if database is None:
+        path = _sqlite_path(check.database, context)
+        if not path.is_file():
+            return False, f"{path.name} was not restored", {}
+        database = SqliteDatabase(path)
+    value = database.scalar(check.sql)
+    ok, detail = evaluate(parse_expectation(check.expect), value, context.snapshot_time)
+    return ok, detail, {}
+
+
+def _command(check: CommandCheck, context: StepContext) -> tuple[bool, str, dict[str, str]]:
+    subs = {"restore_dir": str(context.data_dir), **context.substitutions}
+    argv = [_substitute(arg, subs) for arg in check.command]
+    tmp = context.sandbox / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmp), "DRKIT_RESTORE_DIR": str(context.data_dir)}
+    try:
+        # Its own session, so that a timeout kills the whole process group it may spawn.
+        proc = subprocess.Popen(argv, cwd=context.data_dir, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    except OSError as exc:
+        return False, f"cannot run {argv[0]!r}: {exc.strerror}", {}
+    try:
+        out, err = proc.communicate(timeout=check.timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        return False, f"timed out after {check.timeout:.0f} s (killed)", _outputs(out, err)
+    finally:
+        if proc.poll() is None:  # interrupted: never leave it behind
+            _kill_group(proc)
+            proc.wait()
+    ok = proc.returncode == 0
+    return ok, f"exit code {proc.returncode}", _outputs(out, err)
+
+
+def _substitute(arg: str, subs: dict[str, str]) -> str:
+    for key, value in subs.items():
+        arg = arg.replace("{" + key + "}", value)
+    return arg
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _outputs(out: bytes, err: bytes) -> dict[str, str]:
+    result = {}
+    if out:
+        result["stdout"] = truncate(out.decode("utf-8", "replace"))
+    if err:
+        result["stderr"] = truncate(err.decode("utf-8", "replace"))
+    return result
+
+
+_RUNNERS: dict[type, Callable[[Any, StepContext], tuple[bool, str, dict[str, str]]]] = {
+    FilesExistCheck: _files_exist,
+    CommandCheck: _command,
+    SqliteIntegrityCheck: _sqlite_integrity,
+    SqlCheck: _sql,
+}

@@ -1,0 +1,72 @@
+"""``expect`` forms of ``sql`` checks: ``>= N``, ``== N`` (and >, <, <=, !=), and
+``within DURATION of snapshot`` (the value is a time no older than that before the snapshot)."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from drkit.config.models import parse_duration
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
+    ">": operator.gt, "<": operator.lt,
+}
+_NUMERIC = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
+_WITHIN = re.compile(r"^\s*within\s+(\S+)\s+of\s+snapshot\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    text: str
+    op: str | None = None
+    number: float | None = None
+    within_s: float | None = None
+
+
+def parse_expectation(text: str) -> Expectation:
+    """Parse an ``expect`` string. Raises ValueError naming the accepted forms."""
+    match = _NUMERIC.match(text)
+    if match:
+        return Expectation(text=text, op=match.group(1), number=float(match.group(2)))
+    match = _WITHIN.match(text)
+    if match:
+        return Expectation(text=text, within_s=parse_duration(match.group(1)))
+    raise ValueError(f"unknown expectation {text!r} (write '>= N', '== N', '< N', ... or "
+                     "'within 1h of snapshot')")
+
+
+def as_time(value: Any) -> datetime:
+    """A database value as an aware UTC time: ISO text (naive = UTC) or a Unix timestamp."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def evaluate(expectation: Expectation, value: Any, snapshot_time: datetime) -> tuple[bool, str]:
+    """Whether ``value`` meets ``expectation``; and a one-line explanation for the evidence."""
+    if value is None:
+        return False, "query returned no value (NULL or no row)"
+    if expectation.within_s is not None:
+        try:
+            when = as_time(value)
+        except (ValueError, TypeError, OSError):
+            return False, f"value {value!r} is not a time"
+        lag = (snapshot_time - when).total_seconds()
+        ok = lag <= expectation.within_s
+        return ok, (f"newest data {when.isoformat()} is {lag:.0f} s older than the snapshot "
+                    f"(allowed {expectation.within_s:.0f} s)")
+    assert expectation.op is not None and expectation.number is not None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False, f"value {value!r} is not a number"
+    ok = _COMPARE[expectation.op](number, expectation.number)
+    return ok, f"value {value!r} {'meets' if ok else 'does not meet'} {expectation.text.strip()}"

@@ -1,0 +1,184 @@
+"""Recovery plans (``recovery_plans/*.yaml``, one plan a file) and their validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from drkit.config.loader import locate, read_yaml, validate_located
+from drkit.config.models import Config, CronExpr, Duration, Name, Strict
+from drkit.errors import BadRequestError, ConfigError
+
+CHECK_KINDS = ("files_exist", "command", "sqlite_integrity", "sql")
+
+
+class FilesExistCheck(Strict):
+    """Paths (relative to the restored data) that must exist; a trailing ``/`` means a folder."""
+
+    files_exist: list[str] = Field(min_length=1)
+    name: str | None = None
+
+    @field_validator("files_exist")
+    @classmethod
+    def _relative(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item.startswith("/") or ".." in Path(item).parts:
+                raise ValueError(f"{item!r}: paths are relative to the restored data, "
+                                 "without '..'")
+        return value
+
+
+class CommandCheck(Strict):
+    """A command (argv list) that exits 0 when the restored data is good."""
+
+    command: list[str] = Field(min_length=1)
+    timeout: Duration = 300.0
+    name: str | None = None
+
+
+class SqliteIntegrityCheck(Strict):
+    """``PRAGMA integrity_check`` on a restored SQLite file (``true``: the target's own file)."""
+
+    sqlite_integrity: Literal[True] | str
+    name: str | None = None
+
+
+class SqlCheck(Strict):
+    """A query whose first column of its first row must meet ``expect``."""
+
+    sql: str = Field(min_length=1)
+    expect: str
+    database: str | None = None  # a restored SQLite file; default: the target's own
+    name: str | None = None
+
+    @field_validator("expect")
+    @classmethod
+    def _known_form(cls, value: str) -> str:
+        from drkit.drills.expect import parse_expectation
+
+        parse_expectation(value)
+        return value
+
+
+def _check_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        found = [kind for kind in CHECK_KINDS if kind in value]
+        return found[0] if len(found) == 1 else None
+    return next((kind for kind in CHECK_KINDS if hasattr(value, kind)), None)
+
+
+Check = Annotated[
+    Union[  # noqa: UP007 - tagged members need the Union spelling
+        Annotated[FilesExistCheck, Tag("files_exist")],
+        Annotated[CommandCheck, Tag("command")],
+        Annotated[SqliteIntegrityCheck, Tag("sqlite_integrity")],
+        Annotated[SqlCheck, Tag("sql")],
+    ],
+    Discriminator(_check_kind, custom_error_type="unknown_check",
+                  custom_error_message="unknown check kind: give exactly one of "
+                                       + ", ".join(CHECK_KINDS)),
+]
+
+
+class Objectives(Strict):
+    rpo: Duration
+    rto: Duration
+
+    @field_validator("rpo", "rto")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("an objective must be longer than zero")
+        return value
+
+
+class PlanStep(Strict):
+    target: Name
+    repository: Name | None = None  # default: the target's first repository
+    checks: list[Check] = Field(default_factory=list)
+
+
+class RecoveryPlan(Strict):
+    """One plan: what to restore, in which order, how to verify it, and the objectives."""
+
+    name: Name
+    description: str = ""
+    objectives: Objectives
+    schedule: CronExpr | None = None
+    steps: list[PlanStep] = Field(min_length=1)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> RecoveryPlan:
+        targets = [step.target for step in self.steps]
+        if len(set(targets)) != len(targets):
+            raise ValueError("a target appears in two steps")
+        return self
+
+
+def plan_files(config: Config) -> list[Path]:
+    """The plan files under ``plans_dir`` (``*.yaml`` and ``*.yml``), sorted."""
+    directory = config.plans_dir
+    if not directory.is_dir():
+        return []
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+
+
+def load_plans(config: Config) -> dict[str, RecoveryPlan]:
+    """Every plan in ``plans_dir``, checked against the config. Raises :class:`ConfigError`
+    listing every problem of every file, each with its file, line and path."""
+    plans: dict[str, RecoveryPlan] = {}
+    problems: list[str] = []
+    for path in plan_files(config):
+        data, lines, found = read_yaml(path)
+        problems += found
+        plan, found = validate_located(RecoveryPlan, data, path, lines,
+                                       context={"base_dir": path.parent})
+        problems += found
+        if isinstance(data, dict):
+            problems += [locate(path, lines, loc, msg) for loc, msg in _references(data, config)]
+        if plan is None:
+            continue
+        if plan.name in plans:
+            problems.append(locate(path, lines, ("name",), f"plan name {plan.name!r} is also "
+                                   f"used by {plans[plan.name].source}"))
+            continue
+        plans[plan.name] = plan.model_copy(update={"source": path})
+    if problems:
+        raise ConfigError(problems)
+    return plans
+
+
+def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return out
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        target = step.get("target")
+        if isinstance(target, str) and target not in config.targets:
+            known = ", ".join(config.targets) or "none declared"
+            out.append((("steps", index, "target"),
+                        f"unknown target {target!r} (declared: {known})"))
+            continue
+        repo = step.get("repository")
+        if isinstance(repo, str) and isinstance(target, str) and \
+                repo not in config.targets[target].repositories:
+            out.append((("steps", index, "repository"),
+                        f"target {target!r} is not backed up to repository {repo!r}"))
+    return out
+
+
+def find_plan(plans: dict[str, RecoveryPlan], name: str) -> RecoveryPlan:
+    """The plan called ``name``; a bad request naming the known plans otherwise."""
+    if name in plans:
+        return plans[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(plans), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise BadRequestError(f"unknown plan {name!r}{hint}; plans: {', '.join(plans) or 'none'}")

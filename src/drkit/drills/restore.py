@@ -1,0 +1,131 @@
+"""Restoring one step: pick the snapshot, check free space, ``restic restore --verify``, then
+compare the restored tree with the snapshot's own listing (paths, types, sizes)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drkit.drills.checks import CheckResult
+from drkit.errors import DrkitError
+from drkit.jobs.backup import TAG, target_tag
+from drkit.restic.commands import Snapshot
+from drkit.restic.runner import ResticRepository, run_restic
+from drkit.units import human_bytes
+
+SPACE_MARGIN = 1.10  # restore needs the data's size plus some room
+
+
+class DrillError(DrkitError):
+    """A step could not be restored (no snapshot, no space, restic failed)."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the snapshot holds, from ``restic ls --json``."""
+
+    nodes: list[dict[str, Any]]
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        return [node for node in self.nodes if node.get("type") == "file"]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(node.get("size", 0)) for node in self.files)
+
+
+def find_snapshot(repo: ResticRepository, target: str, wanted: str | None
+                  ) -> tuple[Snapshot, Listing]:
+    """The newest snapshot of ``target`` in ``repo`` (or the one whose id starts with
+    ``wanted``) and every node it holds, in one ``restic ls --json`` call.
+
+    One call, not ``snapshots`` then ``ls``: each restic start derives the repository key,
+    which costs about half a second. Raises :class:`DrillError` when there is no such snapshot.
+    """
+    tag = f"{TAG},{target_tag(target)}"
+    result = run_restic(repo, ("ls", "--json", "--tag", tag, wanted or "latest"),
+                        action=f"listing {target}'s snapshot in '{repo.name}'")
+    heads = [m for m in result.messages if m.get("struct_type") == "snapshot"]
+    if not heads:
+        raise DrillError(f"target '{target}': no snapshot in repository '{repo.name}' "
+                         "(has it been backed up?)")
+    snapshot = Snapshot.from_json(heads[0])
+    if target_tag(target) not in snapshot.tags:
+        raise DrillError(f"snapshot {wanted} in '{repo.name}' is not target '{target}''s")
+    nodes = [m for m in result.messages if m.get("struct_type") == "node"]
+    return snapshot, Listing(nodes=nodes)
+
+
+def ensure_space(directory: Path, needed: int) -> None:
+    """Fail before restoring when ``directory``'s filesystem cannot hold ``needed`` bytes."""
+    free = shutil.disk_usage(directory).free
+    if needed * SPACE_MARGIN > free:
+        raise DrillError(f"not enough space in {directory}: the snapshot needs "
+                         f"{human_bytes(needed)}, {human_bytes(free)} free",
+                         hint="free space or point drills.sandbox_dir at a larger disk")
+
+
+def restore(repo: ResticRepository, snapshot: Snapshot, into: Path) -> float:
+    """``restic restore --verify`` of ``snapshot`` into ``into``; return the seconds it took.
+
+    restic's own verification re-reads every restored file and checks its content hash.
+    """
+    start = time.monotonic()
+    run_restic(repo, ("restore", snapshot.id, "--target", str(into), "--verify"),
+               action=f"restore of snapshot {snapshot.short_id} from '{repo.name}'")
+    return time.monotonic() - start
+
+
+def compare_tree(listing: Listing, into: Path) -> CheckResult:
+    """Compare the restored tree with the snapshot's listing: every node present, of the
+    right type, files of the right size, symlinks pointing where they did."""
+    start = time.monotonic()
+    missing: list[str] = []
+    wrong: list[str] = []
+    for node in listing.nodes:
+        rel = str(node.get("path", "")).lstrip("/")
+        path = into / rel
+        kind = node.get("type")
+        if kind == "symlink":
+            if not path.is_symlink():
+                missing.append(rel)
+            elif str(path.readlink()) != node.get("linktarget", str(path.readlink())):
+                wrong.append(f"{rel} (link target)")
+        elif not path.exists() and not path.is_symlink():
+            missing.append(rel)
+        elif kind == "dir" and not path.is_dir():
+            wrong.append(f"{rel} (not a directory)")
+        elif kind == "file":
+            size = path.stat().st_size
+            if size != int(node.get("size", 0)):
+                wrong.append(f"{rel} (size {size}, snapshot {node.get('size')})")
+    problems = _summarise("missing", missing) + _summarise("wrong", wrong)
+    count = len(listing.nodes)
+    detail = (f"{count} entries, {len(listing.files)} files, "
+              f"{human_bytes(listing.total_bytes)} match the snapshot"
+              if not problems else "; ".join(problems))
+    return CheckResult(name="restored tree matches snapshot listing",
+                       status="failed" if problems else "passed", detail=detail,
+                       duration_s=time.monotonic() - start)
+
+
+def _summarise(label: str, items: Sequence[str]) -> list[str]:
+    if not items:
+        return []
+    shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+    return [f"{len(items)} {label}: {shown}"]
+
+
+def data_root(snapshot: Snapshot, into: Path) -> Path:
+    """Where the target's data is after restoring: under its one backed-up path, else the
+    restore directory itself (several paths, or a staged copy stored under its own name)."""
+    if len(snapshot.paths) == 1:
+        candidate = into / snapshot.paths[0].lstrip("/")
+        if candidate.is_dir():
+            return candidate
+    return into

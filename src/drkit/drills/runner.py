@@ -1,0 +1,264 @@
+"""Run a recovery drill: restore each step into a sandbox, verify it, score RPO and RTO.
+
+RPO achieved = drill start - time of the oldest snapshot restored.
+RTO achieved = drill start -> the moment the last check of the last step passed.
+Status: ``passed`` (all checks passed, both objectives met), ``breached`` (checks passed, an
+objective missed), ``failed`` (a restore or a check failed, or a step had no snapshot).
+The sandbox is removed afterwards in every case (unless ``keep_sandbox``), also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drkit.catalog.chain import canonical_time
+from drkit.catalog.inflight import RunHandle, utcnow
+from drkit.config.models import Config
+from drkit.drills.checks import CheckResult, StepContext, run_check
+from drkit.drills.plans import PlanStep, RecoveryPlan
+from drkit.drills.restore import (
+    Listing,
+    compare_tree,
+    data_root,
+    ensure_space,
+    find_snapshot,
+    restore,
+)
+from drkit.errors import DrkitError
+from drkit.jobs.backup import Recorder, describe
+from drkit.jobs.common import restic_repository
+from drkit.restic.commands import Snapshot
+from drkit.restic.errors import ResticError
+from drkit.restic.runner import ResticRepository, restic_version
+from drkit.targets.sqlite import SqliteTarget
+
+log = logging.getLogger("drkit.drill")
+
+
+@dataclass
+class StepResult:
+    target: str
+    repository: str
+    snapshot_id: str | None = None
+    snapshot_time: datetime | None = None
+    restore_s: float | None = None
+    verify_s: float | None = None
+    bytes_restored: int | None = None
+    checks: list[CheckResult] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(check.passed for check in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "repository": self.repository,
+            "snapshot_id": self.snapshot_id,
+            "snapshot_time": canonical_time(self.snapshot_time) if self.snapshot_time else None,
+            "restore_s": _round(self.restore_s), "verify_s": _round(self.verify_s),
+            "bytes_restored": self.bytes_restored, "error": self.error,
+            "checks": [check.to_json() for check in self.checks],
+        }
+
+
+@dataclass
+class DrillResult:
+    plan: str
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    rpo_objective_s: float
+    rto_objective_s: float
+    rpo_achieved_s: float | None
+    rto_achieved_s: float | None
+    steps: list[StepResult]
+    error: str | None = None
+    sandbox: str | None = None
+    sandbox_kept: bool = False
+    record_id: int | None = None
+    record_hash: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan, "status": self.status,
+            "started_at": canonical_time(self.started_at),
+            "finished_at": canonical_time(self.finished_at),
+            "rpo_objective_s": self.rpo_objective_s, "rpo_achieved_s": _round(self.rpo_achieved_s),
+            "rto_objective_s": self.rto_objective_s, "rto_achieved_s": _round(self.rto_achieved_s),
+            "rpo_met": _met(self.rpo_achieved_s, self.rpo_objective_s),
+            "rto_met": _met(self.rto_achieved_s, self.rto_objective_s),
+            "steps": [step.to_json() for step in self.steps], "error": self.error,
+            "sandbox": self.sandbox, "sandbox_kept": self.sandbox_kept,
+            "record_id": self.record_id, "record_hash": self.record_hash,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
+def _met(achieved: float | None, objective: float) -> bool | None:
+    return None if achieved is None else achieved <= objective
+
+
+def score(steps: list[StepResult], *, failed: bool, rpo_achieved: float | None,
+          rto_achieved: float | None, rpo: float, rto: float) -> str:
+    """``passed`` / ``breached`` / ``failed``, exactly as the spec defines them."""
+    if failed or rpo_achieved is None or rto_achieved is None or \
+            not all(step.passed for step in steps):
+        return "failed"
+    if rpo_achieved > rpo or rto_achieved > rto:
+        return "breached"
+    return "passed"
+
+
+@contextmanager
+def sandbox(config: Config, plan: str, *, keep: bool) -> Iterator[Path]:
+    """A fresh private directory for one drill, removed on exit (unless ``keep``)."""
+    root = config.drills.sandbox_dir
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = root / f"{plan}-{stamp}-{secrets.token_hex(3)}"
+    path.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
+              snapshot: str | None = None, keep_sandbox: bool = False) -> DrillResult:
+    """Rehearse ``plan``; record the drill in the catalog and return its result.
+
+    ``snapshot`` (an id prefix) picks that snapshot for the step whose target has it; the
+    other steps use their newest. Interrupts (Ctrl-C, SIGTERM) are recorded as ``interrupted``
+    and re-raised after the sandbox is removed.
+    """
+    try:
+        version: str | None = restic_version(config.restic_binary)
+    except ResticError:
+        version = None
+    handle = recorder.journal.open("drill", plan=plan.name, restic_version=version)
+    clock = time.monotonic()
+    steps: list[StepResult] = []
+    error: str | None = None
+    interrupted = False
+    last_pass: float | None = None
+    sandbox_path: Path | None = None
+    try:
+        with sandbox(config, plan.name, keep=keep_sandbox) as sandbox_path:
+            for index, step in enumerate(plan.steps):
+                step_result = _run_step(config, step, index, sandbox_path, snapshot)
+                steps.append(step_result)
+                if not step_result.passed:
+                    break
+            if steps and all(s.passed for s in steps) and len(steps) == len(plan.steps):
+                last_pass = time.monotonic()
+    except KeyboardInterrupt:
+        interrupted = True
+        error = "interrupted by the user"
+    except DrkitError as exc:
+        error = describe(exc)
+    finished = utcnow()
+    snapshot_times = [s.snapshot_time for s in steps if s.snapshot_time is not None]
+    rpo_achieved = None
+    if snapshot_times and len(snapshot_times) == len(plan.steps):
+        started_aware = handle.started_at.replace(tzinfo=UTC)
+        rpo_achieved = max(0.0, (started_aware - min(snapshot_times)).total_seconds())
+    rto_achieved = (last_pass - clock) if last_pass is not None else None
+    status = "interrupted" if interrupted else score(
+        steps, failed=error is not None, rpo_achieved=rpo_achieved, rto_achieved=rto_achieved,
+        rpo=plan.objectives.rpo, rto=plan.objectives.rto)
+    if error is None and snapshot and len(steps) == len(plan.steps) and not any(
+            (s.snapshot_id or "").startswith(snapshot) for s in steps):
+        error = f"snapshot {snapshot!r} belongs to none of the plan's targets"
+        status = "failed"
+    if error is None:
+        error = next((s.error for s in steps if s.error), None) or _first_failed_check(steps)
+    result = DrillResult(
+        plan=plan.name, status=status, started_at=handle.started_at, finished_at=finished,
+        rpo_objective_s=plan.objectives.rpo, rto_objective_s=plan.objectives.rto,
+        rpo_achieved_s=rpo_achieved, rto_achieved_s=rto_achieved, steps=steps, error=error,
+        sandbox=str(sandbox_path) if sandbox_path else None, sandbox_kept=keep_sandbox)
+    _record(recorder, handle, result)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def _first_failed_check(steps: list[StepResult]) -> str | None:
+    for step in steps:
+        for check in step.checks:
+            if not check.passed:
+                return f"step {step.target}: check '{check.name}' failed: {check.detail}"
+    return None
+
+
+def _record(recorder: Recorder, handle: RunHandle, result: DrillResult) -> None:
+    evidence = result.to_json()
+    for key in ("record_id", "record_hash", "status", "error", "plan"):
+        evidence.pop(key, None)
+    snapshots = ",".join(s.snapshot_id for s in result.steps if s.snapshot_id) or None
+    record = recorder.catalog.get().finish_run(
+        handle, status=result.status, error=result.error, evidence=evidence,
+        snapshot_id=snapshots[:64] if snapshots else None, finished_at=result.finished_at)
+    recorder.journal.close(handle)
+    result.record_id = record.id
+    result.record_hash = record.hash
+
+
+def _run_step(config: Config, step: PlanStep, index: int, sandbox_path: Path,
+              wanted: str | None) -> StepResult:
+    target = config.targets[step.target]
+    repo_name = step.repository or target.repositories[0]
+    repo = restic_repository(config, repo_name)
+    result = StepResult(target=step.target, repository=repo_name)
+    try:
+        snap, listing = _snapshot_for(repo, step.target, wanted)
+        result.snapshot_id, result.snapshot_time = snap.id, snap.time
+        into = sandbox_path / f"{index:02d}-{step.target}"
+        into.mkdir()
+        ensure_space(into, listing.total_bytes)
+        result.bytes_restored = listing.total_bytes
+        log.info("drill step %s: restoring snapshot %s (%s) from %s", step.target,
+                 snap.short_id, snap.time.isoformat(timespec="seconds"), repo_name)
+        result.restore_s = restore(repo, snap, into)
+    except DrkitError as exc:
+        result.error = describe(exc)
+        log.error("drill step %s: %s", step.target, result.error)
+        return result
+    verify_start = time.monotonic()
+    result.checks.append(compare_tree(listing, into))
+    root = data_root(snap, into)
+    default_db = root / target.path.name if isinstance(target, SqliteTarget) else None
+    context = StepContext(data_dir=root, sandbox=sandbox_path, snapshot_time=snap.time,
+                          default_database=default_db)
+    if result.checks[0].passed:
+        for check in step.checks:
+            outcome = run_check(check, context)
+            result.checks.append(outcome)
+            log.info("drill step %s: %s: %s (%s)", step.target, outcome.name, outcome.status,
+                     outcome.detail)
+    result.verify_s = time.monotonic() - verify_start
+    return result
+
+
+def _snapshot_for(repo: ResticRepository, target: str, wanted: str | None
+                  ) -> tuple[Snapshot, Listing]:
+    if wanted is None:
+        return find_snapshot(repo, target, None)
+    try:
+        return find_snapshot(repo, target, wanted)
+    except DrkitError:
+        return find_snapshot(repo, target, None)  # --snapshot names another step's snapshot
