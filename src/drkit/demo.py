@@ -2,7 +2,7 @@
 
 It starts ``rclone serve s3`` on a free port with fresh credentials, makes sample files and a
 SQLite database, writes a config for them and the example recovery plan, then runs the real
-commands one after the other: validate, repo init, backup, snapshots, drill, status.
+commands one after the other: validate, repo init, backup, snapshots, check, drill, status.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ repositories:
       region: us-east-1
       access_key: {{env: DRKIT_DEMO_S3_ACCESS_KEY}}
       secret_key: {{env: DRKIT_DEMO_S3_SECRET_KEY}}
+checks:
+  read_data_subset: "10%"          # each check reads the next tenth of the data
 targets:
   app-files:
     kind: files
@@ -97,7 +99,7 @@ def run_demo(*, keep: bool = False, verbose: bool = False) -> int:
             config = write_demo_config(workdir, s3)
             base = ["--config", str(config)] + (["--verbose"] if verbose else [])
             for step in (["validate"], ["repo", "init"], ["backup"], ["snapshots"],
-                         ["drill", "example"], ["status"]):
+                         ["check"], ["drill", "example"], ["status"]):
                 print(f"\n$ drkit {' '.join(step)}", flush=True)
                 result = main(base + step)
                 if result != 0:

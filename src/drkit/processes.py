@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal still counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:

@@ -122,3 +122,18 @@ def test_free_space_is_checked_before_restoring(tmp_path: Path) -> None:
     ensure_space(tmp_path, 1024)
     with pytest.raises(DrillError, match="not enough space"):
         ensure_space(tmp_path, 10**18)
+
+
+def test_retention_flags_and_subset_slices() -> None:
+    from drkit.config.models import Retention
+    from drkit.errors import BadRequestError
+    from drkit.jobs.check import slices_of
+    from drkit.jobs.prune import retention_flags
+
+    assert retention_flags(Retention(keep_daily=7, keep_last=3, keep_weekly=0)) == (
+        "--keep-last", "3", "--keep-daily", "7")
+    assert slices_of("5%") == 20 and slices_of("1/3") == 3 and slices_of("100%") == 1
+    assert slices_of("33%") == 3
+    for bad in ("0%", "150%", "half"):
+        with pytest.raises(BadRequestError):
+            slices_of(bad)

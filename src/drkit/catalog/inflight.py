@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from drkit.processes import pid_exists
+
 
 def utcnow() -> datetime:
     """Now, as a naive UTC datetime (how the catalog stores times)."""
@@ -39,17 +41,7 @@ def process_alive(pid: int, token: str | None) -> bool:
     """Whether the process that journaled a run is still running on this host."""
     if Path("/proc").is_dir() and token is not None:
         return process_start_token(pid) == token
-    return _pid_exists(pid)
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)
 
 
 @dataclass(frozen=True)
@@ -102,7 +94,7 @@ class RunJournal:
         if not self.directory.is_dir():
             return
         orphans = [p for p in self.directory.glob("*.claimed-*")
-                   if not _pid_exists(int(p.suffix.rsplit("-", 1)[-1]))]
+                   if not pid_exists(int(p.suffix.rsplit("-", 1)[-1]))]
         for path in sorted(self.directory.glob("*.json")) + orphans:
             try:
                 data = json.loads(path.read_text())

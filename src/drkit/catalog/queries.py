@@ -73,3 +73,45 @@ def last_drills(session: Session) -> dict[str, LastDrill]:
     rows = session.scalars(select(Record).join(newest, Record.seq == newest.c.seq))
     return {r.plan or "": LastDrill(plan=r.plan or "", finished_at=r.finished_at,
                                     status=r.status, evidence=r.evidence) for r in rows}
+
+
+@dataclass(frozen=True)
+class LastCheck:
+    repository: str
+    finished_at: datetime
+    status: str
+    evidence: str
+
+
+def last_checks(session: Session) -> dict[str, LastCheck]:
+    """The newest check record of each repository."""
+    newest = (
+        select(Record.repository, func.max(Record.seq).label("seq"))
+        .where(Record.kind == "check").group_by(Record.repository).subquery()
+    )
+    rows = session.scalars(select(Record).join(newest, Record.seq == newest.c.seq))
+    return {r.repository or "": LastCheck(repository=r.repository or "",
+                                          finished_at=r.finished_at, status=r.status,
+                                          evidence=r.evidence) for r in rows}
+
+
+def expected_snapshots(session: Session, repository: str) -> dict[str, tuple[str, datetime]]:
+    """Snapshots the catalog says should be in ``repository``: every good backup's snapshot
+    not since removed by a recorded prune. Maps snapshot id -> (target, backed up at)."""
+    import json
+
+    expected = {
+        r.snapshot_id: (r.target or "", r.finished_at)
+        for r in session.execute(
+            select(Record.snapshot_id, Record.target, Record.finished_at)
+            .where(Record.kind == "backup", Record.status == "succeeded",
+                   Record.repository == repository, Record.snapshot_id.is_not(None)))
+        if r.snapshot_id
+    }
+    for (evidence,) in session.execute(
+            select(Record.evidence).where(Record.kind == "prune", Record.status == "succeeded",
+                                          Record.repository == repository)):
+        for removed in json.loads(evidence).get("removed", []):
+            for known in [k for k in expected if removed["id"].startswith(k)]:
+                del expected[known]
+    return expected

@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list snapshots known to the repositories")
     p.add_argument("targets", nargs="*", metavar="TARGET")
 
+    p = sub.add_parser("check", parents=[common, as_json],
+                       help="repository integrity (restic check) and storage posture")
+    p.add_argument("repositories", nargs="*", metavar="REPO")
+    p.add_argument("--read-data-subset", metavar="N%|n/m",
+                   help="read this part of the data (default: the configured rotating slice)")
+
+    p = sub.add_parser("prune", parents=[common, as_json],
+                       help="apply retention (restic forget --prune) to targets' snapshots")
+    p.add_argument("targets", nargs="*", metavar="TARGET")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be removed; remove and record nothing")
+
     p = sub.add_parser("drill", parents=[common, as_json],
                        help="rehearse one recovery plan: restore, verify, score RPO/RTO")
     p.add_argument("plan", metavar="PLAN")

@@ -19,7 +19,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
-        "drill": cmd_drill,
+        "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune,
         "demo": cmd_demo,
     }
     return handlers[args.command](args)
@@ -159,22 +159,62 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from drkit.cli import render
     from drkit.drills.plans import load_plans
-    from drkit.jobs.status import plan_statuses, target_statuses
+    from drkit.jobs.status import plan_statuses, repository_checks, target_statuses
 
     config = _config(args)
     plans = load_plans(config)
     catalog = _catalog(config)
     statuses = target_statuses(config, catalog, plans)
     drills = plan_statuses(plans, catalog)
+    checks = repository_checks(config, catalog)
     if args.json:
         emit_json({"targets": [s.to_json() for s in statuses],
+                   "repositories": [c.to_json() for c in checks],
                    "plans": [p.to_json() for p in drills]})
     else:
         render.status_table(statuses)
+        render.checks_table(checks)
         if drills:
             render.plans_table(drills)
-    healthy = all(s.healthy for s in statuses) and all(p.healthy for p in drills)
+    healthy = (all(s.healthy for s in statuses) and all(p.healthy for p in drills)
+               and all(c.last_check_status != "failed" for c in checks))
     return EXIT_OK if healthy else EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from drkit.cli import render
+    from drkit.jobs.check import run_checks
+
+    config = _config(args)
+    runs = run_checks(config, _catalog(config), _journal(config), args.repositories,
+                      subset=args.read_data_subset)
+    if args.json:
+        emit_json({"checks": [run.to_json() for run in runs]})
+    else:
+        render.check_table(runs)
+    failed = [run.repository for run in runs if run.status != "passed"]
+    if failed:
+        print(f"drkit: check failed for: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from drkit.cli import render
+    from drkit.jobs.prune import run_prunes
+
+    config = _config(args)
+    catalog = None if args.dry_run else _catalog(config)
+    runs = run_prunes(config, catalog, _journal(config), args.targets, dry_run=args.dry_run)
+    if args.json:
+        emit_json({"prunes": [run.to_json() for run in runs]})
+    else:
+        render.prune_table(runs)
+    failed = [f"{r.target} in {r.repository}" for r in runs if r.status != "succeeded"]
+    if failed:
+        print(f"drkit: prune failed for: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_drill(args: argparse.Namespace) -> int:

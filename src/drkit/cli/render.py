@@ -15,9 +15,11 @@ from drkit.units import human_age, human_bytes
 if TYPE_CHECKING:
     from drkit.drills.runner import DrillResult
     from drkit.jobs.backup import BackupRun
+    from drkit.jobs.check import CheckRun
+    from drkit.jobs.prune import PruneRun
     from drkit.jobs.repo import RepoInitResult
     from drkit.jobs.snapshots import SnapshotRow
-    from drkit.jobs.status import PlanStatus, TargetStatus
+    from drkit.jobs.status import PlanStatus, RepositoryCheckStatus, TargetStatus
 
 _STYLE = {"succeeded": "green", "created": "green", "exists": "green", "failed": "red",
           "interrupted": "yellow", "passed": "green", "breached": "yellow"}
@@ -147,4 +149,48 @@ def repo_init_table(results: Sequence[RepoInitResult]) -> None:
     for result in results:
         table.add_row(result.repository, _status(result.status),
                       "created" if result.bucket_created else "-", result.error or "")
+    _console().print(table)
+
+
+def check_table(runs: Sequence[CheckRun]) -> None:
+    table = Table(title="check", title_justify="left")
+    for column in ("repository", "status", "data read", "duration", "versioning",
+                   "object lock", "encryption"):
+        table.add_column(column)
+    for run in runs:
+        posture = run.posture or {}
+        lock = posture.get("object_lock")
+        table.add_row(run.repository, _status(run.status), run.read_data_subset or "none",
+                      f"{run.duration_s:.1f} s", str(posture.get("versioning", "-")),
+                      "-" if not posture else (f"{posture.get('object_lock_mode')} "
+                                               f"{posture.get('object_lock_days')}d"
+                                               if lock else str(lock)),
+                      str(posture.get("encryption") or "-"))
+    console = _console()
+    console.print(table)
+    for run in runs:
+        for error in run.errors:
+            console.print(f"[red]{run.repository}:[/] {error}")
+
+
+def checks_table(checks: Sequence[RepositoryCheckStatus]) -> None:
+    table = Table(title="repository checks", title_justify="left")
+    for column in ("repository", "last check", "status", "data read"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(check.repository, _when(check.last_check_at),
+                      _status(check.last_check_status or "never"),
+                      check.read_data_subset or "-")
+    _console().print(table)
+
+
+def prune_table(runs: Sequence[PruneRun]) -> None:
+    table = Table(title="prune", title_justify="left")
+    for column in ("target", "repository", "status", "kept", "removed", "error"):
+        table.add_column(column)
+    for run in runs:
+        status = "dry run" if run.dry_run and run.status == "succeeded" else run.status
+        table.add_row(run.target, run.repository, _status(status), str(len(run.kept)),
+                      str(len(run.removed)) + (" (would be)" if run.dry_run else ""),
+                      run.error or "")
     _console().print(table)

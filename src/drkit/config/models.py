@@ -231,6 +231,7 @@ class Config(Strict):
         default=Path(".drkit"), validate_default=True)
     restic_binary: str = "restic"
     parallelism: PositiveInt = 2
+    lock_timeout: Duration = 300.0  # how long to wait for a repository another run holds
     timezone: str = "UTC"
     drills: DrillSettings = Field(default_factory=DrillSettings)
     repositories: dict[Name, Repository] = Field(min_length=1)

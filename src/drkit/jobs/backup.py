@@ -22,6 +22,7 @@ from drkit.catalog.inflight import RunHandle, RunJournal, utcnow
 from drkit.config.models import Config
 from drkit.errors import DrkitError
 from drkit.jobs.common import CatalogOpener, restic_repository, select_names
+from drkit.jobs.locks import repository_lock
 from drkit.restic import commands
 from drkit.restic.commands import BackupProgress, BackupSummary
 from drkit.restic.errors import ResticError, SourceIncomplete
@@ -166,9 +167,13 @@ def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | N
     evidence: dict[str, Any] = {"source": source.description, **source.evidence,
                                 "repository_url": mask_url(repo.url)}
     try:
-        summary = commands.backup(
-            repo, source.paths, tags=(TAG, target_tag(name)), excludes=source.excludes,
-            cwd=source.cwd, dry_run=dry_run, action=action, on_progress=hook)
+        # Shared with other backups, never beside a check or prune of the same repository.
+        with repository_lock(config.state_dir, repo_name, exclusive=False,
+                             timeout=config.lock_timeout, action=action) as locked_at:
+            evidence["lock_acquired_at"] = locked_at
+            summary = commands.backup(
+                repo, source.paths, tags=(TAG, target_tag(name)), excludes=source.excludes,
+                cwd=source.cwd, dry_run=dry_run, action=action, on_progress=hook)
     except SourceIncomplete as exc:
         evidence["incomplete_snapshot_id"] = exc.snapshot_id
         return _finish(recorder, handle, name, repo_name, started_at, error=str(exc),

@@ -39,7 +39,7 @@ def select_names(requested: Sequence[str], declared: Iterable[str], what: str) -
 def restic_repository(config: Config, name: str) -> ResticRepository:
     """The restic handle for repository ``name`` of ``config``."""
     return ResticRepository(name=name, config=config.repositories[name],
-                            binary=config.restic_binary)
+                            binary=config.restic_binary, lock_timeout=config.lock_timeout)
 
 
 class CatalogOpener:

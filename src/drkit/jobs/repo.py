@@ -9,7 +9,7 @@ from typing import Any
 
 from drkit.catalog.inflight import RunJournal
 from drkit.catalog.store import Catalog
-from drkit.config.models import Config
+from drkit.config.models import Config, Repository
 from drkit.errors import DrkitError
 from drkit.jobs.common import restic_repository, select_names
 from drkit.restic import commands
@@ -45,6 +45,17 @@ def init_repositories(config: Config, catalog: Catalog, journal: RunJournal,
     return [_init_one(config, catalog, journal, name, version) for name in selected]
 
 
+def _require_posture(name: str, repository: Repository) -> None:
+    """Refuse a bucket (new or existing) whose settings contradict the declared posture."""
+    from drkit.storage.posture import posture_problems, read_posture
+
+    assert repository.posture is not None
+    problems = posture_problems(repository.posture, read_posture(repository))
+    if problems:
+        raise DrkitError(f"repository '{name}': the bucket contradicts the declared posture: "
+                         + "; ".join(problems))
+
+
 def _init_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
               version: str | None) -> RepoInitResult:
     handle = journal.open("repo_init", repository=name, restic_version=version)
@@ -56,6 +67,8 @@ def _init_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
             from drkit.storage.s3 import ensure_bucket
 
             result.bucket_created = ensure_bucket(name, repo.config)
+            if repo.config.posture is not None:
+                _require_posture(name, repo.config)
         try:
             commands.init(repo, action=action)
             result.status = "created"

@@ -112,6 +112,7 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
     with catalog.session() as session:
         states = {(s.target, s.repository): s for s in queries.backup_states(session)}
         drills = queries.last_drills(session)
+        checks = queries.last_checks(session)
     out = []
     for name, target in config.targets.items():
         repos = []
@@ -131,9 +132,43 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
         rpo = min((plan.objectives.rpo for plan in covering), default=None)
         drilled = [drills[plan.name] for plan in covering if plan.name in drills]
         last_drill = max(drilled, key=lambda d: d.finished_at) if drilled else None
+        checked = [checks[r].status for r in target.repositories if r in checks]
+        last_check = None if not checked else (
+            "failed" if "failed" in checked else checked[-1])
         out.append(TargetStatus(
             target=name, last_success_at=newest, age_s=age, repositories=repos,
             rpo_objective_s=rpo,
             rpo_ok=None if rpo is None else (age is not None and age <= rpo),
+            last_check_status=last_check,
             last_drill_status=last_drill.status if last_drill else None))
+    return out
+
+
+@dataclass
+class RepositoryCheckStatus:
+    repository: str
+    last_check_at: datetime | None
+    last_check_status: str | None
+    read_data_subset: str | None
+    errors: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repository": self.repository, "last_check_at": _time(self.last_check_at),
+                "last_check_status": self.last_check_status,
+                "read_data_subset": self.read_data_subset, "errors": self.errors}
+
+
+def repository_checks(config: Config, catalog: Catalog) -> list[RepositoryCheckStatus]:
+    """Each repository's last check."""
+    with catalog.session() as session:
+        checks = queries.last_checks(session)
+    out = []
+    for name in config.repositories:
+        last = checks.get(name)
+        evidence = json.loads(last.evidence) if last else {}
+        out.append(RepositoryCheckStatus(
+            repository=name, last_check_at=last.finished_at if last else None,
+            last_check_status=last.status if last else None,
+            read_data_subset=evidence.get("read_data_subset"),
+            errors=list(evidence.get("errors") or [])))
     return out

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drkit.restic.errors import ResticFailed, SourceIncomplete, fatal_line
+from drkit.restic.errors import ResticError, ResticFailed, SourceIncomplete, fatal_line
 from drkit.restic.runner import ResticRepository, json_list, run_restic
 
 EXIT_INCOMPLETE = 3  # restic: snapshot made, but some source files could not be read
@@ -171,3 +171,66 @@ def cat_config(repo: ResticRepository, *, action: str) -> dict[str, Any]:
     result = run_restic(repo, ("cat", "config"), action=action)
     parsed = json.loads("\n".join(result.stdout_lines) or "{}")
     return dict(parsed) if isinstance(parsed, dict) else {}
+
+
+_CHECK_ERROR = re.compile(
+    r"error|fail|does not match|not found|missing|invalid|damaged|Fatal|unreferenced",
+    re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """``restic check``'s verdict and the lines that name the damage."""
+
+    ok: bool
+    errors: tuple[str, ...]
+    output_tail: str
+
+
+def check(repo: ResticRepository, *, read_data_subset: str | None, action: str
+          ) -> CheckOutcome:
+    """``restic check`` (structure), reading ``read_data_subset`` of the data if given
+    (``n/m``, ``x%``; ``100%`` reads everything). Damage is returned as an outcome naming it;
+    other failures (unreachable, wrong password, locked too long) raise typed errors."""
+    args: tuple[str, ...] = ("check",)
+    if read_data_subset:
+        args += (("--read-data",) if read_data_subset in ("100%", "1/1")
+                 else ("--read-data-subset", read_data_subset))
+    try:
+        result = run_restic(repo, args, action=action)
+    except ResticError as failed:
+        if "repository contains errors" not in failed.stderr and \
+                not isinstance(failed, ResticFailed):
+            raise  # could not check at all: unreachable, wrong password, locked
+        lines = failed.stderr.splitlines()
+        damage = tuple(line.strip() for line in lines if _CHECK_ERROR.search(line))
+        return CheckOutcome(ok=False, errors=damage[:50] or (fatal_line(failed.stderr),),
+                            output_tail="\n".join(lines[-30:]))
+    tail = "\n".join([*result.stdout_lines, *result.stderr.splitlines()][-30:])
+    return CheckOutcome(ok=True, errors=(), output_tail=tail)
+
+
+@dataclass(frozen=True)
+class ForgetOutcome:
+    """What ``restic forget`` kept and removed (snapshot ids)."""
+
+    kept: tuple[Snapshot, ...]
+    removed: tuple[Snapshot, ...]
+    prune_summary: str
+
+
+def forget(repo: ResticRepository, *, tags: Sequence[str], keep: Sequence[str], prune: bool,
+           dry_run: bool, action: str) -> ForgetOutcome:
+    """``restic forget`` the snapshots carrying all of ``tags`` that the ``keep`` flags do not
+    keep, grouped by host and tags; with ``prune`` also remove the data only they used."""
+    args = (("forget", "--json", "--tag", ",".join(tags), "--group-by", "host,tags")
+            + tuple(keep) + (("--dry-run",) if dry_run else ())
+            + (("--prune",) if prune and not dry_run else ()))
+    result = run_restic(repo, args, action=action)
+    kept: list[Snapshot] = []
+    removed: list[Snapshot] = []
+    for group in json_list(result):
+        kept += [Snapshot.from_json(s) for s in group.get("keep") or ()]
+        removed += [Snapshot.from_json(s) for s in group.get("remove") or ()]
+    return ForgetOutcome(kept=tuple(kept), removed=tuple(removed),
+                         prune_summary="\n".join(result.stdout_lines[-12:]))

@@ -44,6 +44,12 @@ class RepositoryLocked(ResticError):
 
     transient = True
 
+    @property
+    def holder(self) -> tuple[int, str] | None:
+        """(pid, hostname) of the lock's holder, as restic names it, if it does."""
+        match = re.search(r"locked (?:exclusively )?by PID (\d+) on (\S+)", self.stderr)
+        return (int(match.group(1)), match.group(2)) if match else None
+
 
 class StorageUnreachable(ResticError):
     """The storage backend could not be reached (refused, DNS, timeout, TLS)."""

@@ -14,8 +14,10 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +26,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from drkit.config.models import Repository
 from drkit.config.secrets import SecretRef
-from drkit.processes import stop_process
-from drkit.restic.errors import ResticError, ResticFailed, ResticNotFound, classify
+from drkit.processes import pid_exists, stop_process
+from drkit.restic.errors import (
+    RepositoryLocked,
+    ResticError,
+    ResticFailed,
+    ResticNotFound,
+    classify,
+)
 
 log = logging.getLogger("drkit.restic")
 
@@ -49,6 +57,7 @@ class ResticRepository:
     name: str
     config: Repository
     binary: str = "restic"
+    lock_timeout: float = 300.0  # seconds to wait for a live lock before failing
 
     @property
     def url(self) -> str:
@@ -134,7 +143,48 @@ def run_restic(
     ``on_json`` is called for every JSON line on stdout as it arrives (progress).
     Raises a typed :class:`ResticError` (classified from exit code and stderr) when restic
     exits with a code outside ``ok_codes``; ``action`` names the work for that message.
+
+    A repository locked by a process that no longer exists on this host is unlocked
+    (``restic unlock`` removes only stale locks) and the command retried; a live lock is
+    waited for, with backoff, up to ``repo.lock_timeout`` seconds.
     """
+    deadline = time.monotonic() + repo.lock_timeout
+    delay = 1.0
+    while True:
+        try:
+            return _run_once(repo, args, action=action, on_json=on_json, cwd=cwd, stdin=stdin,
+                             ok_codes=ok_codes)
+        except RepositoryLocked as locked:
+            if stdin is not None:
+                raise  # a stream cannot be replayed
+            holder = locked.holder
+            if holder and holder[1] == socket.gethostname() and not pid_exists(holder[0]):
+                log.warning("%s: removing a stale restic lock left by PID %d (no longer "
+                            "running)", action, holder[0])
+                _run_once(repo, ("unlock",), action=f"unlock {repo.name}", on_json=None,
+                          cwd=None, stdin=None, ok_codes=(0,))
+                continue
+            if time.monotonic() + delay > deadline:
+                raise RepositoryLocked(
+                    f"{locked.message} - still locked after waiting "
+                    f"{repo.lock_timeout:.0f} s", stderr=locked.stderr,
+                    returncode=locked.returncode) from None
+            log.info("%s: repository is locked by another run; retrying in %.0f s",
+                     action, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _run_once(
+    repo: ResticRepository,
+    args: Sequence[str],
+    *,
+    action: str,
+    on_json: JsonHandler | None,
+    cwd: Path | None,
+    stdin: IO[bytes] | None,
+    ok_codes: Sequence[int],
+) -> ResticResult:
     env, secrets = repo.environment()
     argv = [repo.binary, *args]
     log.debug("running %s (repository %s: %s, cwd %s)", " ".join(mask(a, secrets) for a in argv),

@@ -94,6 +94,8 @@ def ensure_bucket(name: str, repo: Repository) -> bool:
     except BotoCoreError as exc:
         raise StorageError(f"{where}: storage unreachable ({exc})") from None
     create: dict[str, Any] = {"Bucket": location.bucket}
+    if repo.posture is not None and repo.posture.object_lock is not None:
+        create["ObjectLockEnabledForBucket"] = True  # only possible at creation
     region = repo.s3.region if repo.s3 is not None else "us-east-1"
     if region != "us-east-1":
         create["CreateBucketConfiguration"] = {"LocationConstraint": region}
@@ -106,7 +108,12 @@ def ensure_bucket(name: str, repo: Repository) -> bool:
         raise StorageError(f"{where}: cannot create it: {_describe(exc)}") from None
     except BotoCoreError as exc:
         raise StorageError(f"{where}: storage unreachable ({exc})") from None
-    log.info("created bucket %s", location.bucket)
+    if repo.posture is not None:
+        from drkit.storage.posture import apply_posture
+
+        apply_posture(repo, repo.posture)
+    log.info("created bucket %s%s", location.bucket,
+             " with the declared posture" if repo.posture is not None else "")
     return True
 
 

@@ -1,0 +1,160 @@
+"""``check``: restic's integrity check (structure plus a rotating read-data slice) and the
+storage posture of S3 buckets, one catalog record per repository."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from drkit.catalog.inflight import RunJournal
+from drkit.catalog.models import Record
+from drkit.catalog.store import Catalog
+from drkit.config.models import Config
+from drkit.errors import BadRequestError, DrkitError
+from drkit.jobs.backup import describe
+from drkit.jobs.common import restic_repository, select_names
+from drkit.jobs.locks import repository_lock
+from drkit.restic import commands
+from drkit.restic.errors import ResticError
+from drkit.restic.runner import ResticRepository, restic_version
+
+log = logging.getLogger("drkit.check")
+
+_SUBSET = re.compile(r"^(?:(\d+)/(\d+)|(\d{1,3}(?:\.\d+)?)%)$")
+
+
+@dataclass
+class CheckRun:
+    repository: str
+    status: str
+    read_data_subset: str | None
+    duration_s: float
+    errors: list[str] = field(default_factory=list)
+    posture: dict[str, Any] | None = None
+    record_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def slices_of(setting: str) -> int:
+    """How many slices a configured subset cuts the data into: ``5%`` -> 20, ``1/3`` -> 3."""
+    match = _SUBSET.match(setting.strip())
+    if not match:
+        raise BadRequestError(f"read-data subset {setting!r}: write n/m or a percentage")
+    if match.group(2):
+        return max(1, int(match.group(2)))
+    percent = float(match.group(3))
+    if not 0 < percent <= 100:
+        raise BadRequestError(f"read-data subset {setting!r}: a percentage from 0 to 100")
+    return max(1, round(100 / percent))
+
+
+def next_slice(catalog: Catalog, repository: str, slices: int) -> int:
+    """The slice (1..slices) to read next: after the last passed check's, the same again after
+    a failed one, 1 when none was read yet. State lives in the catalog's check records."""
+    with catalog.session() as session:
+        rows = session.execute(
+            select(Record.status, Record.evidence)
+            .where(Record.kind == "check", Record.repository == repository)
+            .order_by(Record.seq.desc()).limit(50)).all()
+    for status, evidence in rows:
+        data = json.loads(evidence).get("slice") or {}
+        if data.get("of") == slices:
+            last = int(data["n"])
+            return last if status != "passed" else last % slices + 1
+    return 1
+
+
+def run_checks(config: Config, catalog: Catalog, journal: RunJournal,
+               names: Sequence[str] = (), *, subset: str | None = None) -> list[CheckRun]:
+    """Check each named repository (all when empty). ``subset`` (from the command line) reads
+    exactly that; otherwise ``checks.read_data_subset`` is read in rotating slices.
+    Raises :class:`BadRequestError` for unknown names or a malformed subset."""
+    selected = select_names(names, config.repositories, "repository")
+    if subset is not None:
+        slices_of(subset)  # validate before anything runs
+    try:
+        version: str | None = restic_version(config.restic_binary)
+    except ResticError:
+        version = None
+    return [_check_one(config, catalog, journal, name, subset, version) for name in selected]
+
+
+def _missing_snapshots(catalog: Catalog, repo: ResticRepository, action: str) -> list[str]:
+    """Snapshots the catalog recorded as backed up (and not pruned) that the repository no
+    longer has: restic's own check cannot see a deleted snapshot file."""
+    from drkit.catalog import queries
+
+    with catalog.session() as session:
+        expected = queries.expected_snapshots(session, repo.name)
+    if not expected:
+        return []
+    present = [snap.id for snap in commands.snapshots(repo, action=action)]
+    missing = []
+    for snapshot_id, (target, when) in sorted(expected.items(), key=lambda item: item[1][1]):
+        if not any(full.startswith(snapshot_id) for full in present):
+            missing.append(f"snapshot {snapshot_id} (backup of {target} at "
+                           f"{when.isoformat(timespec='seconds')}Z) is missing from the "
+                           "repository: deleted outside drkit?")
+    return missing
+
+
+def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
+               subset: str | None, version: str | None) -> CheckRun:
+    handle = journal.open("check", repository=name, restic_version=version)
+    repo = restic_repository(config, name)
+    evidence: dict[str, Any] = {}
+    configured = config.checks.read_data_subset if config.checks else None
+    if subset is None and configured and configured.strip() not in ("100%", "1/1"):
+        slices = slices_of(configured)
+        n = next_slice(catalog, name, slices)
+        subset = f"{n}/{slices}"
+        evidence["slice"] = {"n": n, "of": slices}
+    elif subset is None:
+        subset = configured
+    evidence["read_data_subset"] = subset
+    start = time.monotonic()
+    errors: list[str] = []
+    posture_json: dict[str, Any] | None = None
+    action = f"check {name}"
+    try:
+        with repository_lock(config.state_dir, name, exclusive=True,
+                             timeout=config.lock_timeout, action=action):
+            outcome = commands.check(repo, read_data_subset=subset, action=action)
+        errors += list(outcome.errors)
+        evidence["restic_output"] = outcome.output_tail[-4000:]
+        errors += _missing_snapshots(catalog, repo, action)
+    except DrkitError as exc:
+        errors.append(describe(exc))
+    if repo.config.is_s3:  # the storage is checked even when the repository could not be
+        try:
+            from drkit.storage.posture import posture_problems, read_posture
+
+            found = read_posture(repo.config)
+            posture_json = found.to_json()
+            if repo.config.posture is not None:
+                evidence["posture_demanded"] = repo.config.posture.model_dump()
+                errors += posture_problems(repo.config.posture, found)
+        except DrkitError as exc:
+            errors.append(describe(exc))
+    duration = time.monotonic() - start
+    status = "failed" if errors else "passed"
+    evidence.update({"errors": errors, "posture": posture_json, "duration_s": round(duration, 3)})
+    record = catalog.finish_run(handle, status=status, evidence=evidence,
+                                error="; ".join(errors)[:4000] or None)
+    journal.close(handle)
+    for error in errors:
+        log.error("%s: %s", action, error)
+    if not errors:
+        log.info("%s: passed (read data: %s, %.1f s)", action, subset or "none", duration)
+    return CheckRun(repository=name, status=status, read_data_subset=subset,
+                    duration_s=round(duration, 3), errors=errors, posture=posture_json,
+                    record_id=record.id)

@@ -1,0 +1,54 @@
+"""drkit's own per-repository lock on this host: backups share it, check and prune take it
+alone, so they never run beside each other here. Across hosts, restic's repository locks
+(waited for by :func:`drkit.restic.runner.run_restic`) keep the same promise."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from drkit.catalog.inflight import utcnow
+from drkit.errors import DrkitError
+
+log = logging.getLogger("drkit.locks")
+
+
+class RepositoryBusy(DrkitError):
+    """Another drkit run on this host holds the repository for too long."""
+
+
+@contextmanager
+def repository_lock(state_dir: Path, repository: str, *, exclusive: bool, timeout: float,
+                    action: str) -> Iterator[str]:
+    """Hold the repository's lock (shared or exclusive) for the body; yield when it was got.
+
+    Waits up to ``timeout`` seconds, then raises :class:`RepositoryBusy`.
+    """
+    path = state_dir / "locks" / f"{repository}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    deadline = time.monotonic() + timeout
+    with open(path, "a+") as handle:
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RepositoryBusy(
+                        f"{action}: repository '{repository}' is busy with another drkit run "
+                        f"on this host (waited {timeout:.0f} s)") from None
+                if not told:
+                    log.info("%s: waiting for another run on repository '%s'", action,
+                             repository)
+                    told = True
+                time.sleep(0.1)
+        try:
+            yield utcnow().isoformat()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
