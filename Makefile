@@ -37,6 +37,7 @@ unit: setup
 bench: setup
 	$(BIN)/python -m bench.backup_overhead
 	$(BIN)/python -m bench.drill_overhead
+	$(BIN)/python -m bench.check_cost
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
