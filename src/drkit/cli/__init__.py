@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common, as_json],
                    help="per target: last good backup, its age against the RPO, last drill")
 
+    audit = sub.add_parser("audit", parents=[common], help="the catalog's evidence chain")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND",
+                                     parser_class=_Parser)
+    audit_sub.add_parser("verify", parents=[common, as_json],
+                         help="re-hash the record chain and say where it breaks, if anywhere")
+
     p = sub.add_parser("demo", parents=[common],
                        help="the whole loop on a local S3 endpoint, in a temporary directory")
     p.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
@@ -127,7 +133,8 @@ def _run(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     _configure_logging(verbose)
-    if args.command is None or (args.command == "repo" and args.repo_command is None):
+    if args.command is None or (args.command == "repo" and args.repo_command is None) or (
+            args.command == "audit" and args.audit_command is None):
         parser.print_help(sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

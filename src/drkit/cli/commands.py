@@ -19,7 +19,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
-        "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune,
+        "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": cmd_audit_verify,
         "demo": cmd_demo,
     }
     return handlers[args.command](args)
@@ -240,6 +240,33 @@ def cmd_drill(args: argparse.Namespace) -> int:
               + (f": {result.error}" if result.error else ""), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from drkit.catalog.audit import verify_chain
+    from drkit.catalog.store import open_catalog
+
+    config = _config(args)
+    result = verify_chain(open_catalog(config.catalog, base_dir=config.base_dir))
+    if args.json:
+        emit_json(result.to_json())
+    elif result.intact:
+        print(f"chain intact: {result.records} records, head {result.head_hash}")
+    else:
+        for item in result.problems:
+            print(f"{_where(item)}: {item['problem']}: {item['detail']}")
+    if not result.intact:
+        first = result.problems[0]
+        print(f"drkit: chain broken at {_where(first)} ({first['problem']}); "
+              f"{len(result.problems)} problem(s)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _where(problem: dict[str, Any]) -> str:
+    if problem["seq"] is None:
+        return "the chain head"
+    return f"record {problem['record_id']} (seq {problem['seq']})"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
