@@ -24,6 +24,11 @@ class DrkitError(Exception):
         return self.message
 
 
+def describe(exc: DrkitError) -> str:
+    """The error's message with its hint, as one line for a run's record."""
+    return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
+
+
 class BadRequestError(DrkitError):
     """The request is wrong: unknown target, bad flag, bad config. Nothing ran."""
 

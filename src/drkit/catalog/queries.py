@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -57,42 +58,35 @@ def backup_states(session: Session, kind: str = "backup") -> list[RepositoryStat
 
 
 @dataclass(frozen=True)
-class LastDrill:
-    plan: str
+class LastRun:
+    """The newest record of one kind for one subject (a plan, a repository)."""
+
+    subject: str
     finished_at: datetime
     status: str
     evidence: str
 
 
-def last_drills(session: Session) -> dict[str, LastDrill]:
+def _latest_by(session: Session, kind: str, subject: Any) -> dict[str, LastRun]:
+    newest = (
+        select(subject, func.max(Record.seq).label("seq"))
+        .where(Record.kind == kind).group_by(subject).subquery()
+    )
+    rows = session.scalars(select(Record).join(newest, Record.seq == newest.c.seq))
+    key = subject.key
+    return {getattr(r, key) or "": LastRun(subject=getattr(r, key) or "",
+                                           finished_at=r.finished_at, status=r.status,
+                                           evidence=r.evidence) for r in rows}
+
+
+def last_drills(session: Session) -> dict[str, LastRun]:
     """The newest drill record of each plan."""
-    newest = (
-        select(Record.plan, func.max(Record.seq).label("seq"))
-        .where(Record.kind == "drill").group_by(Record.plan).subquery()
-    )
-    rows = session.scalars(select(Record).join(newest, Record.seq == newest.c.seq))
-    return {r.plan or "": LastDrill(plan=r.plan or "", finished_at=r.finished_at,
-                                    status=r.status, evidence=r.evidence) for r in rows}
+    return _latest_by(session, "drill", Record.plan)
 
 
-@dataclass(frozen=True)
-class LastCheck:
-    repository: str
-    finished_at: datetime
-    status: str
-    evidence: str
-
-
-def last_checks(session: Session) -> dict[str, LastCheck]:
+def last_checks(session: Session) -> dict[str, LastRun]:
     """The newest check record of each repository."""
-    newest = (
-        select(Record.repository, func.max(Record.seq).label("seq"))
-        .where(Record.kind == "check").group_by(Record.repository).subquery()
-    )
-    rows = session.scalars(select(Record).join(newest, Record.seq == newest.c.seq))
-    return {r.repository or "": LastCheck(repository=r.repository or "",
-                                          finished_at=r.finished_at, status=r.status,
-                                          evidence=r.evidence) for r in rows}
+    return _latest_by(session, "check", Record.repository)
 
 
 def expected_snapshots(session: Session, repository: str) -> dict[str, tuple[str, datetime]]:

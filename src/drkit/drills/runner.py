@@ -33,8 +33,8 @@ from drkit.drills.restore import (
     find_snapshot,
     restore,
 )
-from drkit.errors import DrkitError
-from drkit.jobs.backup import Recorder, describe
+from drkit.errors import DrkitError, describe
+from drkit.jobs.backup import Recorder
 from drkit.jobs.common import restic_repository
 from drkit.restic.commands import Snapshot
 from drkit.restic.errors import ResticError

@@ -20,7 +20,7 @@ from typing import Any
 from drkit.catalog.chain import canonical_time
 from drkit.catalog.inflight import RunHandle, RunJournal, utcnow
 from drkit.config.models import Config
-from drkit.errors import DrkitError
+from drkit.errors import DrkitError, describe
 from drkit.jobs.common import CatalogOpener, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
 from drkit.restic import commands
@@ -69,11 +69,6 @@ class BackupRun:
         data["finished_at"] = canonical_time(self.finished_at)
         data["duration_s"] = self.duration_s
         return data
-
-
-def describe(exc: DrkitError) -> str:
-    """The error's message with its hint, as one line for a run's record."""
-    return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from drkit.catalog.inflight import RunJournal
 from drkit.catalog.models import Record
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config
-from drkit.errors import BadRequestError, DrkitError
-from drkit.jobs.backup import describe
+from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.jobs.common import restic_repository, select_names
 from drkit.jobs.locks import repository_lock
 from drkit.restic import commands

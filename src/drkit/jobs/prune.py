@@ -12,8 +12,8 @@ from drkit.catalog.chain import canonical_time
 from drkit.catalog.inflight import RunJournal
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config, Retention
-from drkit.errors import BadRequestError, DrkitError
-from drkit.jobs.backup import TAG, describe, target_tag
+from drkit.errors import BadRequestError, DrkitError, describe
+from drkit.jobs.backup import TAG, target_tag
 from drkit.jobs.common import restic_repository, select_names
 from drkit.jobs.locks import repository_lock
 from drkit.restic import commands
