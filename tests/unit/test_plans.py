@@ -137,3 +137,14 @@ def test_retention_flags_and_subset_slices() -> None:
     for bad in ("0%", "150%", "half"):
         with pytest.raises(BadRequestError):
             slices_of(bad)
+
+
+def test_restore_into_needs_a_database_target(tmp_path: Path) -> None:
+    config = load_config(project(tmp_path, {"a.yaml": (
+        "name: a\nobjectives: {rpo: 1h, rto: 1m}\nsteps:\n"
+        "  - target: db\n    restore_into: {postgres: {dsn: {env: DRILL_DSN}}}\n")}))
+    with pytest.raises(ConfigError) as caught:
+        load_plans(config)
+    (problem,) = caught.value.problems
+    assert ":5: at 'steps[0].restore_into': restore_into applies to database targets" in problem
+    assert "target 'db' is a sqlite target" in problem

@@ -9,6 +9,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from drkit.config.loader import locate, read_yaml, validate_located
 from drkit.config.models import Config, CronExpr, Duration, Name, Strict
+from drkit.config.secrets import SecretRef
 from drkit.errors import BadRequestError, ConfigError
 
 CHECK_KINDS = ("files_exist", "command", "sqlite_integrity", "sql")
@@ -94,9 +95,32 @@ class Objectives(Strict):
         return value
 
 
+class ScratchDatabase(Strict):
+    """A scratch server where drkit creates (and drops) its own database for a drill."""
+
+    dsn: SecretRef
+
+
+class RestoreInto(Strict):
+    """Where a database step is restored: exactly one scratch server kind."""
+
+    postgres: ScratchDatabase | None = None
+    mysql: ScratchDatabase | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RestoreInto:
+        if (self.postgres is None) == (self.mysql is None):
+            raise ValueError("give exactly one of 'postgres' or 'mysql'")
+        return self
+
+
+DATABASE_KINDS = ("postgres", "mysql")
+
+
 class PlanStep(Strict):
     target: Name
     repository: Name | None = None  # default: the target's first repository
+    restore_into: RestoreInto | None = None  # database targets: a scratch server
     checks: list[Check] = Field(default_factory=list)
 
 
@@ -165,6 +189,11 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
             out.append((("steps", index, "target"),
                         f"unknown target {target!r} (declared: {known})"))
             continue
+        kind = config.targets[target].kind if isinstance(target, str) else None
+        if "restore_into" in step and kind not in DATABASE_KINDS:
+            out.append((("steps", index, "restore_into"),
+                        f"restore_into applies to database targets "
+                        f"({', '.join(DATABASE_KINDS)}); target {target!r} is a {kind} target"))
         repo = step.get("repository")
         if isinstance(repo, str) and isinstance(target, str) and \
                 repo not in config.targets[target].repositories:
