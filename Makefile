@@ -1,17 +1,21 @@
 # drkit: `make demo` runs the whole loop, `make test` runs every check. Each sets itself up:
-# system packages (restic) when missing, a virtualenv in .venv, and drkit with its dev extras.
+# system packages when missing (restic; for tests and benchmarks also PostgreSQL and MariaDB),
+# a virtualenv in .venv, and drkit with its dev extras.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.drkit-installed
 
-.PHONY: setup system demo test lint typecheck unit bench clean
+.PHONY: setup system test-system demo test lint typecheck unit bench clean
 
 setup: system $(STAMP)
 
 system:
 	@scripts/ensure-system.sh
+
+test-system:
+	@scripts/ensure-system.sh test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,16 +32,17 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: lint typecheck
+test: test-system lint typecheck
 	$(BIN)/pytest
 
 unit: setup
 	$(BIN)/pytest tests/unit
 
-bench: setup
+bench: test-system setup
 	$(BIN)/python -m bench.backup_overhead
 	$(BIN)/python -m bench.drill_overhead
 	$(BIN)/python -m bench.check_cost
+	$(BIN)/python -m bench.pg_backup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

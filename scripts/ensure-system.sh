@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Install the system packages drkit needs when they are missing (Debian/Ubuntu, as root).
 # Not root: say exactly what to install and fail, rather than half-working later.
+#   scripts/ensure-system.sh          restic (and python3-venv): what drkit and `make demo` need
+#   scripts/ensure-system.sh test     also PostgreSQL and MariaDB servers for the test suite
 set -euo pipefail
 
 missing=()
 command -v restic >/dev/null 2>&1 || missing+=(restic)
 # Debian's python3 needs python3-venv for `python3 -m venv` (ensurepip).
 ${PYTHON:-python3} -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${1:-}" = "test" ]; then
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+  command -v pg_dump >/dev/null 2>&1 || missing+=(postgresql-client)
+  { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || missing+=(mariadb-server)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -25,4 +32,4 @@ echo "installing system packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq "${missing[@]}" >/dev/null
-echo "installed: ${missing[*]} ($(restic version 2>/dev/null | head -1))" >&2
+echo "installed: ${missing[*]}" >&2

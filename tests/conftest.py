@@ -188,3 +188,21 @@ class Project:
 def project(tmp_path: Path, restic_binary: str) -> Project:
     """An empty project with a repository password in its environment."""
     return Project(root=tmp_path, env={"DRKIT_TEST_PASSWORD": "correct-horse-battery-staple-42"})
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throwaway PostgreSQL server (Debian's), password auth over TCP."""
+    from tests.databases import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[Any]:
+    """A throwaway MariaDB server (Debian's), password auth over TCP."""
+    from tests.databases import mariadb_server
+
+    with mariadb_server() as server:
+        yield server

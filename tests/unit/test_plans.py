@@ -36,7 +36,7 @@ def project(tmp_path: Path, plans: dict[str, str]) -> Path:
 def test_shipped_plans_validate_against_the_example_config() -> None:
     config = load_config(REPO_ROOT / "config" / "drkit.yaml")
     plans = load_plans(config)
-    assert set(plans) == {"example"}
+    assert set(plans) == {"example", "orders-service"}
     example = plans["example"]
     assert example.objectives.rpo == 3600 and example.objectives.rto == 900
     shipped = REPO_ROOT / "src" / "drkit" / "templates" / "example-plan.yaml"

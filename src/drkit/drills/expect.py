@@ -46,7 +46,10 @@ def as_time(value: Any) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, int | float):
         return datetime.fromtimestamp(value, UTC)
-    parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    text = str(value).strip().replace("Z", "+00:00")
+    if re.search(r"[+-]\d\d$", text):  # psql prints offsets as +00
+        text += ":00"
+    parsed = datetime.fromisoformat(text)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

@@ -190,16 +190,54 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
                         f"unknown target {target!r} (declared: {known})"))
             continue
         kind = config.targets[target].kind if isinstance(target, str) else None
-        if "restore_into" in step and kind not in DATABASE_KINDS:
+        into = step.get("restore_into")
+        if into is not None and kind not in DATABASE_KINDS:
             out.append((("steps", index, "restore_into"),
                         f"restore_into applies to database targets "
                         f"({', '.join(DATABASE_KINDS)}); target {target!r} is a {kind} target"))
+        elif isinstance(into, dict) and isinstance(target, str):
+            out += [(("steps", index, "restore_into", *loc), message)
+                    for loc, message in _scratch_problems(into, config.targets[target])]
+        elif kind in DATABASE_KINDS and step.get("checks"):
+            out.append((("steps", index),
+                        f"a {kind} target is checked in a scratch database: add restore_into: "
+                        f"{{{kind}: {{dsn: ...}}}}"))
         repo = step.get("repository")
         if isinstance(repo, str) and isinstance(target, str) and \
                 repo not in config.targets[target].repositories:
             out.append((("steps", index, "repository"),
                         f"target {target!r} is not backed up to repository {repo!r}"))
     return out
+
+
+def _scratch_problems(into: dict[str, Any], target: Any
+                      ) -> list[tuple[tuple[str | int, ...], str]]:
+    """The scratch server must fit the target's kind and must not be the target's database."""
+    from drkit.errors import SecretError
+    from drkit.targets.dsn import DsnError, parse_dsn
+
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for kind, spec in into.items():
+        if kind != target.kind and kind in DATABASE_KINDS:
+            problems.append(((kind,), f"a {target.kind} target cannot be restored into {kind}"))
+            continue
+        if not isinstance(spec, dict) or not isinstance(spec.get("dsn"), dict):
+            continue
+        try:
+            ref = SecretRef.model_validate(spec["dsn"], context={})
+        except ValueError:
+            continue
+        same_ref = (ref.env is not None and ref.env == target.dsn.env) or (
+            ref.file is not None and ref.file == target.dsn.file)
+        try:
+            same = same_ref or parse_dsn(ref.resolve(), what="scratch").same_database(
+                parse_dsn(target.dsn.resolve(), what="target"))
+        except (SecretError, DsnError):
+            same = same_ref  # secrets not in this shell: compare what we can
+        if same:
+            problems.append(((kind, "dsn"), "the scratch DSN names the target's own database; "
+                             "a drill must never touch production"))
+    return problems
 
 
 def find_plan(plans: dict[str, RecoveryPlan], name: str) -> RecoveryPlan:

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from drkit.catalog.chain import canonical_time
 from drkit.catalog.inflight import RunHandle, utcnow
 from drkit.config.models import Config
 from drkit.drills.checks import CheckResult, StepContext, run_check
+from drkit.drills.databases import ScratchDatabase, open_scratch
 from drkit.drills.plans import PlanStep, RecoveryPlan
 from drkit.drills.restore import (
     Listing,
@@ -159,7 +160,8 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     try:
         with sandbox(config, plan.name, keep=keep_sandbox) as sandbox_path:
             for index, step in enumerate(plan.steps):
-                step_result = _run_step(config, step, index, sandbox_path, snapshot)
+                step_result = _run_step(config, step, index, sandbox_path, snapshot,
+                                        plan.name)
                 steps.append(step_result)
                 if not step_result.passed:
                     break
@@ -219,7 +221,7 @@ def _record(recorder: Recorder, handle: RunHandle, result: DrillResult) -> None:
 
 
 def _run_step(config: Config, step: PlanStep, index: int, sandbox_path: Path,
-              wanted: str | None) -> StepResult:
+              wanted: str | None, plan_name: str) -> StepResult:
     target = config.targets[step.target]
     repo_name = step.repository or target.repositories[0]
     repo = restic_repository(config, repo_name)
@@ -244,12 +246,38 @@ def _run_step(config: Config, step: PlanStep, index: int, sandbox_path: Path,
     default_db = root / target.path.name if isinstance(target, SqliteTarget) else None
     context = StepContext(data_dir=root, sandbox=sandbox_path, snapshot_time=snap.time,
                           default_database=default_db)
-    if result.checks[0].passed:
-        for check in step.checks:
-            outcome = run_check(check, context)
-            result.checks.append(outcome)
-            log.info("drill step %s: %s: %s (%s)", step.target, outcome.name, outcome.status,
-                     outcome.detail)
+    scratch: ScratchDatabase | None = None
+    created = False
+    try:
+        if result.checks[0].passed and step.restore_into is not None:
+            try:
+                scratch = open_scratch(step.restore_into, target, plan_name, sandbox_path)
+                dump = into / listing.files[0]["path"].lstrip("/")
+                scratch.create()
+                created = True
+                scratch.restore(dump)
+                result.checks.append(CheckResult(
+                    name="restored into a scratch database", status="passed",
+                    detail=f"{dump.name} -> {scratch.name}"))
+                context = replace(context, database=scratch)
+            except DrkitError as exc:
+                result.checks.append(CheckResult(name="restored into a scratch database",
+                                                 status="failed", detail=describe(exc)))
+        if all(check.passed for check in result.checks):
+            for check in step.checks:
+                outcome = run_check(check, context)
+                result.checks.append(outcome)
+                log.info("drill step %s: %s: %s (%s)", step.target, outcome.name,
+                         outcome.status, outcome.detail)
+    finally:
+        if scratch is not None and created:
+            try:
+                scratch.drop()
+                log.info("drill step %s: dropped scratch database %s", step.target,
+                         scratch.name)
+            except DrkitError as exc:
+                result.checks.append(CheckResult(name="scratch database dropped",
+                                                 status="failed", detail=describe(exc)))
     result.verify_s = time.monotonic() - verify_start
     return result
 

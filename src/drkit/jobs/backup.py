@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,11 +25,19 @@ from drkit.config.models import Config
 from drkit.errors import DrkitError, describe
 from drkit.jobs.common import CatalogOpener, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
+from drkit.processes import stop_process
 from drkit.restic import commands
 from drkit.restic.commands import BackupProgress, BackupSummary
 from drkit.restic.errors import ResticError, SourceIncomplete
-from drkit.restic.runner import mask_url, restic_version, terminate_all
+from drkit.restic.runner import (
+    ResticRepository,
+    mask,
+    mask_url,
+    restic_version,
+    terminate_all,
+)
 from drkit.targets import registry
+from drkit.targets.base import StreamSource, TargetError
 from drkit.units import human_bytes
 
 log = logging.getLogger("drkit.backup")
@@ -166,9 +176,14 @@ def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | N
         with repository_lock(config.state_dir, repo_name, exclusive=False,
                              timeout=config.lock_timeout, action=action) as locked_at:
             evidence["lock_acquired_at"] = locked_at
-            summary = commands.backup(
-                repo, source.paths, tags=(TAG, target_tag(name)), excludes=source.excludes,
-                cwd=source.cwd, dry_run=dry_run, action=action, on_progress=hook)
+            if source.stream is not None:
+                summary = backup_stream(repo, source.stream, tags=(TAG, target_tag(name)),
+                                        dry_run=dry_run, action=action, on_progress=hook)
+            else:
+                summary = commands.backup(
+                    repo, source.paths, tags=(TAG, target_tag(name)),
+                    excludes=source.excludes, cwd=source.cwd, dry_run=dry_run, action=action,
+                    on_progress=hook)
     except SourceIncomplete as exc:
         evidence["incomplete_snapshot_id"] = exc.snapshot_id
         return _finish(recorder, handle, name, repo_name, started_at, error=str(exc),
@@ -188,6 +203,56 @@ def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | N
              human_bytes(summary.data_added), time.monotonic() - clock)
     return _finish(recorder, handle, name, repo_name, started_at, summary=summary,
                    evidence=evidence, status="succeeded", dry_run=dry_run)
+
+
+def backup_stream(repo: ResticRepository, stream: StreamSource, *, tags: tuple[str, ...],
+                  dry_run: bool, action: str,
+                  on_progress: Callable[[BackupProgress], None] | None) -> BackupSummary:
+    """Pipe ``stream``'s command into ``restic backup --stdin``; nothing touches local disk.
+
+    Either side failing fails the run. A dump that died halfway still gives restic an end of
+    input and so a snapshot: that snapshot is forgotten at once and the run fails, so a torn
+    dump is never recorded as a good backup.
+    """
+    with tempfile.TemporaryFile() as errors:
+        try:
+            producer = subprocess.Popen(list(stream.argv), stdout=subprocess.PIPE, stderr=errors,
+                                        stdin=subprocess.DEVNULL, env=stream.env)
+        except OSError as exc:
+            raise TargetError(f"{stream.what}: cannot run {stream.argv[0]!r}: "
+                              f"{exc.strerror}") from None
+        assert producer.stdout is not None
+        restic_error: DrkitError | None = None
+        summary: BackupSummary | None = None
+        try:
+            summary = commands.backup(repo, (), tags=tags, dry_run=dry_run, action=action,
+                                      on_progress=on_progress, stdin=producer.stdout,
+                                      stdin_filename=stream.filename)
+        except DrkitError as exc:
+            restic_error = exc
+        except BaseException:
+            stop_process(producer)
+            raise
+        finally:
+            producer.stdout.close()
+        try:
+            code = producer.wait(timeout=5 if restic_error else None)
+        except subprocess.TimeoutExpired:  # restic gave up first; the producer is stuck
+            stop_process(producer)
+            code = 0
+        if code == 0:
+            if restic_error is not None:
+                raise restic_error
+            assert summary is not None
+            return summary
+        errors.seek(0)
+        text = mask(errors.read().decode("utf-8", "replace"), stream.secrets).strip()
+    detail = (text.splitlines() or ["no error output"])[-1]
+    discarded = ""
+    if summary is not None and summary.snapshot_id and not dry_run:
+        commands.forget_snapshots(repo, [summary.snapshot_id], action=f"{action}: discard")
+        discarded = f"; its partial snapshot {summary.snapshot_id} was discarded"
+    raise TargetError(f"{action}: {stream.what} failed (exit {code}): {detail}{discarded}")
 
 
 def _finish(recorder: Recorder | None, handle: RunHandle | None, name: str, repo_name: str,

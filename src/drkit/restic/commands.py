@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from drkit.restic.errors import ResticError, ResticFailed, SourceIncomplete, fatal_line
 from drkit.restic.runner import ResticRepository, json_list, run_restic
@@ -99,23 +99,28 @@ def parse_restic_time(value: str) -> datetime:
 
 
 def backup_args(paths: Sequence[str], *, tags: Sequence[str], host: str | None,
-                excludes: Sequence[str], dry_run: bool) -> tuple[str, ...]:
-    """Arguments of ``restic backup`` for ``paths`` with drkit's tags."""
+                excludes: Sequence[str], dry_run: bool, stdin_filename: str | None = None
+                ) -> tuple[str, ...]:
+    """Arguments of ``restic backup`` for ``paths`` (or stdin, stored as ``stdin_filename``)
+    with drkit's tags."""
     return (
         ("backup", "--json")
         + tuple(arg for tag in tags for arg in ("--tag", tag))
         + (("--host", host) if host else ())
         + tuple(arg for pattern in excludes for arg in ("--exclude", pattern))
         + (("--dry-run",) if dry_run else ())
-        + ("--", *paths)
+        + (("--stdin", "--stdin-filename", stdin_filename) if stdin_filename
+           else ("--", *paths))
     )
 
 
 def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
            host: str | None = None, excludes: Sequence[str] = (), cwd: Path | None = None,
            dry_run: bool = False, action: str,
-           on_progress: Callable[[BackupProgress], None] | None = None) -> BackupSummary:
-    """Back ``paths`` up into ``repo``; return restic's summary.
+           on_progress: Callable[[BackupProgress], None] | None = None,
+           stdin: IO[bytes] | None = None, stdin_filename: str | None = None) -> BackupSummary:
+    """Back ``paths`` (or ``stdin``, stored as ``stdin_filename``) up into ``repo``; return
+    restic's summary.
 
     Raises :class:`SourceIncomplete` (with the snapshot id) when restic could not read some
     files, and the typed errors of :func:`run_restic` otherwise.
@@ -130,8 +135,9 @@ def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
                 total_files=int(message.get("total_files", 0)),
             ))
 
-    args = backup_args(paths, tags=tags, host=host, excludes=excludes, dry_run=dry_run)
-    result = run_restic(repo, args, action=action, on_json=handle, cwd=cwd,
+    args = backup_args(paths, tags=tags, host=host, excludes=excludes, dry_run=dry_run,
+                       stdin_filename=stdin_filename)
+    result = run_restic(repo, args, action=action, on_json=handle, cwd=cwd, stdin=stdin,
                         ok_codes=(0, EXIT_INCOMPLETE))
     summary_json = result.last("summary")
     summary = BackupSummary.from_json(summary_json) if summary_json else None
@@ -234,3 +240,8 @@ def forget(repo: ResticRepository, *, tags: Sequence[str], keep: Sequence[str], 
         removed += [Snapshot.from_json(s) for s in group.get("remove") or ()]
     return ForgetOutcome(kept=tuple(kept), removed=tuple(removed),
                          prune_summary="\n".join(result.stdout_lines[-12:]))
+
+
+def forget_snapshots(repo: ResticRepository, ids: Sequence[str], *, action: str) -> None:
+    """Forget exactly these snapshots (no prune: their data goes at the next prune)."""
+    run_restic(repo, ("forget", *ids), action=action)

@@ -17,14 +17,30 @@ class TargetError(DrkitError):
 
 
 @dataclass(frozen=True)
+class StreamSource:
+    """A command whose stdout restic stores as one file (``restic backup --stdin``).
+
+    The command's environment carries any credentials; ``secrets`` are masked in its errors.
+    """
+
+    argv: Sequence[str]
+    filename: str
+    env: dict[str, str] | None = None
+    secrets: Sequence[str] = ()
+    what: str = "dump"
+
+
+@dataclass(frozen=True)
 class BackupSource:
-    """What restic backs up for a target: ``paths`` read from ``cwd`` (None = as given).
+    """What restic backs up for a target: ``paths`` read from ``cwd`` (None = as given), or
+    a ``stream`` (one command's output per repository).
 
     Paths relative to ``cwd`` are stored relative in the snapshot, so a staged copy restores
     as ``invoices.sqlite``, not under a temporary directory's name.
     """
 
-    paths: Sequence[str]
+    paths: Sequence[str] = ()
+    stream: StreamSource | None = None
     cwd: Path | None = None
     excludes: Sequence[str] = ()
     description: str = ""

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from drkit.errors import BadRequestError
 from drkit.targets.base import TargetKind
+from drkit.targets.command import CommandKind
 from drkit.targets.files import FilesKind
+from drkit.targets.mysql import MysqlKind
+from drkit.targets.postgres import PostgresKind
 from drkit.targets.sqlite import SqliteKind
 
-_KINDS: dict[str, TargetKind] = {kind.name: kind for kind in (FilesKind(), SqliteKind())}
+_KINDS: dict[str, TargetKind] = {
+    kind.name: kind
+    for kind in (FilesKind(), SqliteKind(), PostgresKind(), MysqlKind(), CommandKind())
+}
 
 
 def all_kinds() -> list[TargetKind]:
