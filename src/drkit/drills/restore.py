@@ -106,7 +106,9 @@ def compare_tree(listing: Listing, into: Path) -> CheckResult:
                 wrong.append(f"{rel} (size {size}, snapshot {node.get('size')})")
     problems = _summarise("missing", missing) + _summarise("wrong", wrong)
     count = len(listing.nodes)
-    detail = (f"{count} entries, {len(listing.files)} files, "
+    files = len(listing.files)
+    detail = (f"{count} entr{'y' if count == 1 else 'ies'}, "
+              f"{files} file{'' if files == 1 else 's'}, "
               f"{human_bytes(listing.total_bytes)} match the snapshot"
               if not problems else "; ".join(problems))
     return CheckResult(name="restored tree matches snapshot listing",
