@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,8 +118,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
         journal = _journal(config)
         # The catalog opens (and the table renderer imports) while restic already runs.
         recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal))
-        threading.Thread(target=importlib.import_module, args=("drkit.cli.render",),
-                         daemon=True).start()
     with backup_progress() as hook:
         runs = run_backups(config, recorder, args.targets, dry_run=args.dry_run,
                            on_progress=hook)

@@ -85,7 +85,7 @@ def resolve_path(value: Path, info: ValidationInfo) -> Path:
 class Strict(BaseModel):
     """Base for every config model: unknown keys are errors, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class S3Settings(Strict):

@@ -18,7 +18,7 @@ from drkit.errors import SecretError
 class SecretRef(BaseModel):
     """Where a secret lives. Exactly one of ``env`` (variable name) or ``file`` (path)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     env: str | None = None
     file: Path | None = None

@@ -168,6 +168,8 @@ def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | N
     if on_progress is not None:
         def hook(progress: BackupProgress) -> None:
             on_progress(name, repo_name, progress)
+    # Once restic runs, open the catalog meanwhile (see CatalogOpener).
+    on_start = recorder.catalog.start if recorder is not None else None
     clock = time.monotonic()
     evidence: dict[str, Any] = {"source": source.description, **source.evidence,
                                 "repository_url": mask_url(repo.url)}
@@ -178,12 +180,13 @@ def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | N
             evidence["lock_acquired_at"] = locked_at
             if source.stream is not None:
                 summary = backup_stream(repo, source.stream, tags=(TAG, target_tag(name)),
-                                        dry_run=dry_run, action=action, on_progress=hook)
+                                        dry_run=dry_run, action=action, on_progress=hook,
+                                        on_start=on_start)
             else:
                 summary = commands.backup(
                     repo, source.paths, tags=(TAG, target_tag(name)),
                     excludes=source.excludes, cwd=source.cwd, dry_run=dry_run, action=action,
-                    on_progress=hook)
+                    on_progress=hook, on_start=on_start)
     except SourceIncomplete as exc:
         evidence["incomplete_snapshot_id"] = exc.snapshot_id
         return _finish(recorder, handle, name, repo_name, started_at, error=str(exc),
@@ -207,7 +210,8 @@ def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | N
 
 def backup_stream(repo: ResticRepository, stream: StreamSource, *, tags: tuple[str, ...],
                   dry_run: bool, action: str,
-                  on_progress: Callable[[BackupProgress], None] | None) -> BackupSummary:
+                  on_progress: Callable[[BackupProgress], None] | None,
+                  on_start: Callable[[], None] | None = None) -> BackupSummary:
     """Pipe ``stream``'s command into ``restic backup --stdin``; nothing touches local disk.
 
     Either side failing fails the run. A dump that died halfway still gives restic an end of
@@ -227,7 +231,7 @@ def backup_stream(repo: ResticRepository, stream: StreamSource, *, tags: tuple[s
         try:
             summary = commands.backup(repo, (), tags=tags, dry_run=dry_run, action=action,
                                       on_progress=on_progress, stdin=producer.stdout,
-                                      stdin_filename=stream.filename)
+                                      stdin_filename=stream.filename, on_start=on_start)
         except DrkitError as exc:
             restic_error = exc
         except BaseException:

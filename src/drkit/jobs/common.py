@@ -46,8 +46,9 @@ class CatalogOpener:
     """Opens the catalog in a background thread while the caller starts its real work.
 
     Importing SQLAlchemy and connecting take about half a second; a backup journals its runs
-    in files (:class:`RunJournal`) and starts restic at once, and only waits for the catalog
-    when it has a record to append. :meth:`get` returns the catalog or raises its error.
+    in files (:class:`RunJournal`), starts restic, and only then calls :meth:`start`, so the
+    import runs while restic works instead of competing with the start-up for the GIL.
+    :meth:`get` (which starts it if nobody did) returns the catalog or raises its error.
     """
 
     def __init__(self, config: Config, journal: RunJournal) -> None:
@@ -56,7 +57,13 @@ class CatalogOpener:
         self._result: Catalog | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._open, name="drkit-catalog", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Begin opening the catalog in the background (once)."""
+        with self._lock:
+            if not self._thread.is_alive() and self._thread.ident is None:
+                self._thread.start()
 
     def _open(self) -> None:
         try:
@@ -70,6 +77,7 @@ class CatalogOpener:
 
     def get(self) -> Catalog:
         """The open catalog (waits for it). Raises whatever opening it raised."""
+        self.start()
         self._thread.join()
         if self._error is not None:
             raise self._error

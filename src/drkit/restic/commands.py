@@ -118,7 +118,8 @@ def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
            host: str | None = None, excludes: Sequence[str] = (), cwd: Path | None = None,
            dry_run: bool = False, action: str,
            on_progress: Callable[[BackupProgress], None] | None = None,
-           stdin: IO[bytes] | None = None, stdin_filename: str | None = None) -> BackupSummary:
+           stdin: IO[bytes] | None = None, stdin_filename: str | None = None,
+           on_start: Callable[[], None] | None = None) -> BackupSummary:
     """Back ``paths`` (or ``stdin``, stored as ``stdin_filename``) up into ``repo``; return
     restic's summary.
 
@@ -138,7 +139,7 @@ def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
     args = backup_args(paths, tags=tags, host=host, excludes=excludes, dry_run=dry_run,
                        stdin_filename=stdin_filename)
     result = run_restic(repo, args, action=action, on_json=handle, cwd=cwd, stdin=stdin,
-                        ok_codes=(0, EXIT_INCOMPLETE))
+                        ok_codes=(0, EXIT_INCOMPLETE), on_start=on_start)
     summary_json = result.last("summary")
     summary = BackupSummary.from_json(summary_json) if summary_json else None
     if result.returncode == EXIT_INCOMPLETE:

@@ -137,10 +137,12 @@ def run_restic(
     cwd: Path | None = None,
     stdin: IO[bytes] | None = None,
     ok_codes: Sequence[int] = (0,),
+    on_start: Callable[[], None] | None = None,
 ) -> ResticResult:
     """Run ``restic ARGS`` against ``repo`` and return its result.
 
-    ``on_json`` is called for every JSON line on stdout as it arrives (progress).
+    ``on_json`` is called for every JSON line on stdout as it arrives (progress);
+    ``on_start`` once restic has started (work to overlap with it).
     Raises a typed :class:`ResticError` (classified from exit code and stderr) when restic
     exits with a code outside ``ok_codes``; ``action`` names the work for that message.
 
@@ -153,7 +155,7 @@ def run_restic(
     while True:
         try:
             return _run_once(repo, args, action=action, on_json=on_json, cwd=cwd, stdin=stdin,
-                             ok_codes=ok_codes)
+                             ok_codes=ok_codes, on_start=on_start)
         except RepositoryLocked as locked:
             if stdin is not None:
                 raise  # a stream cannot be replayed
@@ -184,6 +186,7 @@ def _run_once(
     cwd: Path | None,
     stdin: IO[bytes] | None,
     ok_codes: Sequence[int],
+    on_start: Callable[[], None] | None = None,
 ) -> ResticResult:
     env, secrets = repo.environment()
     argv = [repo.binary, *args]
@@ -206,6 +209,8 @@ def _run_once(
     drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_chunks), daemon=True)
     drain.start()
     try:
+        if on_start is not None:
+            on_start()
         for raw in proc.stdout:
             _take_line(raw, result, on_json)
         result.returncode = proc.wait()
