@@ -117,7 +117,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if not args.dry_run:
         journal = _journal(config)
         # The catalog opens (and the table renderer imports) while restic already runs.
-        recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal))
+        recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal), config=config)
     with backup_progress() as hook:
         runs = run_backups(config, recorder, args.targets, dry_run=args.dry_run,
                            on_progress=hook)
@@ -222,7 +222,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     config = _config(args)
     plan = find_plan(load_plans(config), args.plan)
     journal = _journal(config)
-    recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal))
+    recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal), config=config)
     result = run_drill(config, plan, recorder, snapshot=args.snapshot,
                        keep_sandbox=args.keep_sandbox)
     if args.json:

@@ -37,6 +37,7 @@ from drkit.drills.restore import (
 from drkit.errors import DrkitError, describe
 from drkit.jobs.backup import Recorder
 from drkit.jobs.common import restic_repository
+from drkit.notify import notify_failure
 from drkit.restic.commands import Snapshot
 from drkit.restic.errors import ResticError
 from drkit.restic.runner import ResticRepository, restic_version
@@ -218,6 +219,11 @@ def _record(recorder: Recorder, handle: RunHandle, result: DrillResult) -> None:
     recorder.journal.close(handle)
     result.record_id = record.id
     result.record_hash = record.hash
+    if result.status != "passed":
+        notify_failure(recorder.config, "drill", result.status, plan=result.plan,
+                       error=result.error, rpo_achieved_s=result.rpo_achieved_s,
+                       rto_achieved_s=result.rto_achieved_s, run_id=handle.run_id,
+                       record_id=record.id)
 
 
 def _run_step(config: Config, step: PlanStep, index: int, sandbox_path: Path,

@@ -25,6 +25,7 @@ from drkit.config.models import Config
 from drkit.errors import DrkitError, describe
 from drkit.jobs.common import CatalogOpener, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
+from drkit.notify import notify_failure
 from drkit.processes import stop_process
 from drkit.restic import commands
 from drkit.restic.commands import BackupProgress, BackupSummary
@@ -87,6 +88,7 @@ class Recorder:
 
     journal: RunJournal
     catalog: CatalogOpener
+    config: Config
 
 
 def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] = (), *,
@@ -280,6 +282,10 @@ def _finish(recorder: Recorder | None, handle: RunHandle | None, name: str, repo
             evidence=evidence or {}, finished_at=run.finished_at)
         recorder.journal.close(handle)
         run.record_id = record.id
+        if status != "succeeded":
+            notify_failure(recorder.config, "backup", status, target=name,
+                           repository=repo_name, error=error, run_id=handle.run_id,
+                           record_id=record.id)
     return run
 
 

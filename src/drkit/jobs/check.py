@@ -20,6 +20,7 @@ from drkit.config.models import Config
 from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.jobs.common import restic_repository, select_names
 from drkit.jobs.locks import repository_lock
+from drkit.notify import notify_failure
 from drkit.restic import commands
 from drkit.restic.errors import ResticError
 from drkit.restic.runner import ResticRepository, restic_version
@@ -150,6 +151,9 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     record = catalog.finish_run(handle, status=status, evidence=evidence,
                                 error="; ".join(errors)[:4000] or None)
     journal.close(handle)
+    if errors:
+        notify_failure(config, "check", status, repository=name, errors=errors,
+                       run_id=handle.run_id, record_id=record.id)
     for error in errors:
         log.error("%s: %s", action, error)
     if not errors:

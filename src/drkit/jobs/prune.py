@@ -16,6 +16,7 @@ from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.jobs.backup import TAG, target_tag
 from drkit.jobs.common import restic_repository, select_names
 from drkit.jobs.locks import repository_lock
+from drkit.notify import notify_failure
 from drkit.restic import commands
 from drkit.restic.errors import ResticError
 from drkit.restic.runner import restic_version
@@ -109,6 +110,9 @@ def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, nam
                                     evidence=evidence)
         journal.close(handle)
         run.record_id = record.id
+        if run.error:
+            notify_failure(config, "prune", run.status, target=name, repository=repo_name,
+                           error=run.error, run_id=handle.run_id, record_id=record.id)
     return run
 
 

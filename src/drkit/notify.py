@@ -1,0 +1,50 @@
+"""Failure notifications: a JSON event POSTed to ``notify.webhook`` when a run fails, a check
+finds damage, or a drill is breached or failed. Delivery problems are logged, never fatal, and
+the webhook URL (which often carries a token) is never logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+from drkit import __version__
+from drkit.catalog.chain import canonical_time
+from drkit.catalog.inflight import utcnow
+from drkit.config.models import Config
+from drkit.errors import SecretError
+
+log = logging.getLogger("drkit.notify")
+TIMEOUT_S = 10.0
+
+
+def notify_failure(config: Config, kind: str, status: str, **details: Any) -> bool:
+    """POST one event to the configured webhook, if any. Returns whether it was delivered.
+
+    ``details`` (target, repository, plan, error, run_id, record_id...) go into the event.
+    """
+    webhook = config.notify.webhook if config.notify else None
+    if webhook is None:
+        return False
+    event = {"event": f"{kind}_{status}", "kind": kind, "status": status,
+             "host": socket.gethostname(), "drkit_version": __version__,
+             "time": canonical_time(utcnow()), **details}
+    try:
+        url = webhook.url.resolve()
+    except SecretError as exc:
+        log.warning("notification not sent: webhook %s", exc)
+        return False
+    request = urllib.request.Request(
+        url, data=json.dumps(event, default=str).encode("utf-8"), method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": f"drkit/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            response.read()
+        return True
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        log.warning("notification for %s %s not delivered: %s", kind, status, reason)
+        return False
