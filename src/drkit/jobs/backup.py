@@ -150,12 +150,16 @@ def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_r
                     continue
                 runs.append(_backup_one(config, recorder, handles[repo_name], name, repo_name,
                                         started[repo_name], source, dry_run, on_progress, cancel))
-    except DrkitError as exc:  # the target could not be prepared: every repository fails
+    except Exception as exc:  # the target could not be prepared: every repository fails
+        if not isinstance(exc, DrkitError):
+            log.debug("unexpected error preparing %s", name, exc_info=True)
+        reason = describe(exc) if isinstance(exc, DrkitError) else \
+            f"internal error: {type(exc).__name__}: {exc}"
         done = {run.repository for run in runs}
         for repo_name in target.repositories:
             if repo_name not in done:
                 runs.append(_finish(recorder, handles[repo_name], name, repo_name,
-                                    started[repo_name], error=describe(exc)))
+                                    started[repo_name], error=reason))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return runs
