@@ -212,6 +212,8 @@ def test_stale_lock_is_cleared_and_prune_never_overlaps_backup(project: Project)
     deadline = time.monotonic() + 20
     while not list((repo / "locks").iterdir()) and time.monotonic() < deadline:
         time.sleep(0.02)
+    time.sleep(0.5)  # let restic finish writing its lock file: a torn one is just ignored
+    assert check.poll() is None, "restic check ended before it could be killed"
     check.kill()
     check.wait()
     assert list((repo / "locks").iterdir()), "no stale lock to test with"
