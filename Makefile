@@ -38,7 +38,7 @@ typecheck: setup
 test: test-system lint typecheck
 	$(BIN)/pytest
 
-unit: setup
+unit: test-system setup
 	$(BIN)/pytest tests/unit
 
 bench: test-system setup

@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from drkit.catalog.chain import record_hash
@@ -30,14 +32,24 @@ def verify_chain(records: list[Record]) -> None:
         previous = record.hash
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same catalog tests on SQLite (the default) and on PostgreSQL (production)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    server = request.getfixturevalue("postgres")
+    name = f"catalog_{uuid.uuid4().hex[:10]}"
+    server.sql(f"create database {name}")
+    return server.dsn(name).replace("postgresql://", "postgresql+psycopg://")
+
+
 def all_records(catalog) -> list[Record]:  # type: ignore[no-untyped-def]
     with catalog.session() as session:
         return list(session.scalars(select(Record).order_by(Record.seq)))
 
 
-def test_records_form_a_hash_chain(tmp_path: Path) -> None:
-    catalog = open_catalog("sqlite:///catalog.db", base_dir=tmp_path)
-    assert (tmp_path / "catalog.db").exists()
+def test_records_form_a_hash_chain(catalog_url: str) -> None:
+    catalog = open_catalog(catalog_url)
     now = utcnow()
     for index in range(5):
         catalog.append(NewRecord(kind="backup", status="succeeded", target=f"t{index}",
@@ -55,8 +67,8 @@ def test_records_form_a_hash_chain(tmp_path: Path) -> None:
     assert record_hash(fields) != edited.hash
 
 
-def test_concurrent_appends_from_threads_and_processes_keep_one_chain(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+def test_concurrent_appends_from_threads_and_processes_keep_one_chain(catalog_url: str) -> None:
+    url = catalog_url
     catalog = open_catalog(url)
     now = utcnow()
 
@@ -87,8 +99,13 @@ def test_concurrent_appends_from_threads_and_processes_keep_one_chain(tmp_path: 
     verify_chain(records)
 
 
-def test_journaled_run_then_finished(tmp_path: Path) -> None:
-    catalog = open_catalog("sqlite:///c.db", base_dir=tmp_path)
+def test_relative_sqlite_path_is_next_to_the_config(tmp_path: Path) -> None:
+    open_catalog("sqlite:///.drkit/catalog.db", base_dir=tmp_path)
+    assert (tmp_path / ".drkit" / "catalog.db").exists()
+
+
+def test_journaled_run_then_finished(tmp_path: Path, catalog_url: str) -> None:
+    catalog = open_catalog(catalog_url)
     journal = RunJournal(tmp_path / "state")
     handle = journal.open("backup", target="t", repository="r", restic_version="0.14.0")
     assert (journal.directory / f"{handle.run_id}.json").exists()
@@ -112,8 +129,8 @@ def _journal_dead_run(journal: RunJournal, hostname: str) -> str:
     return run_id
 
 
-def test_dead_process_run_becomes_interrupted_once(tmp_path: Path) -> None:
-    catalog = open_catalog("sqlite:///c.db", base_dir=tmp_path)
+def test_dead_process_run_becomes_interrupted_once(tmp_path: Path, catalog_url: str) -> None:
+    catalog = open_catalog(catalog_url)
     journal = RunJournal(tmp_path / "state")
     mine = _journal_dead_run(journal, catalog.hostname)
     _journal_dead_run(journal, "another-host")
