@@ -9,19 +9,17 @@ Run with `make bench` (or `.venv/bin/python bench/backup_overhead.py [--mb 300 -
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
+from bench.common import timed, tree_arguments
 from drkit.locals3 import LocalS3, local_s3
 
 
@@ -35,21 +33,8 @@ def make_tree(root: Path, total_mb: int, files: int) -> None:
         (folder / f"f{index:05d}.bin").write_bytes(os.urandom(size))
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(argv, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(argv)}\n{result.stderr}")
-    return elapsed
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=300)
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = tree_arguments(__doc__.splitlines()[0])
 
     with tempfile.TemporaryDirectory(prefix="drkit-bench-") as tmp:
         work = Path(tmp)

@@ -10,7 +10,6 @@ Run with `make bench` (or `.venv/bin/python -m bench.check_cost [--mb 300]`).
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from bench.backup_overhead import make_tree
+from bench.common import tree_arguments
 from drkit.locals3 import local_s3
 
 
@@ -33,10 +33,7 @@ def bytes_read(pid: int) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=300)
-    parser.add_argument("--files", type=int, default=2000)
-    args = parser.parse_args()
+    args = tree_arguments(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory(prefix="drkit-bench-check-") as tmp:
         work = Path(tmp)
         tree = work / "tree"

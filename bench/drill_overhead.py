@@ -11,7 +11,6 @@ Run with `make bench` (or `.venv/bin/python bench/drill_overhead.py [--mb 300 --
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import shutil
@@ -25,24 +24,12 @@ from pathlib import Path
 import yaml
 
 from bench.backup_overhead import make_tree
+from bench.common import timed, tree_arguments
 from drkit.locals3 import local_s3
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(argv)}\n{result.stdout}\n{result.stderr}")
-    return elapsed
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=300)
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = tree_arguments(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory(prefix="drkit-bench-drill-") as tmp:
         work = Path(tmp)
         tree = work / "tree"
@@ -74,8 +61,8 @@ def main() -> int:
                 "name": "bench", "objectives": {"rpo": "1d", "rto": "1h"},
                 "steps": [{"target": "tree", "checks": [{"files_exist": ["d00/"]}]}]}))
             drkit = [str(Path(sys.executable).parent / "drkit"), "--config", str(config)]
-            run([*drkit, "repo", "init"], env)
-            run([*drkit, "backup"], env)
+            timed([*drkit, "repo", "init"], env)
+            timed([*drkit, "backup"], env)
             ratios: list[float] = []
             with_cleanup: list[float] = []
             for round_no in range(1, args.rounds + 1):
@@ -83,12 +70,12 @@ def main() -> int:
                 order = ["drkit", "bare"] if round_no % 2 else ["bare", "drkit"]
                 for who in order:
                     if who == "drkit":
-                        times[who] = run([*drkit, "drill", "bench"], env)
+                        times[who] = timed([*drkit, "drill", "bench"], env)
                     else:
                         target = work / f"bare-{round_no}"
-                        restore = run(["restic", "-r", url, "restore", "latest", "--target",
+                        restore = timed(["restic", "-r", url, "restore", "latest", "--target",
                                        str(target)], env)
-                        check = run(["sha256sum", "--quiet", "-c", str(manifest)], env,
+                        check = timed(["sha256sum", "--quiet", "-c", str(manifest)], env,
                                     cwd=target / str(tree).lstrip("/"))
                         times[who] = restore + check
                         start = time.perf_counter()

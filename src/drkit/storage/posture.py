@@ -6,6 +6,8 @@ repository's ``posture`` demands and explains each gap and how to close it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,17 +36,32 @@ def _code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+@contextmanager
+def _storage_errors(bucket: str, doing: str) -> Iterator[None]:
+    """Turn boto3's errors into one readable :class:`StorageError` line."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        message = exc.response.get("Error", {}).get("Message", "")
+        raise StorageError(f"bucket '{bucket}': cannot {doing}: {_code(exc)} {message}".strip()
+                           ) from None
+    except BotoCoreError as exc:
+        raise StorageError(f"bucket '{bucket}': storage unreachable ({exc})") from None
+
+
 def read_posture(repo: Repository) -> PostureFound:
     """Ask the bucket for its versioning, object lock and encryption settings.
 
     Raises :class:`StorageError` when the bucket cannot be reached or read.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
     location = bucket_location(repo)
     client = s3_client(repo)
     bucket = location.bucket
-    try:
+    with _storage_errors(bucket, "read its settings"):
         try:
             versioning = client.get_bucket_versioning(Bucket=bucket).get("Status") or "Off"
         except ClientError as exc:
@@ -76,12 +93,6 @@ def read_posture(repo: Repository) -> PostureFound:
                 encryption = UNSUPPORTED
             elif _code(exc) != "ServerSideEncryptionConfigurationNotFoundError":
                 raise
-    except ClientError as exc:
-        raise StorageError(f"bucket '{bucket}': cannot read its settings: {_code(exc)} "
-                           f"{exc.response.get('Error', {}).get('Message', '')}".strip()
-                           ) from None
-    except BotoCoreError as exc:
-        raise StorageError(f"bucket '{bucket}': storage unreachable ({exc})") from None
     return PostureFound(bucket=bucket, versioning=versioning, object_lock=lock,
                         object_lock_mode=mode, object_lock_days=days, encryption=encryption)
 
@@ -126,11 +137,9 @@ def apply_posture(repo: Repository, posture: Posture) -> None:
 
     Raises :class:`StorageError` when the endpoint refuses.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket = bucket_location(repo).bucket
     client = s3_client(repo)
-    try:
+    with _storage_errors(bucket, "set the declared posture"):
         if posture.versioning or posture.object_lock:
             client.put_bucket_versioning(Bucket=bucket,
                                          VersioningConfiguration={"Status": "Enabled"})
@@ -142,9 +151,3 @@ def apply_posture(repo: Repository, posture: Posture) -> None:
         if posture.encryption:
             client.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
                 "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
-    except ClientError as exc:
-        raise StorageError(f"bucket '{bucket}': cannot set the declared posture: {_code(exc)} "
-                           f"{exc.response.get('Error', {}).get('Message', '')}".strip()
-                           ) from None
-    except BotoCoreError as exc:
-        raise StorageError(f"bucket '{bucket}': storage unreachable ({exc})") from None

@@ -102,3 +102,12 @@ def mysql_defaults_file(dsn: Dsn, directory: Path) -> Path:
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
+
+
+def target_dsn(name: str, text: str) -> tuple[Dsn, str]:
+    """Target ``name``'s DSN and the database it names. Raises :class:`DsnError` when it
+    cannot be parsed or names no database."""
+    dsn = parse_dsn(text, what=f"target '{name}'")
+    if not dsn.database:
+        raise DsnError(f"target '{name}': the DSN names no database")
+    return dsn, dsn.database

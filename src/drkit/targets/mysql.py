@@ -13,8 +13,8 @@ from typing import Literal
 
 from drkit.config.models import TargetConfig
 from drkit.config.secrets import SecretRef
-from drkit.targets.base import BackupSource, StreamSource, TargetError
-from drkit.targets.dsn import mysql_defaults_file, parse_dsn
+from drkit.targets.base import BackupSource, StreamSource
+from drkit.targets.dsn import mysql_defaults_file, target_dsn
 
 
 class MysqlTarget(TargetConfig):
@@ -39,16 +39,14 @@ class MysqlKind:
     def prepare(self, name: str, config: TargetConfig, staging: Path) -> Iterator[BackupSource]:
         """A stream of a consistent SQL dump, stored as ``<database>.sql``."""
         assert isinstance(config, MysqlTarget)
-        dsn = parse_dsn(config.dsn.resolve(), what=f"target '{name}'")
-        if not dsn.database:
-            raise TargetError(f"target '{name}': the DSN names no database")
+        dsn, database = target_dsn(name, config.dsn.resolve())
         options = mysql_defaults_file(dsn, staging)
         argv = [dump_binary(config), f"--defaults-extra-file={options}",
                 "--single-transaction", "--routines", "--triggers", "--events",
-                "--hex-blob", dsn.database]
+                "--hex-blob", database]
         try:
             yield BackupSource(
-                stream=StreamSource(argv=argv, filename=f"{dsn.database}.sql",
+                stream=StreamSource(argv=argv, filename=f"{database}.sql",
                                     secrets=[dsn.password or ""],
                                     what=f"dump of {dsn.describe()}"),
                 description=f"mysql {dsn.describe()}", evidence={"database": dsn.describe()})

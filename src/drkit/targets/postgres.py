@@ -14,8 +14,8 @@ from pydantic import Field
 
 from drkit.config.models import TargetConfig
 from drkit.config.secrets import SecretRef
-from drkit.targets.base import BackupSource, StreamSource, TargetError
-from drkit.targets.dsn import parse_dsn, pg_env
+from drkit.targets.base import BackupSource, StreamSource
+from drkit.targets.dsn import pg_env, target_dsn
 
 
 class PostgresTarget(TargetConfig):
@@ -48,11 +48,9 @@ class PostgresKind:
     def prepare(self, name: str, config: TargetConfig, staging: Path) -> Iterator[BackupSource]:
         """A stream of ``pg_dump -Fc``, stored as ``<database>.dump``."""
         assert isinstance(config, PostgresTarget)
-        dsn = parse_dsn(config.dsn.resolve(), what=f"target '{name}'")
-        if not dsn.database:
-            raise TargetError(f"target '{name}': the DSN names no database")
+        dsn, database = target_dsn(name, config.dsn.resolve())
         yield BackupSource(
-            stream=StreamSource(argv=pg_dump_args(config), filename=f"{dsn.database}.dump",
+            stream=StreamSource(argv=pg_dump_args(config), filename=f"{database}.dump",
                                 env=pg_env(dsn), secrets=[dsn.password or ""],
                                 what=f"pg_dump of {dsn.describe()}"),
             description=f"postgres {dsn.describe()}",
