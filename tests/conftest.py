@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,3 +207,14 @@ def mariadb() -> Iterator[Any]:
 
     with mariadb_server() as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same catalog tests on SQLite (the default) and on PostgreSQL (production)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    server = request.getfixturevalue("postgres")
+    name = f"catalog_{uuid.uuid4().hex[:10]}"
+    server.sql(f"create database {name}")
+    return server.dsn(name).replace("postgresql://", "postgresql+psycopg://")

@@ -30,3 +30,12 @@ def human_age(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m {secs}s"
     return f"{secs}s"
+
+
+def human_duration(seconds: float | None) -> str:
+    """``5400`` -> ``1h 30m``, ``2.5`` -> ``2.5s``; None -> ``-``."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    return human_age(seconds)

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,17 +29,6 @@ def verify_chain(records: list[Record]) -> None:
         fields = {c: getattr(record, c) for c in COLUMNS}
         assert record_hash(fields) == record.hash
         previous = record.hash
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The same catalog tests on SQLite (the default) and on PostgreSQL (production)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalog.db'}"
-    server = request.getfixturevalue("postgres")
-    name = f"catalog_{uuid.uuid4().hex[:10]}"
-    server.sql(f"create database {name}")
-    return server.dsn(name).replace("postgresql://", "postgresql+psycopg://")
 
 
 def all_records(catalog) -> list[Record]:  # type: ignore[no-untyped-def]

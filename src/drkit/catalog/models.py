@@ -46,6 +46,7 @@ class Record(Base):
     __table_args__ = (
         Index("ix_records_kind_target_finished", "kind", "target", "finished_at"),
         Index("ix_records_kind_repository_finished", "kind", "repository", "finished_at"),
+        Index("ix_records_kind_plan_finished", "kind", "plan", "finished_at"),
         Index("ix_records_finished", "finished_at"),
         Index("ix_records_run_id", "run_id"),
     )

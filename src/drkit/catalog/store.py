@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from drkit import __version__
 from drkit.catalog.chain import canonical_json, record_hash
 from drkit.catalog.inflight import RunHandle, RunJournal, utcnow
-from drkit.catalog.models import GENESIS_HASH, Base, ChainHead, Record
+from drkit.catalog.migrate import ensure_schema
+from drkit.catalog.models import GENESIS_HASH, ChainHead, Record
 from drkit.errors import DrkitError
 
 log = logging.getLogger("drkit.catalog")
@@ -86,7 +87,10 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front (no upgrade deadlocks); readers get a WAL
+        # snapshot that never blocks a writer.
+        readonly = connection.get_execution_options().get("drkit_readonly", False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 class Catalog:
@@ -96,12 +100,23 @@ class Catalog:
         self.engine = engine
         self.hostname = hostname or socket.gethostname()
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(engine.execution_options(drkit_readonly=True),
+                                           expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction, committed on success, rolled back on error."""
         try:
             with self._sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise CatalogError(f"catalog unavailable: {exc.orig}") from None
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A read-only session on one consistent snapshot that does not block writers."""
+        try:
+            with self._read_sessions.begin() as session:
                 yield session
         except OperationalError as exc:
             raise CatalogError(f"catalog unavailable: {exc.orig}") from None
@@ -205,7 +220,7 @@ def open_catalog(url: str, *, base_dir: Path | None = None) -> Catalog:
         engine = create_engine(resolved, connect_args=_connect_args(resolved), future=True)
         if engine.dialect.name == "sqlite":
             _sqlite_pragmas(engine)
-        Base.metadata.create_all(engine)
+        ensure_schema(engine)
         catalog = Catalog(engine)
         with contextlib.suppress(IntegrityError):  # another process created it just now
             catalog._ensure_head()

@@ -91,6 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common, as_json],
                    help="per target: last good backup, its age against the RPO, last drill")
 
+    p = sub.add_parser("report", parents=[common],
+                       help="compliance report for a period: summary, controls, every record")
+    p.add_argument("--since", metavar="AGE|DATE",
+                   help="start of the period: a duration back from --until (30d, 12h) or a "
+                        "date (default: 30d)")
+    p.add_argument("--until", metavar="DATE",
+                   help="end of the period (a bare date includes that day; default: now)")
+    p.add_argument("--plan", action="append", default=[], metavar="P",
+                   help="only this plan and the targets it restores (repeatable)")
+    p.add_argument("--target", action="append", default=[], metavar="T",
+                   help="only this target and the plans that restore it (repeatable)")
+    p.add_argument("--format", choices=("html", "pdf", "csv", "json", "md"), default=None,
+                   help="default: html")
+    p.add_argument("--output", metavar="FILE",
+                   help="where to write it ('-': stdout; default: stdout for csv/json/md, "
+                        "the reports directory for html/pdf)")
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any control is non-compliant (for CI gates)")
+
     audit = sub.add_parser("audit", parents=[common], help="the catalog's evidence chain")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND",
                                      parser_class=_Parser)
@@ -110,7 +130,8 @@ def _configure_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "sqlalchemy"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "sqlalchemy", "weasyprint",
+                  "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

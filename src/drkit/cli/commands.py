@@ -18,7 +18,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
         "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": cmd_audit_verify,
-        "demo": cmd_demo,
+        "report": cmd_report, "demo": cmd_demo,
     }
     return handlers[args.command](args)
 
@@ -236,6 +236,40 @@ def cmd_drill(args: argparse.Namespace) -> int:
               + (f": {result.error}" if result.error else ""), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from drkit.drills.plans import load_plans
+    from drkit.jobs.report import parse_period, run_report, scope_for
+
+    if args.json and args.format not in (None, "json"):
+        raise BadRequestError("--json and --format disagree; give one of them")
+    fmt = "json" if args.json else (args.format or "html")
+    since, until = parse_period(args.since, args.until)
+    config = _config(args)
+    plans = load_plans(config)
+    scope = scope_for(config, plans, since, until, plan_names=args.plan,
+                      target_names=args.target)
+    run = run_report(config, plans, _catalog(config), scope, fmt=fmt, output=args.output)
+    report = run.report
+    bad = report.non_compliant
+    where = str(run.path) if run.path else "stdout"
+    print(f"drkit: report ({fmt}, {run.records} records, {report.since:%Y-%m-%d %H:%M} to "
+          f"{report.until:%Y-%m-%d %H:%M} UTC, chain head #{report.chain_head_seq}) "
+          f"written to {where}", file=sys.stderr)
+    for upload in run.uploads:
+        print(f"drkit: uploaded s3://{upload['bucket']}/{upload['key']}"
+              + (f" (retained until {upload['retain_until']})" if upload["retain_until"] else
+                 " (no object lock on the bucket)"), file=sys.stderr)
+    if bad:
+        print(f"drkit: {len(bad)} of {len(report.controls)} controls non-compliant: "
+              + ", ".join(f"{c.control} {c.subject}" for c in bad), file=sys.stderr)
+    if run.path is not None:
+        print(run.path)
+    if run.status != "succeeded":
+        print(f"drkit: error: {run.error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED if bad and args.strict else EXIT_OK
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:

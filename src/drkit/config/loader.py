@@ -163,6 +163,14 @@ def _cross_references(data: Any) -> Iterator[tuple[Loc, str]]:
         return
     repos = data.get("repositories")
     known = set(repos) if isinstance(repos, dict) else set()
+    hint = f" (declared: {', '.join(sorted(known))})" if known else ""
+    reports = data.get("reports")
+    output = reports.get("output") if isinstance(reports, dict) else None
+    s3_output = output.get("s3") if isinstance(output, dict) else None
+    if isinstance(s3_output, dict):
+        repo = s3_output.get("repository")
+        if isinstance(repo, str) and repo not in known:
+            yield ("reports", "output", "s3", "repository"), f"unknown repository {repo!r}{hint}"
     targets = data.get("targets")
     if not isinstance(targets, dict):
         return
@@ -174,7 +182,6 @@ def _cross_references(data: Any) -> Iterator[tuple[Loc, str]]:
             continue
         for index, repo in enumerate(listed):
             if isinstance(repo, str) and repo not in known:
-                hint = f" (declared: {', '.join(sorted(known))})" if known else ""
                 yield ("targets", name, "repositories", index), f"unknown repository {repo!r}{hint}"
 
 

@@ -197,9 +197,22 @@ class CheckSettings(Strict):
 
 
 class S3Output(Strict):
-    bucket: str
+    """Where reports go as evidence: a bucket reached like ``repository`` (its endpoint and
+    keys) or with explicit ``s3`` settings. With object lock on the bucket, each upload is
+    retained ``retain_days`` (default: the bucket's default retention, else 365 days)."""
+
+    bucket: str = Field(min_length=3)
     prefix: str = ""
     repository: Name | None = None
+    s3: S3Settings | None = None
+    retain_days: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> S3Output:
+        if self.repository is not None and self.s3 is not None:
+            raise ValueError("give either 'repository' (use its endpoint and keys) or 's3', "
+                             "not both")
+        return self
 
 
 class ReportOutput(Strict):

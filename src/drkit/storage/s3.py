@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from drkit.config.models import Repository
+from drkit.config.models import Repository, S3Settings
 from drkit.errors import DrkitError
 
 log = logging.getLogger("drkit.storage")
@@ -52,12 +52,16 @@ def bucket_location(repo: Repository) -> BucketLocation:
 
 def s3_client(repo: Repository) -> Any:
     """A boto3 S3 client for the repository's endpoint and credentials (path-style addressing)."""
+    return client_for(bucket_location(repo).endpoint, repo.s3)
+
+
+def client_for(endpoint: str | None, settings: S3Settings | None) -> Any:
+    """A boto3 S3 client for ``endpoint`` (None: AWS) with ``settings``' region and keys."""
     import boto3
     from botocore.config import Config as BotoConfig
 
-    location = bucket_location(repo)
     kwargs: dict[str, Any] = {
-        "endpoint_url": location.endpoint,
+        "endpoint_url": endpoint,
         "config": BotoConfig(
             s3={"addressing_style": "path"},
             retries={"max_attempts": 3, "mode": "standard"},
@@ -65,11 +69,11 @@ def s3_client(repo: Repository) -> Any:
             read_timeout=60,
         ),
     }
-    if repo.s3 is not None:
-        kwargs["region_name"] = repo.s3.region
-        if repo.s3.access_key is not None and repo.s3.secret_key is not None:
-            kwargs["aws_access_key_id"] = repo.s3.access_key.resolve()
-            kwargs["aws_secret_access_key"] = repo.s3.secret_key.resolve()
+    if settings is not None:
+        kwargs["region_name"] = settings.region
+        if settings.access_key is not None and settings.secret_key is not None:
+            kwargs["aws_access_key_id"] = settings.access_key.resolve()
+            kwargs["aws_secret_access_key"] = settings.secret_key.resolve()
     return boto3.client("s3", **kwargs)
 
 

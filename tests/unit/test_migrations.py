@@ -1,0 +1,61 @@
+"""Alembic migrations: a new catalog is created at the head revision, an old one is upgraded
+in place on first use (records and chain intact), and the migrations match the models."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from drkit.catalog import migrate
+from drkit.catalog.audit import verify_chain
+from drkit.catalog.inflight import utcnow
+from drkit.catalog.models import Base
+from drkit.catalog.store import NewRecord, open_catalog
+
+VERSIONS = Path(migrate.__file__).parent / "migrations" / "versions"
+
+
+def test_head_revision_constant_is_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    with_connection = migrate.alembic_config(None)  # type: ignore[arg-type]
+    script = ScriptDirectory.from_config(with_connection)
+    assert script.get_current_head() == migrate.HEAD_REVISION
+    assert len(list(VERSIONS.glob("0*.py"))) == len(list(script.walk_revisions()))
+
+
+def test_new_catalog_is_at_head_and_matches_the_models(catalog_url: str) -> None:
+    catalog = open_catalog(catalog_url)
+    with catalog.engine.connect() as connection:
+        assert migrate.current_revision(connection) == migrate.HEAD_REVISION
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == [], f"models and migrations disagree: {diff}"
+
+
+def test_catalog_from_before_migrations_is_upgraded_in_place(catalog_url: str) -> None:
+    catalog = open_catalog(catalog_url)
+    now = utcnow()
+    for index in range(3):
+        catalog.append(NewRecord(kind="drill", status="passed", plan=f"p{index}",
+                                 started_at=now, finished_at=now + timedelta(seconds=1)))
+    # Make it look like drkit 0.1 left it: tables from create_all, no version, no new index.
+    with catalog.engine.begin() as connection:
+        connection.execute(text("DROP TABLE alembic_version"))
+        connection.execute(text("DROP INDEX ix_records_kind_plan_finished"))
+    catalog.engine.dispose()
+
+    upgraded = open_catalog(catalog_url)
+    with upgraded.engine.connect() as connection:
+        assert migrate.current_revision(connection) == migrate.HEAD_REVISION
+        indexes = {ix["name"] for ix in inspect(connection).get_indexes("records")}
+    assert "ix_records_kind_plan_finished" in indexes
+    result = verify_chain(upgraded)
+    assert result.intact and result.records == 3
+    # Reopening an up-to-date catalog does not touch Alembic's machinery again.
+    upgraded.append(NewRecord(kind="drill", status="passed", plan="p9", started_at=now,
+                              finished_at=now))
+    assert verify_chain(open_catalog(catalog_url)).records == 4
