@@ -284,7 +284,7 @@ def test_report_is_uploaded_under_object_lock_and_cannot_be_deleted(
     assert body == (tmp_path / "r.html").read_bytes()
     # The report's record says where its evidence went (and holds no secret).
     doc = report_json(project)
-    uploads = [r for r in doc["records"] if r["kind"] == "report"][0]["evidence"]["uploads"]
+    uploads = next(r for r in doc["records"] if r["kind"] == "report")["evidence"]["uploads"]
     assert {u["key"] for u in uploads} == set(keys)
     assert moto_s3.secret_key not in json.dumps(doc)
 
@@ -306,6 +306,6 @@ def test_upload_failure_is_recorded_and_exits_1(project: Project, tmp_path: Path
     again = project.run("report", "--format", "json")
     assert again.returncode == 1
     doc = json.loads(again.stdout)
-    failed = [r for r in doc["records"] if r["kind"] == "report"][0]
+    failed = next(r for r in doc["records"] if r["kind"] == "report")
     assert failed["status"] == "failed" and "upload failed" in failed["error"]
     assert "drkitsecretkey0123456" not in json.dumps(doc)

@@ -9,7 +9,6 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from drkit.catalog.chain import record_hash

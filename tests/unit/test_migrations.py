@@ -14,7 +14,7 @@ from drkit.catalog import migrate
 from drkit.catalog.audit import verify_chain
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.models import Base
-from drkit.catalog.store import NewRecord, open_catalog
+from drkit.catalog.store import Catalog, NewRecord, open_catalog
 
 VERSIONS = Path(migrate.__file__).parent / "migrations" / "versions"
 
@@ -37,25 +37,31 @@ def test_new_catalog_is_at_head_and_matches_the_models(catalog_url: str) -> None
 
 
 def test_catalog_from_before_migrations_is_upgraded_in_place(catalog_url: str) -> None:
-    catalog = open_catalog(catalog_url)
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    # What drkit 0.1 left: the first revision's tables (it used create_all), no version row.
+    engine = create_engine(catalog_url)
+    with engine.begin() as connection:
+        command.upgrade(migrate.alembic_config(connection), "0001")
+        connection.execute(text("DROP TABLE alembic_version"))
+    old = Catalog(engine)
+    old._ensure_head()
     now = utcnow()
     for index in range(3):
-        catalog.append(NewRecord(kind="drill", status="passed", plan=f"p{index}",
-                                 started_at=now, finished_at=now + timedelta(seconds=1)))
-    # Make it look like drkit 0.1 left it: tables from create_all, no version, no new index.
-    with catalog.engine.begin() as connection:
-        connection.execute(text("DROP TABLE alembic_version"))
-        connection.execute(text("DROP INDEX ix_records_kind_plan_finished"))
-    catalog.engine.dispose()
+        old.append(NewRecord(kind="drill", status="passed", plan=f"p{index}",
+                             started_at=now, finished_at=now + timedelta(seconds=1)))
+    engine.dispose()
 
     upgraded = open_catalog(catalog_url)
     with upgraded.engine.connect() as connection:
         assert migrate.current_revision(connection) == migrate.HEAD_REVISION
         indexes = {ix["name"] for ix in inspect(connection).get_indexes("records")}
-    assert "ix_records_kind_plan_finished" in indexes
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert {"ix_records_kind_plan_finished", "ix_records_kind_status_target_finished"} <= indexes
+    assert diff == []
     result = verify_chain(upgraded)
     assert result.intact and result.records == 3
-    # Reopening an up-to-date catalog does not touch Alembic's machinery again.
     upgraded.append(NewRecord(kind="drill", status="passed", plan="p9", started_at=now,
                               finished_at=now))
     assert verify_chain(open_catalog(catalog_url)).records == 4

@@ -47,6 +47,11 @@ class Record(Base):
         Index("ix_records_kind_target_finished", "kind", "target", "finished_at"),
         Index("ix_records_kind_repository_finished", "kind", "repository", "finished_at"),
         Index("ix_records_kind_plan_finished", "kind", "plan", "finished_at"),
+        Index("ix_records_kind_status_target_finished", "kind", "status", "target",
+              "finished_at"),
+        Index("ix_records_kind_status_target_repository_seq", "kind", "status", "target",
+              "repository", "seq"),
+        Index("ix_records_kind_target_repository_seq", "kind", "target", "repository", "seq"),
         Index("ix_records_finished", "finished_at"),
         Index("ix_records_run_id", "run_id"),
     )

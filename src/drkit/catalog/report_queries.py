@@ -12,7 +12,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Text,
+    and_,
+    case,
+    cast,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    type_coerce,
+)
 from sqlalchemy.orm import Session
 
 from drkit.catalog.models import ChainHead, Record
@@ -83,10 +97,30 @@ def counts_by_status(session: Session, scope: Scope) -> list[tuple[str, str | No
     return [(kind, name, status, count) for kind, name, status, count in rows]
 
 
+def _iso_text(session: Session, column: Any) -> Any:
+    """``column`` (a DateTime) as canonical ISO-8601 UTC text, formatted by the database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    # SQLAlchemy stores SQLite DateTimes as 'YYYY-MM-DD HH:MM:SS.ffffff'.
+    return func.replace(type_coerce(column, String), " ", "T").concat("Z")
+
+
 def _seconds_between(session: Session, later: Any, earlier: Any) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return func.extract("epoch", later - earlier)
     return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+
+
+def _raw_time(session: Session, column: Any) -> Any:
+    """``column`` without SQLAlchemy's per-row DateTime conversion on SQLite (parsed later
+    with the much faster ``datetime.fromisoformat``)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return type_coerce(column, String)
+    return column
+
+
+def _parse_time(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 @dataclass(frozen=True)
@@ -98,66 +132,44 @@ class BackupGaps:
     longest_gap_s: float | None
     longest_gap_ended_at: datetime | None
     last_good_at: datetime | None  # newest good backup before the period's end
+    series: tuple[tuple[datetime, float], ...] = ()
 
 
-def backup_gaps(session: Session, scope: Scope) -> dict[str, BackupGaps]:
+def backup_gaps(session: Session, scope: Scope, targets: list[str], *,
+                series: bool = False) -> dict[str, BackupGaps]:
     """Per target: the longest time between consecutive good backups (any repository) that
     ends inside the period (the previous backup may be older than the period), and the newest
-    good backup before the period's end (the caller adds the exposure still open at the end)."""
-    good = and_(Record.kind == "backup", Record.status == "succeeded",
-                Record.finished_at < scope.until, _in(Record.target, scope.targets))
-    previous = func.lag(Record.finished_at).over(partition_by=Record.target,
-                                                 order_by=Record.finished_at)
-    lagged = (select(Record.target, Record.finished_at, previous.label("previous"))
-              .where(good).subquery())
-    gap = _seconds_between(session, lagged.c.finished_at, lagged.c.previous).label("gap")
-    gaps = select(lagged.c.target, lagged.c.finished_at, gap).where(
-        lagged.c.finished_at >= scope.since).subquery()
-    longest = (select(gaps.c.target, func.max(gaps.c.gap).label("longest"),
-                      func.count().label("good"))
-               .group_by(gaps.c.target).subquery())
+    good backup before the period's end (the caller adds the exposure still open at the end).
+
+    Two index seeks per target on ``(kind, status, target, finished_at)``, which covers both
+    queries: the newest good backup before the period, then the good backups inside it.
+    ``series``: also every (backup time, gap) pair, for charts.
+    """
     result: dict[str, BackupGaps] = {}
-    rows = session.execute(
-        select(longest.c.target, longest.c.good, longest.c.longest, gaps.c.finished_at)
-        .join(gaps, and_(gaps.c.target == longest.c.target, gaps.c.gap == longest.c.longest),
-              isouter=True))
-    for target, count, longest_s, ended in rows:
-        if target in result:  # two gaps of the same length: keep the first
-            continue
-        result[target] = BackupGaps(target=target, good_backups=count,
-                                    longest_gap_s=float(longest_s) if longest_s is not None
-                                    else None, longest_gap_ended_at=ended, last_good_at=None)
-    for target, last in session.execute(
-            select(Record.target, func.max(Record.finished_at)).where(good)
-            .group_by(Record.target)):
-        if target is None:
-            continue
-        known = result.get(target)
-        result[target] = BackupGaps(
-            target=target, good_backups=known.good_backups if known else 0,
-            longest_gap_s=known.longest_gap_s if known else None,
-            longest_gap_ended_at=known.longest_gap_ended_at if known else None,
-            last_good_at=last)
+    for target in targets:
+        good = and_(Record.kind == "backup", Record.status == "succeeded",
+                    Record.target == target)
+        anchor = session.execute(select(_raw_time(session, func.max(Record.finished_at)))
+                                 .where(good, Record.finished_at < scope.since)).scalar()
+        previous = _parse_time(anchor) if anchor is not None else None
+        count = 0
+        longest: float | None = None
+        ended: datetime | None = None
+        points: list[tuple[datetime, float]] = []
+        for (raw,) in session.execute(select(_raw_time(session, Record.finished_at))
+                                      .where(good, in_period(scope))
+                                      .order_by(Record.finished_at)):
+            at = _parse_time(raw)
+            count += 1
+            if previous is not None:
+                gap = (at - previous).total_seconds()
+                if series:
+                    points.append((at, gap))
+                if longest is None or gap > longest:
+                    longest, ended = gap, at
+            previous = at
+        result[target] = BackupGaps(target, count, longest, ended, previous, tuple(points))
     return result
-
-
-def gap_series(session: Session, scope: Scope) -> dict[str, list[tuple[datetime, float]]]:
-    """Per target, each good backup in the period with the wait since the previous one (for
-    the RPO-exposure chart)."""
-    good = and_(Record.kind == "backup", Record.status == "succeeded",
-                Record.finished_at < scope.until, _in(Record.target, scope.targets))
-    previous = func.lag(Record.finished_at).over(partition_by=Record.target,
-                                                 order_by=Record.finished_at)
-    lagged = (select(Record.target, Record.finished_at, previous.label("previous"))
-              .where(good).subquery())
-    gap = _seconds_between(session, lagged.c.finished_at, lagged.c.previous)
-    series: dict[str, list[tuple[datetime, float]]] = {}
-    for target, at, seconds in session.execute(
-            select(lagged.c.target, lagged.c.finished_at, gap)
-            .where(lagged.c.finished_at >= scope.since, lagged.c.previous.is_not(None))
-            .order_by(lagged.c.target, lagged.c.finished_at)):
-        series.setdefault(target, []).append((at, float(seconds)))
-    return series
 
 
 def records_of_kind(session: Session, scope: Scope, kind: str) -> list[Record]:
@@ -177,9 +189,40 @@ def latest_before_end(session: Session, scope: Scope, kind: str,
             for r in session.scalars(select(Record).join(newest, Record.seq == newest.c.seq))}
 
 
+def period_records_json(session: Session, scope: Scope) -> Iterator[str]:
+    """Every record in the period in chain order, each as one JSON object built by the
+    database (the stored evidence is spliced in as it is: it is already canonical JSON)."""
+    fields: list[Any] = []
+    for name in RECORD_COLUMNS[:-1]:
+        column = getattr(Record, name)
+        if name in ("started_at", "finished_at"):
+            column = _iso_text(session, column)
+        fields += [literal_column(f"'{'record_id' if name == 'id' else name}'"), column]
+    builder = (func.json_build_object if session.get_bind().dialect.name == "postgresql"
+               else func.json_object)
+    obj = cast(builder(*fields), Text)  # as text: psycopg would decode json into a dict
+    # Core execution on the session's connection: no ORM result machinery per row.
+    for text, evidence in session.connection().execute(
+            select(obj, Record.evidence).where(in_period(scope), subject_filter(scope))
+            .order_by(Record.seq).execution_options(yield_per=5000)):
+        yield f'{text[:-1]},"evidence":{evidence or "{}"}}}'
+
+
+def period_records_csv(session: Session, scope: Scope) -> Iterator[Any]:
+    """Every record in the period in chain order as plain rows, times as ISO-8601 text."""
+    columns = [_iso_text(session, getattr(Record, name)).label(name)
+               if name in ("started_at", "finished_at") else getattr(Record, name)
+               for name in RECORD_COLUMNS]
+    duration = _seconds_between(session, Record.finished_at, Record.started_at)
+    yield from session.connection().execute(
+        select(*columns, duration.label("duration_s"))
+        .where(in_period(scope), subject_filter(scope)).order_by(Record.seq)
+        .execution_options(yield_per=5000))
+
+
 def period_records(session: Session, scope: Scope) -> Iterator[Any]:
     """Every record in the period in chain order, as plain rows (streamed in batches)."""
     columns = [getattr(Record, name) for name in RECORD_COLUMNS]
-    yield from session.execute(
+    yield from session.connection().execute(
         select(*columns).where(in_period(scope), subject_filter(scope)).order_by(Record.seq)
         .execution_options(yield_per=5000))

@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from drkit.catalog import report_queries as q
 from drkit.catalog.inflight import utcnow
-from drkit.catalog.report_queries import Scope, period_records
+from drkit.catalog.report_queries import Scope
 from drkit.catalog.store import Catalog, NewRecord
 from drkit.config.models import Config, parse_duration
 from drkit.drills.plans import RecoveryPlan
@@ -117,16 +118,16 @@ def _render(catalog: Catalog, config: Config, plans: dict[str, RecoveryPlan], sc
 
     with catalog.read_session() as session:
         report = build_report(session, config, plans, scope, series=fmt in ("html", "pdf"))
-        rows = period_records(session, scope)
         with path.open("w", encoding="utf-8", newline="") as out:
             if fmt == "json":
-                return report, render.write_json(report, rows, out)
+                return report, render.write_json(report, q.period_records_json(session, scope),
+                                                 out)
             if fmt == "csv":
-                return report, render.write_csv(rows, out)
+                return report, render.write_csv(q.period_records_csv(session, scope), out)
             if fmt == "md":
                 render.write_markdown(report, out)
                 return report, report.records_in_period
-            html = render.render_html(report, rows)
+            html = render.render_html(report, q.period_records(session, scope))
             if fmt == "html":
                 out.write(html)
                 return report, report.records_in_period

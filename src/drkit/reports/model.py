@@ -252,10 +252,9 @@ def _plan_summaries(session: Session, plans: dict[str, RecoveryPlan],
 def _target_summaries(session: Session, config: Config, plans: dict[str, RecoveryPlan],
                       scope: q.Scope, by_subject: dict[tuple[str, str], dict[str, int]],
                       now: datetime, series: bool) -> list[TargetSummary]:
-    gaps = q.backup_gaps(session, scope)
-    exposures = q.gap_series(session, scope) if series else {}
     names = [n for n in config.targets if scope.targets is None or n in scope.targets]
     names += sorted({s for k, s in by_subject if k == "backup"} - set(names))
+    gaps = q.backup_gaps(session, scope, names, series=series)
     end = min(scope.until, now)
     out = []
     for name in names:
@@ -267,10 +266,10 @@ def _target_summaries(session: Session, config: Config, plans: dict[str, Recover
             target=name, repositories=list(target.repositories) if target else [],
             rpo_objective_s=rpo, backups=sum(runs.values()),
             succeeded=runs.get("succeeded", 0),
-            failed=sum(v for k, v in runs.items() if k != "succeeded"),
-            exposure_series=exposures.get(name, []))
+            failed=sum(v for k, v in runs.items() if k != "succeeded"))
         gap = gaps.get(name)
         if gap is not None:
+            summary.exposure_series = list(gap.series)
             summary.last_good_at = gap.last_good_at
             summary.longest_rpo_exposure_s = gap.longest_gap_s
             summary.longest_exposure_ended_at = gap.longest_gap_ended_at

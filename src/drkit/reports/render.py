@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, TextIO
 
-from drkit.catalog.chain import canonical_time
 from drkit.errors import DrkitError
 from drkit.reports.model import Report, iso
 from drkit.units import human_duration
@@ -29,47 +28,36 @@ CSV_COLUMNS = ("seq", "record_id", "run_id", "kind", "status", "target", "reposi
 _DRILL_FIELDS = ("rpo_achieved_s", "rpo_objective_s", "rto_achieved_s", "rto_objective_s")
 
 
-def _time(value: Any) -> str | None:
-    return canonical_time(value) if isinstance(value, datetime) else value
-
-
-def write_json(report: Report, rows: Iterable[Any], out: TextIO) -> int:
-    """The header (period, summary, controls) then every record; returns the record count."""
+def write_json(report: Report, records: Iterable[str], out: TextIO) -> int:
+    """The header (period, summary, controls) then every record (JSON objects as text, from
+    :func:`~drkit.catalog.report_queries.period_records_json`); returns the record count."""
     head = json.dumps(report.header_json(), indent=2, ensure_ascii=False)
     out.write(head[:-2] + ',\n  "records": [')  # reopen the document before its last "}"
     count = 0
-    for row in rows:
-        fields = row._asdict()
-        evidence = fields.pop("evidence") or "{}"
-        fields["record_id"] = fields.pop("id")
-        fields["started_at"] = _time(fields["started_at"])
-        fields["finished_at"] = _time(fields["finished_at"])
-        text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-        out.write(("\n    " if count == 0 else ",\n    ") + text[:-1]
-                  + ',"evidence":' + evidence + "}")
+    for text in records:
+        out.write(("\n    " if count == 0 else ",\n    ") + text)
         count += 1
     out.write("\n  ]\n}\n")
     return count
 
 
 def write_csv(rows: Iterable[Any], out: TextIO) -> int:
-    """One row per record, :data:`CSV_COLUMNS`; returns the record count."""
+    """One row per record, :data:`CSV_COLUMNS` (rows from
+    :func:`~drkit.catalog.report_queries.period_records_csv`); returns the record count."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     count = 0
+    blank = ("",) * len(_DRILL_FIELDS)
     for row in rows:
-        drill: dict[str, Any] = {}
+        drill: tuple[Any, ...] = blank
         if row.kind == "drill":
             evidence = json.loads(row.evidence)
-            drill = {name: evidence.get(name) for name in _DRILL_FIELDS}
-        duration = (row.finished_at - row.started_at).total_seconds()
+            drill = tuple("" if evidence.get(n) is None else evidence[n] for n in _DRILL_FIELDS)
         writer.writerow((
-            row.seq, row.id, row.run_id, row.kind, row.status, row.target or "",
-            row.repository or "", row.plan or "", _time(row.started_at), _time(row.finished_at),
-            f"{duration:.3f}", row.snapshot_id or "",
-            *("" if drill.get(name) is None else drill[name] for name in _DRILL_FIELDS),
-            row.hostname, row.drkit_version, row.restic_version or "", row.error or "",
-            row.hash, row.prev_hash, row.evidence))
+            row.seq, row.id, row.run_id, row.kind, row.status, row.target, row.repository,
+            row.plan, row.started_at, row.finished_at, f"{row.duration_s:.3f}",
+            row.snapshot_id, *drill, row.hostname, row.drkit_version, row.restic_version,
+            row.error, row.hash, row.prev_hash, row.evidence))
         count += 1
     return count
 
