@@ -2,7 +2,9 @@
 # Install the system packages drkit needs when they are missing (Debian/Ubuntu, as root).
 # Not root: say exactly what to install and fail, rather than half-working later.
 #   scripts/ensure-system.sh          restic (and python3-venv): what drkit and `make demo` need
-#   scripts/ensure-system.sh test     also PostgreSQL and MariaDB servers for the test suite
+#   scripts/ensure-system.sh test     also PostgreSQL and MariaDB servers, Chromium (the HTML
+#                                     report test), poppler-utils (pdftotext) and Pango (PDF
+#                                     reports via WeasyPrint) for the test suite
 set -euo pipefail
 
 missing=()
@@ -13,6 +15,12 @@ if [ "${1:-}" = "test" ]; then
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
   command -v pg_dump >/dev/null 2>&1 || missing+=(postgresql-client)
   { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || missing+=(mariadb-server)
+  { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } \
+    || missing+=(chromium)
+  command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+  ldconfig -p 2>/dev/null | grep -q 'libpangoft2-1.0.so.0' || missing+=(libpango-1.0-0 libpangoft2-1.0-0)
+  { command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list 2>/dev/null | head -1)" ]; } \
+    || missing+=(fonts-dejavu-core)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -2,7 +2,8 @@
 
 It starts ``rclone serve s3`` on a free port with fresh credentials, makes sample files and a
 SQLite database, writes a config for them and the example recovery plan, then runs the real
-commands one after the other: validate, repo init, backup, snapshots, check, drill, status.
+commands one after the other: validate, repo init, backup, snapshots, check, drill, status,
+report (an HTML report left next to the temporary directory, its path printed).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def run_demo(*, keep: bool = False, verbose: bool = False) -> int:
     from drkit.cli import main
 
     workdir = Path(tempfile.mkdtemp(prefix="drkit-demo-"))
+    # The report outlives the demo directory, so it can be opened afterwards.
+    report = Path(tempfile.gettempdir()) / f"drkit-demo-report-{workdir.name[11:]}.html"
     print(f"demo directory: {workdir}")
     code = 0
     try:
@@ -99,7 +102,8 @@ def run_demo(*, keep: bool = False, verbose: bool = False) -> int:
             config = write_demo_config(workdir, s3)
             base = ["--config", str(config)] + (["--verbose"] if verbose else [])
             for step in (["validate"], ["repo", "init"], ["backup"], ["snapshots"],
-                         ["check"], ["drill", "example"], ["status"]):
+                         ["check"], ["drill", "example"], ["status"],
+                         ["report", "--output", str(report)]):
                 print(f"\n$ drkit {' '.join(step)}", flush=True)
                 result = main(base + step)
                 if result != 0:
@@ -111,5 +115,7 @@ def run_demo(*, keep: bool = False, verbose: bool = False) -> int:
             print(f"\nkept {workdir} (config in {workdir / 'config' / 'drkit.yaml'})")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    if code == 0:
+        print(f"\ncompliance report (open it in a browser): {report}")
     print("\ndemo: done" if code == 0 else "\ndemo: FAILED")
     return code

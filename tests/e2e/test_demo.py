@@ -22,3 +22,9 @@ def test_demo_runs_the_loop(restic_binary: str) -> None:
     from pathlib import Path
 
     assert not Path(directory).exists()  # cleaned up
+    report = Path(next(line.split(": ", 1)[1] for line in out.splitlines()
+                       if line.startswith("compliance report")))
+    html = report.read_text()
+    assert "Backup and recovery compliance report" in html and "<svg" in html
+    assert "example" in html and "app-files" in html
+    report.unlink()
