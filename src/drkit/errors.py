@@ -14,6 +14,9 @@ class DrkitError(Exception):
     """A failure with a message fit for the user; ``exit_code`` says how the CLI exits."""
 
     exit_code = EXIT_FAILED
+    # Whether trying again later may succeed (storage unreachable, repository locked): the
+    # Prefect tasks retry only these, never a wrong password or a bad config.
+    transient = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

@@ -69,13 +69,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
 
 
 @contextmanager
-def local_s3(data_dir: Path, *, log_file: Path | None = None) -> Iterator[LocalS3]:
-    """Run ``rclone serve s3`` on a free loopback port with fresh credentials; stop it on exit."""
+def local_s3(data_dir: Path, *, log_file: Path | None = None, port: int | None = None,
+             keys: tuple[str, str] | None = None) -> Iterator[LocalS3]:
+    """Run ``rclone serve s3`` on a free loopback port with fresh credentials; stop it on exit.
+    ``port`` and ``keys`` bring an endpoint back as it was (tests of storage outages)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     # rclone rejects very short access keys ("Access Key Id ... does not exist").
-    access_key = "drkit" + secrets.token_hex(8)
-    secret_key = secrets.token_hex(20)
-    port = free_port()
+    access_key, secret_key = keys or ("drkit" + secrets.token_hex(8), secrets.token_hex(20))
+    port = port or free_port()
     argv = [find_rclone(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
             "--auth-key", f"{access_key},{secret_key}", "--config", "/dev/null",
             str(data_dir)]

@@ -15,6 +15,7 @@ from drkit import __version__
 from drkit.catalog.chain import canonical_time
 from drkit.catalog.inflight import utcnow
 from drkit.config.models import Config
+from drkit.config.secrets import SecretRef
 from drkit.errors import SecretError
 
 log = logging.getLogger("drkit.notify")
@@ -47,4 +48,26 @@ def notify_failure(config: Config, kind: str, status: str, **details: Any) -> bo
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or type(exc).__name__
         log.warning("notification for %s %s not delivered: %s", kind, status, reason)
+        return False
+
+
+def ping(url_ref: SecretRef, *, success: bool, body: str = "") -> bool:
+    """Ping a healthchecks.io-style URL: the URL itself on success, ``URL/fail`` on failure
+    (the body, a short reason, shows in the check's log). Never fatal; the URL is not logged."""
+    try:
+        url = url_ref.resolve().rstrip("/")
+    except SecretError as exc:
+        log.warning("healthcheck not pinged: %s", exc)
+        return False
+    request = urllib.request.Request(
+        url if success else f"{url}/fail", data=body[:10_000].encode("utf-8"), method="POST",
+        headers={"User-Agent": f"drkit/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            response.read()
+        return True
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        log.warning("healthcheck ping (%s) not delivered: %s",
+                    "success" if success else "failure", reason)
         return False

@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub.add_parser("verify", parents=[common, as_json],
                          help="re-hash the record chain and say where it breaks, if anywhere")
 
+    sub.add_parser("serve", parents=[common],
+                   help="run every schedule in the config through Prefect (embedded server "
+                        "unless PREFECT_API_URL is set)")
+    p = sub.add_parser("deploy", parents=[common],
+                       help="register the schedules on a Prefect work pool (scale-out: "
+                            "'prefect worker start --pool NAME' on each host)")
+    p.add_argument("--work-pool", required=True, metavar="NAME")
+
     p = sub.add_parser("demo", parents=[common],
                        help="the whole loop on a local S3 endpoint, in a temporary directory")
     p.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
@@ -131,7 +139,7 @@ def _configure_logging(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "sqlalchemy", "weasyprint",
-                  "fontTools"):
+                  "fontTools", "httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

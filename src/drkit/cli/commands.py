@@ -18,7 +18,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
         "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": cmd_audit_verify,
-        "report": cmd_report, "demo": cmd_demo,
+        "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "demo": cmd_demo,
     }
     return handlers[args.command](args)
 
@@ -297,6 +297,22 @@ def _where(problem: dict[str, Any]) -> str:
     if problem["seq"] is None:
         return "the chain head"
     return f"record {problem['record_id']} (seq {problem['seq']})"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from drkit.drills.plans import load_plans
+    from drkit.flows.serve import serve
+
+    config = _config(args)
+    return serve(config, load_plans(config), _catalog(config))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from drkit.drills.plans import load_plans
+    from drkit.flows.serve import deploy
+
+    config = _config(args)
+    return deploy(config, load_plans(config), args.work_pool)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

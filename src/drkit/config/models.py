@@ -170,6 +170,13 @@ class Retention(Strict):
         return self
 
 
+class Healthcheck(Strict):
+    """A healthchecks.io-style URL: pinged after each backup of the target, with ``/fail``
+    appended when a repository's backup failed."""
+
+    url: SecretRef
+
+
 class TargetConfig(Strict):
     """Fields every target kind has. Kinds subclass this with ``kind: Literal[...]``."""
 
@@ -177,6 +184,7 @@ class TargetConfig(Strict):
     repositories: list[Name] = Field(min_length=1)
     schedule: CronExpr | None = None
     retention: Retention | None = None
+    healthcheck: Healthcheck | None = None
 
     @field_validator("repositories")
     @classmethod
@@ -194,6 +202,20 @@ class DrillSettings(Strict):
 class CheckSettings(Strict):
     schedule: CronExpr | None = None
     read_data_subset: str | None = Field(default=None, pattern=r"^(\d{1,3}(\.\d+)?%|\d+/\d+)$")
+
+
+class RetrySettings(Strict):
+    """How scheduled runs (``drkit serve``, workers) retry a transient failure (storage
+    unreachable, repository locked); never a permanent one (wrong password, bad config)."""
+
+    attempts: NonNegativeInt = 3
+    delays: list[Duration] = Field(default_factory=lambda: [30.0, 120.0, 300.0], min_length=1)
+
+
+class PruneSettings(Strict):
+    """When ``drkit serve`` applies every target's retention (``drkit prune``)."""
+
+    schedule: CronExpr | None = None
 
 
 class S3Output(Strict):
@@ -250,6 +272,8 @@ class Config(Strict):
     repositories: dict[Name, Repository] = Field(min_length=1)
     targets: dict[Name, TargetConfig] = Field(default_factory=dict)
     checks: CheckSettings | None = None
+    prune: PruneSettings | None = None
+    retries: RetrySettings = Field(default_factory=RetrySettings)
     reports: ReportSettings | None = None
     notify: NotifySettings | None = None
 

@@ -25,7 +25,7 @@ from drkit.config.models import Config
 from drkit.errors import DrkitError, describe
 from drkit.jobs.common import CatalogOpener, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
-from drkit.notify import notify_failure
+from drkit.notify import notify_failure, ping
 from drkit.processes import stop_process
 from drkit.restic import commands
 from drkit.restic.commands import BackupProgress, BackupSummary
@@ -69,6 +69,7 @@ class BackupRun:
     error: str | None = None
     record_id: int | None = None
     dry_run: bool = False
+    transient: bool = False  # failed for a reason that may pass (storage down, locked)
 
     @property
     def duration_s(self) -> float:
@@ -103,11 +104,7 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
     selected = select_names(names, config.targets, "target")
     if not selected:
         return []
-    try:
-        version: str | None = restic_version(config.restic_binary)
-    except ResticError as exc:
-        log.error("%s", exc)
-        version = None  # every run fails on its own, and each failure is recorded
+    version = detect_restic_version(config)
     cancel = threading.Event()  # set on Ctrl-C/SIGTERM: runs still going become "interrupted"
     runs: list[BackupRun] = []
     with ThreadPoolExecutor(max_workers=config.parallelism,
@@ -127,14 +124,28 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
     return runs
 
 
+def detect_restic_version(config: Config) -> str | None:
+    """restic's version for the records, or None (logged) when restic cannot run: then every
+    run fails on its own, and each failure is recorded."""
+    try:
+        return restic_version(config.restic_binary)
+    except ResticError as exc:
+        log.error("%s", exc)
+        return None
+
+
 def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_run: bool = False,
                   restic_version: str | None = None, on_progress: ProgressHook | None = None,
-                  cancel: threading.Event | None = None) -> list[BackupRun]:
-    """Back one target up to each of its repositories; record and return every run."""
+                  cancel: threading.Event | None = None,
+                  repositories: Sequence[str] | None = None, ping: bool = True
+                  ) -> list[BackupRun]:
+    """Back one target up to each of its repositories (or only ``repositories``); record and
+    return every run. ``ping``: report the outcome to the target's healthcheck URL, if any."""
     target = config.targets[name]
     kind = registry.get(target.kind)
+    chosen = [r for r in target.repositories if repositories is None or r in repositories]
     handles: dict[str, RunHandle | None] = {}
-    for repo_name in target.repositories:
+    for repo_name in chosen:
         handles[repo_name] = None if dry_run or recorder is None else recorder.journal.open(
             "backup", target=name, repository=repo_name, restic_version=restic_version)
     started = {repo: (h.started_at if h else utcnow()) for repo, h in handles.items()}
@@ -142,7 +153,7 @@ def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_r
     runs: list[BackupRun] = []
     try:
         with kind.prepare(name, target, staging) as source:
-            for repo_name in target.repositories:
+            for repo_name in chosen:
                 if cancel is not None and cancel.is_set():
                     runs.append(_finish(recorder, handles[repo_name], name, repo_name,
                                         started[repo_name], error="interrupted before it began",
@@ -156,13 +167,25 @@ def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_r
         reason = describe(exc) if isinstance(exc, DrkitError) else \
             f"internal error: {type(exc).__name__}: {exc}"
         done = {run.repository for run in runs}
-        for repo_name in target.repositories:
+        for repo_name in chosen:
             if repo_name not in done:
                 runs.append(_finish(recorder, handles[repo_name], name, repo_name,
                                     started[repo_name], error=reason))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if ping and not dry_run and runs:
+        ping_failures(config, name, {r.repository: r.error or r.status for r in runs
+                                     if r.status != "succeeded"})
     return runs
+
+
+def ping_failures(config: Config, name: str, failures: dict[str, str]) -> None:
+    """Ping the target's healthcheck URL (if any): success when ``failures`` (repository ->
+    reason) is empty, else a failure listing them."""
+    check = config.targets[name].healthcheck
+    if check is not None:
+        ping(check.url, success=not failures,
+             body="; ".join(f"{repo}: {why}" for repo, why in failures.items()) or "ok")
 
 
 def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | None, name: str,
@@ -201,7 +224,8 @@ def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | N
         interrupted = cancel is not None and cancel.is_set()
         return _finish(recorder, handle, name, repo_name, started_at,
                        error="interrupted by the user" if interrupted else describe(exc),
-                       status="interrupted" if interrupted else "failed", evidence=evidence)
+                       status="interrupted" if interrupted else "failed", evidence=evidence,
+                       transient=exc.transient and not interrupted)
     except Exception as exc:
         log.debug("unexpected error in %s", action, exc_info=True)
         return _finish(recorder, handle, name, repo_name, started_at,
@@ -268,7 +292,7 @@ def backup_stream(repo: ResticRepository, stream: StreamSource, *, tags: tuple[s
 def _finish(recorder: Recorder | None, handle: RunHandle | None, name: str, repo_name: str,
             started_at: datetime, *, status: str = "failed", error: str | None = None,
             summary: BackupSummary | None = None, evidence: dict[str, Any] | None = None,
-            dry_run: bool = False) -> BackupRun:
+            dry_run: bool = False, transient: bool = False) -> BackupRun:
     if error is not None:
         prefix = f"backup {name} -> {repo_name}"
         log.error("%s", error if error.startswith(prefix) else f"{prefix}: {error}")
@@ -279,6 +303,7 @@ def _finish(recorder: Recorder | None, handle: RunHandle | None, name: str, repo
         bytes_added=summary.data_added if summary else None,
         files_new=summary.files_new if summary else None,
         files_changed=summary.files_changed if summary else None,
+        transient=transient,
     )
     if recorder is not None and handle is not None:
         record = recorder.catalog.get().finish_run(

@@ -39,6 +39,7 @@ class CheckRun:
     errors: list[str] = field(default_factory=list)
     posture: dict[str, Any] | None = None
     record_id: int | None = None
+    transient: bool = False  # stopped by something that may pass (storage down, locked)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -124,6 +125,7 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     start = time.monotonic()
     errors: list[str] = []
     posture_json: dict[str, Any] | None = None
+    stopped_by: list[bool] = []  # per error raised: was it transient?
     action = f"check {name}"
     try:
         with repository_lock(config.state_dir, name, exclusive=True,
@@ -134,6 +136,7 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
         errors += _missing_snapshots(catalog, repo, action)
     except DrkitError as exc:
         errors.append(describe(exc))
+        stopped_by.append(exc.transient)
     if repo.config.is_s3:  # the storage is checked even when the repository could not be
         try:
             from drkit.storage.posture import posture_problems, read_posture
@@ -142,9 +145,12 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
             posture_json = found.to_json()
             if repo.config.posture is not None:
                 evidence["posture_demanded"] = repo.config.posture.model_dump()
-                errors += posture_problems(repo.config.posture, found)
+                problems = posture_problems(repo.config.posture, found)
+                errors += problems
+                stopped_by += [False] * len(problems)
         except DrkitError as exc:
             errors.append(describe(exc))
+            stopped_by.append(exc.transient)
     duration = time.monotonic() - start
     status = "failed" if errors else "passed"
     evidence.update({"errors": errors, "posture": posture_json, "duration_s": round(duration, 3)})
@@ -160,4 +166,6 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
         log.info("%s: passed (read data: %s, %.1f s)", action, subset or "none", duration)
     return CheckRun(repository=name, status=status, read_data_subset=subset,
                     duration_s=round(duration, 3), errors=errors, posture=posture_json,
-                    record_id=record.id)
+                    record_id=record.id,
+                    transient=bool(stopped_by) and len(stopped_by) == len(errors)
+                    and all(stopped_by))

@@ -20,6 +20,8 @@ log = logging.getLogger("drkit.locks")
 class RepositoryBusy(DrkitError):
     """Another drkit run on this host holds the repository for too long."""
 
+    transient = True
+
 
 @contextmanager
 def repository_lock(state_dir: Path, repository: str, *, exclusive: bool, timeout: float,

@@ -43,6 +43,7 @@ class PruneRun:
     removed: list[str] = field(default_factory=list)
     error: str | None = None
     record_id: int | None = None
+    transient: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -104,6 +105,7 @@ def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, nam
                  "would remove" if dry_run else "removed", len(run.removed), len(run.kept))
     except DrkitError as exc:
         run.error = describe(exc)
+        run.transient = exc.transient
         log.error("%s: %s", action, run.error)
     if catalog is not None and handle is not None:
         record = catalog.finish_run(handle, status=run.status, error=run.error,

@@ -14,8 +14,6 @@ from drkit.errors import DrkitError
 class ResticError(DrkitError):
     """restic failed. ``transient`` says whether retrying later may help."""
 
-    transient = False
-
     def __init__(self, message: str, *, stderr: str = "", returncode: int | None = None,
                  hint: str | None = None) -> None:
         super().__init__(message, hint=hint)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from drkit.config.models import Posture, Repository
-from drkit.storage.s3 import StorageError, bucket_location, s3_client
+from drkit.storage.s3 import StorageError, StorageUnreachableError, bucket_location, s3_client
 
 UNSUPPORTED = "unsupported"  # the endpoint does not implement the call (e.g. rclone serve s3)
 
@@ -48,7 +48,8 @@ def _storage_errors(bucket: str, doing: str) -> Iterator[None]:
         raise StorageError(f"bucket '{bucket}': cannot {doing}: {_code(exc)} {message}".strip()
                            ) from None
     except BotoCoreError as exc:
-        raise StorageError(f"bucket '{bucket}': storage unreachable ({exc})") from None
+        raise StorageUnreachableError(f"bucket '{bucket}': storage unreachable ({exc})"
+                                      ) from None
 
 
 def read_posture(repo: Repository) -> PostureFound:

@@ -21,6 +21,12 @@ class StorageError(DrkitError):
     """The bucket could not be reached or created."""
 
 
+class StorageUnreachableError(StorageError):
+    """The endpoint did not answer (refused, DNS, timeout): worth trying again later."""
+
+    transient = True
+
+
 @dataclass(frozen=True)
 class BucketLocation:
     """Where an ``s3:`` repository lives: endpoint URL (None = AWS), bucket, key prefix."""
@@ -96,7 +102,7 @@ def ensure_bucket(name: str, repo: Repository) -> bool:
         if code not in ("404", "NoSuchBucket", "NotFound"):
             raise StorageError(f"{where}: {_describe(exc)}") from None
     except BotoCoreError as exc:
-        raise StorageError(f"{where}: storage unreachable ({exc})") from None
+        raise StorageUnreachableError(f"{where}: storage unreachable ({exc})") from None
     create: dict[str, Any] = {"Bucket": location.bucket}
     if repo.posture is not None and repo.posture.object_lock is not None:
         create["ObjectLockEnabledForBucket"] = True  # only possible at creation
@@ -111,7 +117,7 @@ def ensure_bucket(name: str, repo: Repository) -> bool:
             return False
         raise StorageError(f"{where}: cannot create it: {_describe(exc)}") from None
     except BotoCoreError as exc:
-        raise StorageError(f"{where}: storage unreachable ({exc})") from None
+        raise StorageUnreachableError(f"{where}: storage unreachable ({exc})") from None
     if repo.posture is not None:
         from drkit.storage.posture import apply_posture
 

@@ -1,0 +1,248 @@
+"""Prefect flows and tasks: thin wrappers over the plain job functions.
+
+Each task loads the config, runs one job function (which journals, records in the catalog and
+notifies exactly as the CLI does) and turns a failed run into an exception, so the task run is
+Failed in Prefect's UI. Only failures the job marks ``transient`` (storage unreachable,
+repository locked) are retried, with the config's ``retries`` delays; a wrong password or a bad
+config fails at once. Every attempt is a real run, so every attempt is a catalog record.
+
+Flows are referenced by module path (``drkit.flows.flows.backup_flow``), so a Prefect worker
+on any host with drkit installed can run them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.runtime import flow_run
+
+from drkit.config.models import Config
+
+
+class RunFailed(Exception):
+    """A job ran and failed; ``transient`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def retry_only_transient(_task: Any, _task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect retry condition: retry a :class:`RunFailed` marked transient, nothing else."""
+    data = state.data
+    if not isinstance(data, BaseException):
+        try:
+            state.result()
+        except BaseException as exc:  # only inspected, never swallowed silently
+            data = exc
+    return isinstance(data, RunFailed) and data.transient
+
+
+def _config(path: str) -> Config:
+    from drkit.config.loader import load_config
+
+    return load_config(path)
+
+
+def _recorder(config: Config) -> Any:
+    from drkit.catalog.inflight import RunJournal
+    from drkit.jobs.backup import Recorder
+    from drkit.jobs.common import CatalogOpener
+
+    journal = RunJournal(config.state_dir)
+    return Recorder(journal=journal, catalog=CatalogOpener(config, journal), config=config)
+
+
+def _catalog_and_journal(config: Config) -> tuple[Any, Any]:
+    from drkit.catalog.inflight import RunJournal
+    from drkit.catalog.store import open_catalog
+
+    journal = RunJournal(config.state_dir)
+    catalog = open_catalog(config.catalog, base_dir=config.base_dir)
+    catalog.recover_interrupted(journal)
+    return catalog, journal
+
+
+def _retrying(task_fn: Any, config: Config) -> Any:
+    retries = config.retries
+    return task_fn.with_options(retries=retries.attempts,
+                                retry_delay_seconds=[float(d) for d in retries.delays],
+                                retry_condition_fn=retry_only_transient)
+
+
+# --- backup ---------------------------------------------------------------------------------
+
+@task(name="backup", task_run_name="backup {target} -> {repository}")
+def backup_task(config_path: str, target: str, repository: str) -> dict[str, Any]:
+    """Back ``target`` up to ``repository``; raise :class:`RunFailed` if it failed."""
+    from drkit.jobs.backup import backup_target, detect_restic_version
+
+    config = _config(config_path)
+    (run,) = backup_target(config, _recorder(config), target, repositories=[repository],
+                           ping=False, restic_version=detect_restic_version(config))
+    if run.status != "succeeded":
+        raise RunFailed(f"backup {target} -> {repository}: {run.error}",
+                        transient=run.transient)
+    result: dict[str, Any] = run.to_json()
+    return result
+
+
+def _backup_name() -> str:
+    parameters = flow_run.parameters
+    repositories = parameters.get("repositories") or ["all repositories"]
+    return f"backup {parameters['target']} -> {', '.join(repositories)}"
+
+
+@flow(name="backup", flow_run_name=_backup_name, validate_parameters=True)
+def backup_flow(config: str, target: str, repositories: list[str] | None = None
+                ) -> list[dict[str, Any]]:
+    """Back one target up: one task per repository, then the target's healthcheck ping."""
+    from drkit.errors import BadRequestError
+    from drkit.jobs.backup import ping_failures
+
+    settings = _config(config)
+    if target not in settings.targets:
+        raise BadRequestError(f"unknown target {target!r}")
+    declared = settings.targets[target].repositories
+    chosen = [r for r in declared if repositories is None or r in repositories]
+    task_fn = _retrying(backup_task, settings)
+    futures = {repo: task_fn.submit(config, target, repo) for repo in chosen}
+    failures: dict[str, str] = {}
+    results = []
+    for repo, future in futures.items():
+        future.wait()
+        if future.state.is_completed():
+            results.append(future.result())
+        else:
+            failures[repo] = str(future.state.message or "failed")
+    ping_failures(settings, target, failures)
+    if failures:
+        raise RunFailed("; ".join(f"{r}: {m}" for r, m in failures.items()), transient=False)
+    return results
+
+
+# --- check ----------------------------------------------------------------------------------
+
+@task(name="check", task_run_name="check {repository}")
+def check_task(config_path: str, repository: str) -> dict[str, Any]:
+    """``drkit check REPOSITORY``; raise :class:`RunFailed` when it did not pass."""
+    from drkit.jobs.check import run_checks
+
+    config = _config(config_path)
+    catalog, journal = _catalog_and_journal(config)
+    (run,) = run_checks(config, catalog, journal, [repository])
+    if run.status != "passed":
+        raise RunFailed(f"check {repository}: {'; '.join(run.errors)}",
+                        transient=run.transient)
+    result: dict[str, Any] = run.to_json()
+    return result
+
+
+def _check_name() -> str:
+    return f"check {', '.join(flow_run.parameters.get('repositories') or ['all'])}"
+
+
+@flow(name="check", flow_run_name=_check_name)
+def check_flow(config: str, repositories: list[str] | None = None) -> list[dict[str, Any]]:
+    """Check repositories one after the other (each takes its repository exclusively)."""
+    settings = _config(config)
+    task_fn = _retrying(check_task, settings)
+    names = repositories or list(settings.repositories)
+    states = [task_fn(config, name, return_state=True) for name in names]
+    failed = [s for s in states if not s.is_completed()]
+    if failed:
+        raise RunFailed("; ".join(str(s.message) for s in failed), transient=False)
+    return [s.result() for s in states]
+
+
+# --- prune ----------------------------------------------------------------------------------
+
+@task(name="prune", task_run_name="prune {target}")
+def prune_task(config_path: str, target: str) -> list[dict[str, Any]]:
+    """``drkit prune TARGET`` in each of its repositories."""
+    from drkit.jobs.prune import run_prunes
+
+    config = _config(config_path)
+    catalog, journal = _catalog_and_journal(config)
+    runs = run_prunes(config, catalog, journal, [target])
+    failed = [r for r in runs if r.status != "succeeded"]
+    if failed:
+        raise RunFailed("; ".join(f"prune {r.target} in {r.repository}: {r.error}"
+                                  for r in failed),
+                        transient=all(r.transient for r in failed))
+    return [r.to_json() for r in runs]
+
+
+def _prune_name() -> str:
+    return f"prune {', '.join(flow_run.parameters.get('targets') or ['all'])}"
+
+
+@flow(name="prune", flow_run_name=_prune_name)
+def prune_flow(config: str, targets: list[str] | None = None) -> list[dict[str, Any]]:
+    """Apply retention target by target (prune takes each repository exclusively)."""
+    settings = _config(config)
+    task_fn = _retrying(prune_task, settings)
+    names = targets or [n for n, t in settings.targets.items() if t.retention]
+    states = [task_fn(config, name, return_state=True) for name in names]
+    failed = [s for s in states if not s.is_completed()]
+    if failed:
+        raise RunFailed("; ".join(str(s.message) for s in failed), transient=False)
+    return [item for s in states for item in s.result()]
+
+
+# --- drill ----------------------------------------------------------------------------------
+
+@task(name="drill", task_run_name="drill {plan}")
+def drill_task(config_path: str, plan: str) -> dict[str, Any]:
+    """``drkit drill PLAN``. Not retried: a failed or breached drill is the finding."""
+    from drkit.drills.plans import find_plan, load_plans
+    from drkit.drills.runner import run_drill
+
+    config = _config(config_path)
+    result = run_drill(config, find_plan(load_plans(config), plan), _recorder(config))
+    if result.status != "passed":
+        raise RunFailed(f"drill {plan}: {result.status}"
+                        + (f": {result.error}" if result.error else ""), transient=False)
+    data: dict[str, Any] = result.to_json()
+    return data
+
+
+@flow(name="drill", flow_run_name="drill {plan}")
+def drill_flow(config: str, plan: str) -> dict[str, Any]:
+    """Rehearse one recovery plan."""
+    result: dict[str, Any] = drill_task(config, plan)
+    return result
+
+
+# --- report ---------------------------------------------------------------------------------
+
+@task(name="report", task_run_name="report {fmt} last {since}")
+def report_task(config_path: str, since: str, fmt: str) -> dict[str, Any]:
+    """``drkit report`` into the reports directory (and the evidence bucket, if set)."""
+    from drkit.drills.plans import load_plans
+    from drkit.jobs.report import parse_period, run_report, scope_for
+
+    config = _config(config_path)
+    plans = load_plans(config)
+    start, end = parse_period(since, None)
+    catalog, _ = _catalog_and_journal(config)
+    run = run_report(config, plans, catalog, scope_for(config, plans, start, end, plan_names=[],
+                                                       target_names=[]),
+                     fmt=fmt, output=None)
+    if run.status != "succeeded":
+        raise RunFailed(f"report: {run.error}", transient=False)
+    return {"path": str(run.path), "records": run.records, "uploads": run.uploads,
+            "non_compliant": [f"{c.control}:{c.subject}" for c in run.report.non_compliant]}
+
+
+@flow(name="report", flow_run_name="report {fmt} last {since}")
+def report_flow(config: str, since: str = "30d", fmt: str = "html") -> dict[str, Any]:
+    """Write the compliance report for the last ``since``."""
+    result: dict[str, Any] = report_task(config, since, fmt)
+    return result
+
+
+FLOWS: dict[str, Any] = {"backup": backup_flow, "check": check_flow, "prune": prune_flow,
+                         "drill": drill_flow, "report": report_flow}

@@ -1,0 +1,182 @@
+"""Prefect flows under `prefect_test_harness`: they record exactly what the CLI records, retry
+a transient failure (storage briefly down, repository locked) and never a wrong password."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drkit.locals3 import local_s3
+from tests.conftest import Project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for every flow test (~17 s to start)."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def env(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """Flows run in this process: the project's secrets go into its environment."""
+    for key, value in project.env.items():
+        monkeypatch.setenv(key, value)
+    return project
+
+
+def records(project: Project, kind: str) -> list[dict[str, Any]]:
+    doc = json.loads(project.run("report", "--format", "json", "--since", "1d").stdout)
+    return [r for r in doc["records"] if r["kind"] == kind]
+
+
+def failed_backups(project: Project) -> int:
+    if not project.catalog_path.exists():
+        return 0
+    with closing(sqlite3.connect(project.catalog_path, timeout=30)) as db:
+        (count,) = db.execute("select count(*) from records where kind = 'backup' "
+                              "and status = 'failed'").fetchone()
+    return int(count)
+
+
+def files_project(project: Project, **extra: Any) -> None:
+    data = project.root / "data"
+    data.mkdir(exist_ok=True)
+    (data / "a.txt").write_text("hello flows")
+    plans = project.root / "recovery_plans"
+    plans.mkdir(exist_ok=True)
+    (plans / "p.yaml").write_text(
+        "name: p\nobjectives: {rpo: 1h, rto: 10m}\nsteps:\n"
+        "  - target: t\n    checks:\n      - files_exist: [a.txt]\n")
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"t": {"kind": "files", "paths": [str(data)], "repositories": ["r"]}},
+        "drills": {"sandbox_dir": str(project.root / "sandbox")},
+        **extra,
+    })
+    assert project.run("repo", "init").returncode == 0
+
+
+def test_backup_check_and_drill_flows_record_what_the_cli_records(
+        prefect_harness: None, env: Project) -> None:
+    from drkit.flows.flows import backup_flow, check_flow, drill_flow
+
+    project = env
+    files_project(project)
+    config = str(project.config_path)
+    runs = backup_flow(config=config, target="t", repositories=["r"])
+    assert [r["status"] for r in runs] == ["succeeded"]
+    assert project.run("backup").returncode == 0  # the same through the CLI
+    flow_backup, cli_backup = records(project, "backup")
+    for field in ("kind", "status", "target", "repository", "hostname", "drkit_version",
+                  "restic_version", "error"):
+        assert flow_backup[field] == cli_backup[field], field
+    assert flow_backup["snapshot_id"] == runs[0]["snapshot_id"]
+    assert set(flow_backup["evidence"]) == set(cli_backup["evidence"])
+
+    checks = check_flow(config=config)
+    assert checks[0]["status"] == "passed" and records(project, "check")[0]["status"] == "passed"
+    drill = drill_flow(config=config, plan="p")
+    assert drill["status"] == "passed"
+    (record,) = records(project, "drill")
+    assert record["plan"] == "p" and record["status"] == "passed"
+    assert record["seq"] == drill["record_id"] or record["record_id"] == drill["record_id"]
+    assert not any((project.root / "sandbox").iterdir())
+
+
+def test_transient_storage_outage_is_retried(prefect_harness: None, env: Project,
+                                             tmp_path: Path) -> None:
+    from drkit.flows.flows import backup_flow
+
+    project = env
+    data = project.root / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("x")
+    with local_s3(tmp_path / "s3") as s3:
+        port, keys = int(s3.endpoint.rsplit(":", 1)[1]), (s3.access_key, s3.secret_key)
+        project.env.update({"AK": s3.access_key, "SK": s3.secret_key})
+        os.environ.update({"AK": s3.access_key, "SK": s3.secret_key})
+        project.write_config({
+            "repositories": {"s3": {"url": s3.restic_url("bucket", "repo"),
+                                    "password": {"env": "DRKIT_TEST_PASSWORD"},
+                                    "s3": {"access_key": {"env": "AK"},
+                                           "secret_key": {"env": "SK"}}}},
+            "targets": {"t": {"kind": "files", "paths": [str(data)], "repositories": ["s3"]}},
+            "retries": {"attempts": 3, "delays": ["3s"]},
+        })
+        assert project.run("repo", "init").returncode == 0
+    # The endpoint is down now; it comes back (same port, same data) once the first attempt
+    # has failed and been recorded.
+    back = threading.Event()
+
+    def restore_storage() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not failed_backups(project):
+            time.sleep(0.2)
+        with local_s3(tmp_path / "s3", port=port, keys=keys):
+            back.set()
+            time.sleep(60)
+
+    threading.Thread(target=restore_storage, daemon=True).start()
+    runs = backup_flow(config=str(project.config_path), target="t")
+    assert back.is_set() and runs[0]["status"] == "succeeded"
+    statuses = [r["status"] for r in records(project, "backup")]
+    assert statuses[0] == "failed" and statuses[-1] == "succeeded", statuses
+    assert "unreachable" in records(project, "backup")[0]["error"]
+
+
+def test_locked_repository_is_retried_once_the_lock_goes(prefect_harness: None,
+                                                         env: Project) -> None:
+    from drkit.flows.flows import check_flow
+
+    project = env
+    files_project(project, lock_timeout="1s", retries={"attempts": 4, "delays": ["2s"]})
+    # A real restic holds the repository (a backup reading stdin) for ~5 s.
+    holder = subprocess.Popen(
+        ["restic", "backup", "--stdin", "--stdin-filename", "held"], stdin=subprocess.PIPE,
+        env={**os.environ, "RESTIC_REPOSITORY": str(project.root / "repo"),
+             "RESTIC_PASSWORD": project.env["DRKIT_TEST_PASSWORD"]},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)  # its lock is written
+    threading.Timer(5, lambda: holder.stdin.close() if holder.stdin else None).start()
+    try:
+        checks = check_flow(config=str(project.config_path))
+    finally:
+        holder.wait(timeout=30)
+    assert checks[0]["status"] == "passed"
+    statuses = [r["status"] for r in records(project, "check")]
+    assert statuses[0] == "failed" and statuses[-1] == "passed", statuses
+    assert "locked" in records(project, "check")[0]["error"]
+
+
+def test_wrong_password_is_not_retried(prefect_harness: None, env: Project,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.states import State
+
+    from drkit.flows.flows import backup_flow
+
+    project = env
+    files_project(project, retries={"attempts": 3, "delays": ["1s"]})
+    monkeypatch.setenv("DRKIT_TEST_PASSWORD", "not-the-password")
+    state: State[Any] = backup_flow(config=str(project.config_path), target="t",
+                                    return_state=True)
+    assert state.is_failed()
+    backups = records(project, "backup")
+    assert [r["status"] for r in backups] == ["failed"]  # one attempt, no retry
+    assert "password" in backups[0]["error"]
