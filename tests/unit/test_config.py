@@ -163,3 +163,21 @@ def test_config_path_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("DRKIT_CONFIG", os.fspath(tmp_path / "x.yaml"))
     assert find_config_path(None) == tmp_path / "x.yaml"
     assert find_config_path("explicit.yaml") == Path("explicit.yaml")
+
+
+def test_report_evidence_bucket_and_scheduling_settings_are_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+repositories:
+  r: {url: /srv/r, password: {env: P}}
+reports:
+  output:
+    s3: {bucket: evidence, repository: nope}
+retries: {attempts: -1, delays: []}
+prune: {schedule: "every day"}
+""")
+    found = problems(path)
+    assert any(":5: at 'reports.output.s3.repository': unknown repository 'nope'" in p
+               for p in found), found
+    assert any("'retries.attempts'" in p for p in found), found
+    assert any("'retries.delays'" in p for p in found), found
+    assert any("'prune.schedule'" in p for p in found), found
