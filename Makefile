@@ -46,6 +46,7 @@ bench: test-system setup
 	$(BIN)/python -m bench.drill_overhead
 	$(BIN)/python -m bench.check_cost
 	$(BIN)/python -m bench.pg_backup
+	$(BIN)/python -m bench.report_scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -101,7 +101,8 @@ def test_backup_check_and_drill_flows_record_what_the_cli_records(
 
 
 def test_transient_storage_outage_is_retried(prefect_harness: None, env: Project,
-                                             tmp_path: Path) -> None:
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from drkit.flows.flows import backup_flow
 
     project = env
@@ -111,7 +112,8 @@ def test_transient_storage_outage_is_retried(prefect_harness: None, env: Project
     with local_s3(tmp_path / "s3") as s3:
         port, keys = int(s3.endpoint.rsplit(":", 1)[1]), (s3.access_key, s3.secret_key)
         project.env.update({"AK": s3.access_key, "SK": s3.secret_key})
-        os.environ.update({"AK": s3.access_key, "SK": s3.secret_key})
+        monkeypatch.setenv("AK", s3.access_key)
+        monkeypatch.setenv("SK", s3.secret_key)
         project.write_config({
             "repositories": {"s3": {"url": s3.restic_url("bucket", "repo"),
                                     "password": {"env": "DRKIT_TEST_PASSWORD"},
