@@ -38,16 +38,21 @@ def notify_failure(config: Config, kind: str, status: str, **details: Any) -> bo
     except SecretError as exc:
         log.warning("notification not sent: webhook %s", exc)
         return False
-    request = urllib.request.Request(
-        url, data=json.dumps(event, default=str).encode("utf-8"), method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": f"drkit/{__version__}"})
+    return _post(url, json.dumps(event, default=str).encode("utf-8"), "application/json",
+                 what=f"notification for {kind} {status}")
+
+
+def _post(url: str, body: bytes, content_type: str, *, what: str) -> bool:
+    """POST ``body``; log (without the URL) and return False when it is not delivered."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": content_type, "User-Agent": f"drkit/{__version__}"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             response.read()
         return True
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or type(exc).__name__
-        log.warning("notification for %s %s not delivered: %s", kind, status, reason)
+        log.warning("%s not delivered: %s", what, reason)
         return False
 
 
@@ -59,15 +64,6 @@ def ping(url_ref: SecretRef, *, success: bool, body: str = "") -> bool:
     except SecretError as exc:
         log.warning("healthcheck not pinged: %s", exc)
         return False
-    request = urllib.request.Request(
-        url if success else f"{url}/fail", data=body[:10_000].encode("utf-8"), method="POST",
-        headers={"User-Agent": f"drkit/{__version__}"})
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            response.read()
-        return True
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        log.warning("healthcheck ping (%s) not delivered: %s",
-                    "success" if success else "failure", reason)
-        return False
+    return _post(url if success else f"{url}/fail", body[:10_000].encode("utf-8"),
+                 "text/plain; charset=utf-8",
+                 what=f"healthcheck ping ({'success' if success else 'failure'})")

@@ -26,6 +26,11 @@ def canonical_time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def optional_time(value: datetime | None) -> str | None:
+    """:func:`canonical_time`, or None for None (report and status JSON)."""
+    return canonical_time(value) if value is not None else None
+
+
 def canonical_json(data: Any) -> str:
     """Deterministic JSON text of ``data`` (sorted keys, compact, non-ASCII kept)."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,

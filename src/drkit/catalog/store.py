@@ -12,7 +12,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,23 +103,13 @@ class Catalog:
         self._read_sessions = sessionmaker(engine.execution_options(drkit_readonly=True),
                                            expire_on_commit=False)
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self) -> AbstractContextManager[Session]:
         """A session in one transaction, committed on success, rolled back on error."""
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except OperationalError as exc:
-            raise CatalogError(f"catalog unavailable: {exc.orig}") from None
+        return _transaction(self._sessions)
 
-    @contextmanager
-    def read_session(self) -> Iterator[Session]:
+    def read_session(self) -> AbstractContextManager[Session]:
         """A read-only session on one consistent snapshot that does not block writers."""
-        try:
-            with self._read_sessions.begin() as session:
-                yield session
-        except OperationalError as exc:
-            raise CatalogError(f"catalog unavailable: {exc.orig}") from None
+        return _transaction(self._read_sessions)
 
     def _ensure_head(self) -> None:
         with self.session() as session:
@@ -201,6 +191,15 @@ class Catalog:
                         record.kind, record.target or record.plan or record.repository,
                         record.started_at.isoformat(timespec="seconds"))
         return recovered
+
+
+@contextmanager
+def _transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    try:
+        with sessions.begin() as session:
+            yield session
+    except OperationalError as exc:
+        raise CatalogError(f"catalog unavailable: {exc.orig}") from None
 
 
 def _naive(value: datetime) -> datetime:

@@ -72,6 +72,16 @@ def _retrying(task_fn: Any, config: Config) -> Any:
                                 retry_condition_fn=retry_only_transient)
 
 
+def _one_after_another(task_fn: Any, config: str, names: list[str]) -> list[Any]:
+    """Run ``task_fn(config, name)`` for each name in turn (each takes its repository
+    exclusively); raise :class:`RunFailed` naming every failure after all have run."""
+    states = [task_fn(config, name, return_state=True) for name in names]
+    failed = [s for s in states if not s.is_completed()]
+    if failed:
+        raise RunFailed("; ".join(str(s.message) for s in failed), transient=False)
+    return [s.result() for s in states]
+
+
 # --- backup ---------------------------------------------------------------------------------
 
 @task(name="backup", task_run_name="backup {target} -> {repository}")
@@ -148,13 +158,8 @@ def _check_name() -> str:
 def check_flow(config: str, repositories: list[str] | None = None) -> list[dict[str, Any]]:
     """Check repositories one after the other (each takes its repository exclusively)."""
     settings = _config(config)
-    task_fn = _retrying(check_task, settings)
-    names = repositories or list(settings.repositories)
-    states = [task_fn(config, name, return_state=True) for name in names]
-    failed = [s for s in states if not s.is_completed()]
-    if failed:
-        raise RunFailed("; ".join(str(s.message) for s in failed), transient=False)
-    return [s.result() for s in states]
+    return _one_after_another(_retrying(check_task, settings), config,
+                              repositories or list(settings.repositories))
 
 
 # --- prune ----------------------------------------------------------------------------------
@@ -183,13 +188,9 @@ def _prune_name() -> str:
 def prune_flow(config: str, targets: list[str] | None = None) -> list[dict[str, Any]]:
     """Apply retention target by target (prune takes each repository exclusively)."""
     settings = _config(config)
-    task_fn = _retrying(prune_task, settings)
     names = targets or [n for n, t in settings.targets.items() if t.retention]
-    states = [task_fn(config, name, return_state=True) for name in names]
-    failed = [s for s in states if not s.is_completed()]
-    if failed:
-        raise RunFailed("; ".join(str(s.message) for s in failed), transient=False)
-    return [item for s in states for item in s.result()]
+    per_target = _one_after_another(_retrying(prune_task, settings), config, names)
+    return [run for runs in per_target for run in runs]
 
 
 # --- drill ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from drkit.catalog import queries
-from drkit.catalog.chain import canonical_time
+from drkit.catalog.chain import optional_time as _time
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config
@@ -52,10 +52,6 @@ class TargetStatus:
                 "rpo_ok": self.rpo_ok, "last_check_status": self.last_check_status,
                 "last_drill_status": self.last_drill_status, "healthy": self.healthy,
                 "repositories": [r.to_json() for r in self.repositories]}
-
-
-def _time(value: datetime | None) -> str | None:
-    return canonical_time(value) if value is not None else None
 
 
 @dataclass

@@ -19,17 +19,13 @@ from sqlalchemy.orm import Session
 
 from drkit import __version__
 from drkit.catalog import report_queries as q
-from drkit.catalog.chain import canonical_time
+from drkit.catalog.chain import optional_time as iso
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.models import Record
 from drkit.config.models import Config
 from drkit.drills.plans import RecoveryPlan
 
 COMPLIANT, NON_COMPLIANT, NOT_EVALUATED = "compliant", "non_compliant", "not_evaluated"
-
-
-def iso(value: datetime | None) -> str | None:
-    return canonical_time(value) if value is not None else None
 
 
 @dataclass

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, TextIO
 
+from drkit.catalog.chain import optional_time as iso
 from drkit.errors import DrkitError
-from drkit.reports.model import Report, iso
+from drkit.reports.model import Report
 from drkit.units import human_duration
 
 FORMATS = ("html", "pdf", "csv", "json", "md")
