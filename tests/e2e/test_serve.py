@@ -64,7 +64,8 @@ def processes_mentioning(text: str) -> list[int]:
 def test_serve_runs_schedules_catches_up_once_and_stops_cleanly(project: Project) -> None:
     scheduled_project(project)
     assert project.run("backup", "minutely").returncode == 0
-    env = {**os.environ, **project.env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, **project.env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # pick scheduled runs up within 2 s
     env.pop("PREFECT_API_URL", None)
     log = (project.root / "serve.log").open("w")
     serve = subprocess.Popen(
@@ -74,7 +75,7 @@ def test_serve_runs_schedules_catches_up_once_and_stops_cleanly(project: Project
         deadline = time.monotonic() + 180
         scheduled = False
         while time.monotonic() < deadline and not scheduled:
-            time.sleep(5)
+            time.sleep(2)
             assert serve.poll() is None, (project.root / "serve.log").read_text()
             minutely = [b for b in backups(project) if b["target"] == "minutely"]
             scheduled = len(minutely) >= 2 and minutely[-1]["status"] == "succeeded"

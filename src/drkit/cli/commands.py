@@ -153,7 +153,6 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from drkit.cli import render
     from drkit.drills.plans import load_plans
     from drkit.jobs.status import plan_statuses, repository_checks, target_statuses
 
@@ -168,6 +167,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                    "repositories": [c.to_json() for c in checks],
                    "plans": [p.to_json() for p in drills]})
     else:
+        from drkit.cli import render  # rich: only for people, not for --json
+
         render.status_table(statuses)
         render.checks_table(checks)
         if drills:
