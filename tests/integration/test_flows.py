@@ -45,6 +45,13 @@ def records(project: Project, kind: str) -> list[dict[str, Any]]:
     return [r for r in doc["records"] if r["kind"] == kind]
 
 
+def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
 def failed_backups(project: Project) -> int:
     if not project.catalog_path.exists():
         return 0
@@ -98,6 +105,25 @@ def test_backup_check_and_drill_flows_record_what_the_cli_records(
     assert record["plan"] == "p" and record["status"] == "passed"
     assert record["seq"] == drill["record_id"] or record["record_id"] == drill["record_id"]
     assert not any((project.root / "sandbox").iterdir())
+
+
+def test_prune_and_report_flows(prefect_harness: None, env: Project) -> None:
+    from drkit.flows.flows import backup_flow, prune_flow, report_flow
+
+    project = env
+    files_project(project)
+    config = load_yaml(project.config_path)
+    config["targets"]["t"]["retention"] = {"keep_last": 1}
+    project.write_config(config)
+    for _ in range(2):
+        backup_flow(config=str(project.config_path), target="t")
+    pruned = prune_flow(config=str(project.config_path))
+    assert [(p["target"], p["status"], len(p["kept"]), len(p["removed"])) for p in pruned] == [
+        ("t", "succeeded", 1, 1)]
+    report = report_flow(config=str(project.config_path), since="1d", fmt="json")
+    document = json.loads(Path(report["path"]).read_text())
+    assert [r["kind"] for r in document["records"]].count("prune") == 1
+    assert [r["kind"] for r in records(project, "report")] == ["report"]
 
 
 def test_transient_storage_outage_is_retried(prefect_harness: None, env: Project,

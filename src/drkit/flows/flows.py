@@ -231,7 +231,7 @@ def report_task(config_path: str, since: str, fmt: str) -> dict[str, Any]:
     catalog, _ = _catalog_and_journal(config)
     run = run_report(config, plans, catalog, scope_for(config, plans, start, end, plan_names=[],
                                                        target_names=[]),
-                     fmt=fmt, output=None)
+                     fmt=fmt, output=None, interactive=False)
     if run.status != "succeeded":
         raise RunFailed(f"report: {run.error}", transient=False)
     return {"path": str(run.path), "records": run.records, "uploads": run.uploads,

@@ -136,12 +136,13 @@ def _render(catalog: Catalog, config: Config, plans: dict[str, RecoveryPlan], sc
 
 
 def run_report(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, scope: Scope,
-               *, fmt: str, output: str | None) -> ReportRun:
-    """Write the report to ``output`` (a path; ``-`` or None for stdout where the format is
-    text; None for html/pdf means the reports directory), upload it when configured, and
+               *, fmt: str, output: str | None, interactive: bool = True) -> ReportRun:
+    """Write the report to ``output`` (a path; ``-`` for stdout; None: stdout for the text
+    formats when ``interactive``, else the reports directory), upload it when configured, and
     append its ``report`` record. Raises :class:`DrkitError` when it cannot be written."""
     started = utcnow()
-    to_stdout = output == "-" or (output is None and fmt in ("json", "csv", "md"))
+    to_stdout = output == "-" or (output is None and interactive
+                                  and fmt in ("json", "csv", "md"))
     if to_stdout and fmt == "pdf":
         raise BadRequestError("a PDF report needs --output FILE")
     with tempfile.TemporaryDirectory(prefix="drkit-report-") as work:

@@ -1,0 +1,53 @@
+"""`audit verify` on both catalog backends: an edited, a deleted and an out-of-order record are
+each named; an untouched chain verifies. (The CLI tests tamper with a SQLite file directly.)"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, text
+
+from drkit.catalog.audit import verify_chain
+from drkit.catalog.chain import record_hash
+from drkit.catalog.inflight import utcnow
+from drkit.catalog.models import Record
+from drkit.catalog.store import NewRecord, open_catalog
+
+
+def test_tampering_is_named_on_sqlite_and_postgres(catalog_url: str) -> None:
+    catalog = open_catalog(catalog_url)
+    now = utcnow()
+    for index in range(12):
+        catalog.append(NewRecord(kind="backup", status="succeeded", target="t",
+                                 repository="r", started_at=now + timedelta(seconds=index),
+                                 finished_at=now + timedelta(seconds=index + 1)))
+    intact = verify_chain(catalog)
+    assert intact.intact and intact.records == 12
+    with catalog.engine.begin() as db:
+        db.execute(text("UPDATE records SET status = 'failed' WHERE seq = 3"))
+        db.execute(text("DELETE FROM records WHERE seq = 6"))
+    # A forged record slipped in at the end, not through append: its own hash is consistent,
+    # its link to the chain is not, and the chain head never heard of it.
+    latest = last(catalog)
+    assert latest.seq == 12
+    forged = {c.name: getattr(latest, c.name) for c in Record.__table__.columns
+              if c.name != "id"}
+    forged.update(seq=13, run_id="forged", prev_hash="f" * 64)
+    forged["hash"] = record_hash(forged)
+    with catalog.session() as session:
+        session.add(Record(**forged))
+    result = verify_chain(catalog)
+    found = {(p["seq"], p["problem"]) for p in result.problems}
+    assert not result.intact
+    assert (3, "edited") in found
+    assert (7, "deleted") in found  # the gap is named at the record after it
+    assert (13, "relinked") in found
+    assert (None, "truncated") in found  # the chain head disagrees with the table's end
+
+
+def last(catalog: Any) -> Record:
+    with catalog.session() as session:
+        record: Record = session.scalars(select(Record).order_by(Record.seq.desc())).first()
+        session.expunge(record)
+        return record
