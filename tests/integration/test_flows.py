@@ -208,3 +208,41 @@ def test_wrong_password_is_not_retried(prefect_harness: None, env: Project,
     backups = records(project, "backup")
     assert [r["status"] for r in backups] == ["failed"]  # one attempt, no retry
     assert "password" in backups[0]["error"]
+
+
+def test_restarting_with_a_changed_config_updates_and_removes_deployments(
+        prefect_harness: None, env: Project) -> None:
+    from prefect.client.orchestration import get_client
+
+    from drkit.config.loader import load_config
+    from drkit.drills.plans import load_plans
+    from drkit.flows.deployments import build_deployments, remove_stale
+
+    project = env
+    files_project(project)
+    config = load_yaml(project.config_path)
+    config["targets"]["t"]["schedule"] = "0 * * * *"
+    config["targets"]["u"] = {**config["targets"]["t"], "schedule": "0 2 * * *"}
+    config["checks"] = {"schedule": "0 3 * * *"}
+
+    def register(settings: dict[str, Any]) -> list[str]:
+        project.write_config(settings)
+        loaded = load_config(project.config_path)
+        found = build_deployments(loaded, load_plans(loaded))
+        for _, deployment in found:
+            deployment.apply()
+        remove_stale(loaded, {deployment.name for _, deployment in found})
+        return sorted(deployment.name for _, deployment in found)
+
+    def crons() -> dict[str, str]:
+        with get_client(sync_client=True) as client:
+            return {d.name: d.schedules[0].schedule.cron for d in client.read_deployments()
+                    if "drkit" in d.tags and d.parameters.get("config") ==
+                    str(project.config_path)}
+
+    assert register(config) == ["backup-t", "backup-u", "check"]
+    assert crons() == {"backup-t": "0 * * * *", "backup-u": "0 2 * * *", "check": "0 3 * * *"}
+    config["targets"]["t"]["schedule"] = "*/30 * * * *"
+    del config["targets"]["u"]
+    assert register(config) == ["backup-t", "check"]
+    assert crons() == {"backup-t": "*/30 * * * *", "check": "0 3 * * *"}
