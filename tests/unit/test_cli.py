@@ -117,3 +117,11 @@ def test_parallelism_limit_and_failure_isolation(fake_project: tuple[Path, dict[
         assert call["has_password"] and call["repo"] == str(root / "repo")
     assert {"--tag", "drkit", "drkit-target=t0"} <= set(next(
         c["argv"] for c in calls if str(root / "data0") in c["argv"]))
+
+
+def test_serve_without_any_schedule_is_a_bad_request(fake_project: tuple[Path, dict[str, str]]
+                                                     ) -> None:
+    root, env = fake_project  # targets without 'schedule:'
+    result = drkit("serve", cwd=root, env={**env, "PREFECT_API_URL": ""})
+    assert result.returncode == 2 and "nothing to schedule" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 from drkit.drills.plans import RecoveryPlan
 from drkit.errors import BadRequestError
-from drkit.jobs.schedule import Schedule, overdue_targets
+from drkit.jobs.schedule import Schedule, declared_schedules, overdue_targets
 
 log = logging.getLogger("drkit.serve")
 
@@ -29,6 +29,10 @@ def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog) -> i
     an embedded server is started first and stopped at the end."""
     from drkit.flows.server import embedded_server, prefect_environment
 
+    if not declared_schedules(config, plans):  # before spending ~20 s starting a server
+        raise BadRequestError(
+            "nothing to schedule: no 'schedule:' on any target, plan, 'checks', 'prune' or "
+            "'reports' in the config")
     with ExitStack() as stack:
         api = os.environ.get("PREFECT_API_URL")
         if not api:
