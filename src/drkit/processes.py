@@ -1,10 +1,18 @@
-"""Helpers for child processes drkit starts (restic, the local S3 server)."""
+"""Helpers for child processes drkit starts (restic, the local S3 server, Prefect)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def pid_exists(pid: int) -> bool:

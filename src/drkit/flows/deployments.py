@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from drkit.config.models import Config
 from drkit.drills.plans import RecoveryPlan
-from drkit.errors import BadRequestError, DrkitError
+from drkit.errors import DrkitError
 from drkit.jobs.schedule import Schedule, declared_schedules
 
 log = logging.getLogger("drkit.serve")
@@ -99,25 +101,13 @@ def ensure_work_pool(name: str) -> bool:
             return True
 
 
-def api_errors(doing: str) -> Any:
-    """A context manager turning Prefect client failures into one :class:`DrkitError` line."""
-    from contextlib import contextmanager
+@contextmanager
+def api_errors(doing: str) -> Iterator[None]:
+    """Turn Prefect client failures into one :class:`DrkitError` line."""
+    import httpx
 
-    @contextmanager
-    def wrapper() -> Any:
-        import httpx
-
-        try:
-            yield
-        except httpx.HTTPError as exc:
-            raise DrkitError(f"cannot {doing}: Prefect API unreachable or refused ({exc})",
-                             hint="check PREFECT_API_URL and that the server runs") from None
-
-    return wrapper()
-
-
-def require_deployments(found: list[tuple[Schedule, Any]]) -> None:
-    if not found:
-        raise BadRequestError(
-            "nothing to schedule: no 'schedule:' on any target, plan, 'checks', 'prune' or "
-            "'reports' in the config")
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise DrkitError(f"cannot {doing}: Prefect API unreachable or refused ({exc})",
+                         hint="check PREFECT_API_URL and that the server runs") from None

@@ -12,7 +12,7 @@ from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 from drkit.drills.plans import RecoveryPlan
 from drkit.errors import BadRequestError
-from drkit.jobs.schedule import Schedule, declared_schedules, overdue_targets
+from drkit.jobs.schedule import Schedule, overdue_targets, require_schedules
 
 log = logging.getLogger("drkit.serve")
 
@@ -29,10 +29,7 @@ def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog) -> i
     an embedded server is started first and stopped at the end."""
     from drkit.flows.server import embedded_server, prefect_environment
 
-    if not declared_schedules(config, plans):  # before spending ~20 s starting a server
-        raise BadRequestError(
-            "nothing to schedule: no 'schedule:' on any target, plan, 'checks', 'prune' or "
-            "'reports' in the config")
+    require_schedules(config, plans)  # before spending ~20 s starting a server
     with ExitStack() as stack:
         api = os.environ.get("PREFECT_API_URL")
         if not api:
@@ -47,12 +44,10 @@ def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog) -> i
             api_errors,
             build_deployments,
             remove_stale,
-            require_deployments,
             trigger_catch_up,
         )
 
         found = build_deployments(config, plans)
-        require_deployments(found)
         with api_errors("register the deployments"):
             for _, deployment in found:
                 deployment.apply()
@@ -79,16 +74,15 @@ def deploy(config: Config, plans: dict[str, RecoveryPlan], work_pool: str) -> in
         raise BadRequestError("deploy needs a Prefect server: set PREFECT_API_URL "
                               "(e.g. http://prefect.internal:4200/api)",
                               hint="for a single machine, 'drkit serve' runs its own server")
+    require_schedules(config, plans)
     from drkit.flows.deployments import (
         api_errors,
         build_deployments,
         ensure_work_pool,
         remove_stale,
-        require_deployments,
     )
 
     found = build_deployments(config, plans, work_pool=work_pool)
-    require_deployments(found)
     with api_errors("register the deployments"):
         if ensure_work_pool(work_pool):
             print(f"created process work pool {work_pool!r}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drkit.errors import DrkitError
-from drkit.locals3 import free_port
+from drkit.processes import free_port
 
 log = logging.getLogger("drkit.serve")
 HEALTH_TIMEOUT_S = 180.0

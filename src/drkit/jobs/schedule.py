@@ -14,6 +14,7 @@ from drkit.catalog.inflight import utcnow
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 from drkit.drills.plans import RecoveryPlan
+from drkit.errors import BadRequestError
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,16 @@ def declared_schedules(config: Config, plans: dict[str, RecoveryPlan]) -> list[S
         out.append(Schedule("report", "report", config.reports.schedule, {},
                             "compliance report"))
     return out
+
+
+def require_schedules(config: Config, plans: dict[str, RecoveryPlan]) -> list[Schedule]:
+    """:func:`declared_schedules`; :class:`BadRequestError` when there is none at all."""
+    found = declared_schedules(config, plans)
+    if not found:
+        raise BadRequestError(
+            "nothing to schedule: no 'schedule:' on any target, plan, 'checks', 'prune' or "
+            "'reports' in the config")
+    return found
 
 
 def cron_interval(cron: str, timezone: str, now: datetime | None = None) -> float:
