@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from drkit.restic.errors import ResticError, ResticFailed, SourceIncomplete, fatal_line
-from drkit.restic.runner import ResticRepository, json_list, run_restic
+from drkit.restic.runner import ResticRepository, ResticResult, json_list, run_restic
+from drkit.supervise import NO_LIMITS, Limits
 
 EXIT_INCOMPLETE = 3  # restic: snapshot made, but some source files could not be read
 
@@ -99,33 +100,31 @@ def parse_restic_time(value: str) -> datetime:
 
 
 def backup_args(paths: Sequence[str], *, tags: Sequence[str], host: str | None,
-                excludes: Sequence[str], dry_run: bool, stdin_filename: str | None = None
-                ) -> tuple[str, ...]:
-    """Arguments of ``restic backup`` for ``paths`` (or stdin, stored as ``stdin_filename``)
-    with drkit's tags."""
+                excludes: Sequence[str], dry_run: bool, stdin_filename: str | None = None,
+                compression: str | None = None, command: Sequence[str] | None = None,
+                retry_lock: float | None = None) -> tuple[str, ...]:
+    """Arguments of ``restic backup`` for ``paths``, or for stdin stored as ``stdin_filename``
+    (with ``command``: restic >= 0.17 runs it and stores its stdout), with drkit's tags."""
+    source: tuple[str, ...] = ("--", *paths)
+    if stdin_filename and command:
+        source = ("--stdin-from-command", "--stdin-filename", stdin_filename, "--", *command)
+    elif stdin_filename:
+        source = ("--stdin", "--stdin-filename", stdin_filename)
     return (
         ("backup", "--json")
         + tuple(arg for tag in tags for arg in ("--tag", tag))
         + (("--host", host) if host else ())
         + tuple(arg for pattern in excludes for arg in ("--exclude", pattern))
+        + (("--compression", compression) if compression else ())
+        + (("--retry-lock", f"{max(1, int(retry_lock))}s") if retry_lock else ())
         + (("--dry-run",) if dry_run else ())
-        + (("--stdin", "--stdin-filename", stdin_filename) if stdin_filename
-           else ("--", *paths))
+        + source
     )
 
 
-def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
-           host: str | None = None, excludes: Sequence[str] = (), cwd: Path | None = None,
-           dry_run: bool = False, action: str,
-           on_progress: Callable[[BackupProgress], None] | None = None,
-           stdin: IO[bytes] | None = None, stdin_filename: str | None = None,
-           on_start: Callable[[], None] | None = None) -> BackupSummary:
-    """Back ``paths`` (or ``stdin``, stored as ``stdin_filename``) up into ``repo``; return
-    restic's summary.
-
-    Raises :class:`SourceIncomplete` (with the snapshot id) when restic could not read some
-    files, and the typed errors of :func:`run_restic` otherwise.
-    """
+def progress_handler(on_progress: Callable[[BackupProgress], None] | None
+                     ) -> Callable[[dict[str, Any]], None]:
+    """A JSON-line handler turning ``status`` lines into :class:`BackupProgress` calls."""
     def handle(message: dict[str, Any]) -> None:
         if on_progress is not None and message.get("message_type") == "status":
             on_progress(BackupProgress(
@@ -135,11 +134,12 @@ def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
                 files_done=int(message.get("files_done", 0)),
                 total_files=int(message.get("total_files", 0)),
             ))
+    return handle
 
-    args = backup_args(paths, tags=tags, host=host, excludes=excludes, dry_run=dry_run,
-                       stdin_filename=stdin_filename)
-    result = run_restic(repo, args, action=action, on_json=handle, cwd=cwd, stdin=stdin,
-                        ok_codes=(0, EXIT_INCOMPLETE), on_start=on_start)
+
+def backup_summary(result: ResticResult, *, action: str, dry_run: bool) -> BackupSummary:
+    """restic's summary of a finished backup. Raises :class:`SourceIncomplete` (with the
+    snapshot id) after exit 3, :class:`ResticFailed` when restic made no snapshot."""
     summary_json = result.last("summary")
     summary = BackupSummary.from_json(summary_json) if summary_json else None
     if result.returncode == EXIT_INCOMPLETE:
@@ -157,20 +157,45 @@ def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
     return summary
 
 
-def snapshots(repo: ResticRepository, *, tags: Sequence[str] = (), action: str
-              ) -> list[Snapshot]:
-    """Snapshots in ``repo`` carrying all of ``tags``, oldest first."""
-    args: tuple[str, ...] = ("snapshots", "--json")
-    if tags:
-        args += ("--tag", ",".join(tags))
-    result = run_restic(repo, args, action=action)
+def backup(repo: ResticRepository, paths: Sequence[str], *, tags: Sequence[str],
+           host: str | None = None, excludes: Sequence[str] = (), cwd: Path | None = None,
+           dry_run: bool = False, action: str,
+           on_progress: Callable[[BackupProgress], None] | None = None,
+           on_start: Callable[[], None] | None = None,
+           limits: Limits = NO_LIMITS) -> BackupSummary:
+    """Back ``paths`` up into ``repo`` (as ``host``, with ``tags``); return restic's summary.
+
+    Raises :class:`SourceIncomplete` (with the snapshot id) when restic could not read some
+    files, and the typed errors of :func:`run_restic` otherwise.
+    """
+    args = backup_args(paths, tags=tags, host=host, excludes=excludes, dry_run=dry_run,
+                       compression=repo.config.compression)
+    result = run_restic(repo, args, action=action, on_json=progress_handler(on_progress),
+                        cwd=cwd, ok_codes=(0, EXIT_INCOMPLETE), on_start=on_start,
+                        limits=limits)
+    return backup_summary(result, action=action, dry_run=dry_run)
+
+
+def filter_args(*, tags: Sequence[str] = (), host: str | None = None) -> tuple[str, ...]:
+    """restic's snapshot filter: all of ``tags``, made by ``host``."""
+    return ((("--tag", ",".join(tags)) if tags else ())
+            + (("--host", host) if host else ()))
+
+
+def snapshots(repo: ResticRepository, *, tags: Sequence[str] = (), host: str | None = None,
+              action: str, limits: Limits = NO_LIMITS) -> list[Snapshot]:
+    """Snapshots in ``repo`` carrying all of ``tags`` (made by ``host``, if given), oldest
+    first."""
+    result = run_restic(repo, ("snapshots", "--json", *filter_args(tags=tags, host=host)),
+                        action=action, limits=limits)
     found = [Snapshot.from_json(item) for item in json_list(result) if isinstance(item, dict)]
     return sorted(found, key=lambda snap: snap.time)
 
 
 def init(repo: ResticRepository, *, action: str) -> None:
-    """Create the repository. Raises :class:`RepositoryAlreadyExists` if one is there."""
-    run_restic(repo, ("init",), action=action)
+    """Create the repository (format version 2: compression). Raises
+    :class:`RepositoryAlreadyExists` if one is there."""
+    run_restic(repo, ("init", "--repository-version", "2"), action=action)
 
 
 def cat_config(repo: ResticRepository, *, action: str) -> dict[str, Any]:
@@ -194,17 +219,18 @@ class CheckOutcome:
     output_tail: str
 
 
-def check(repo: ResticRepository, *, read_data_subset: str | None, action: str
-          ) -> CheckOutcome:
+def check(repo: ResticRepository, *, read_data_subset: str | None, action: str,
+          limits: Limits = NO_LIMITS) -> CheckOutcome:
     """``restic check`` (structure), reading ``read_data_subset`` of the data if given
     (``n/m``, ``x%``; ``100%`` reads everything). Damage is returned as an outcome naming it;
-    other failures (unreachable, wrong password, locked too long) raise typed errors."""
+    other failures (unreachable, wrong password, locked too long, timed out) raise typed
+    errors."""
     args: tuple[str, ...] = ("check",)
     if read_data_subset:
         args += (("--read-data",) if read_data_subset in ("100%", "1/1")
                  else ("--read-data-subset", read_data_subset))
     try:
-        result = run_restic(repo, args, action=action)
+        result = run_restic(repo, args, action=action, limits=limits)
     except ResticError as failed:
         if "repository contains errors" not in failed.stderr and \
                 not isinstance(failed, ResticFailed):
@@ -219,30 +245,41 @@ def check(repo: ResticRepository, *, read_data_subset: str | None, action: str
 
 @dataclass(frozen=True)
 class ForgetOutcome:
-    """What ``restic forget`` kept and removed (snapshot ids)."""
+    """What ``restic forget`` kept and removed."""
 
     kept: tuple[Snapshot, ...]
     removed: tuple[Snapshot, ...]
-    prune_summary: str
 
 
-def forget(repo: ResticRepository, *, tags: Sequence[str], keep: Sequence[str], prune: bool,
-           dry_run: bool, action: str) -> ForgetOutcome:
-    """``restic forget`` the snapshots carrying all of ``tags`` that the ``keep`` flags do not
-    keep, grouped by host and tags; with ``prune`` also remove the data only they used."""
-    args = (("forget", "--json", "--tag", ",".join(tags), "--group-by", "host,tags")
-            + tuple(keep) + (("--dry-run",) if dry_run else ())
-            + (("--prune",) if prune and not dry_run else ()))
-    result = run_restic(repo, args, action=action)
+def forget_outcome(result: ResticResult | None) -> ForgetOutcome:
+    """Parse ``restic forget --json`` output (also of a run that failed after printing it)."""
     kept: list[Snapshot] = []
     removed: list[Snapshot] = []
-    for group in json_list(result):
-        kept += [Snapshot.from_json(s) for s in group.get("keep") or ()]
-        removed += [Snapshot.from_json(s) for s in group.get("remove") or ()]
-    return ForgetOutcome(kept=tuple(kept), removed=tuple(removed),
-                         prune_summary="\n".join(result.stdout_lines[-12:]))
+    for group in json_list(result) if result is not None else []:
+        if isinstance(group, dict):
+            kept += [Snapshot.from_json(s) for s in group.get("keep") or ()]
+            removed += [Snapshot.from_json(s) for s in group.get("remove") or ()]
+    return ForgetOutcome(kept=tuple(kept), removed=tuple(removed))
 
 
-def forget_snapshots(repo: ResticRepository, ids: Sequence[str], *, action: str) -> None:
+def forget(repo: ResticRepository, *, tags: Sequence[str], host: str | None,
+           keep: Sequence[str], dry_run: bool, action: str,
+           limits: Limits = NO_LIMITS) -> ForgetOutcome:
+    """``restic forget`` the snapshots of ``host`` carrying all of ``tags`` that the ``keep``
+    flags do not keep (grouped by host and tags). Removes snapshot files only: their data goes
+    with :func:`prune`. On failure the error's ``result`` holds what was printed."""
+    args = (("forget", "--json", *filter_args(tags=tags, host=host), "--group-by", "host,tags")
+            + tuple(keep) + (("--dry-run",) if dry_run else ()))
+    return forget_outcome(run_restic(repo, args, action=action, limits=limits))
+
+
+def forget_snapshots(repo: ResticRepository, ids: Sequence[str], *, action: str,
+                     limits: Limits = NO_LIMITS) -> None:
     """Forget exactly these snapshots (no prune: their data goes at the next prune)."""
-    run_restic(repo, ("forget", *ids), action=action)
+    run_restic(repo, ("forget", *ids), action=action, limits=limits)
+
+
+def prune(repo: ResticRepository, *, action: str, limits: Limits = NO_LIMITS) -> str:
+    """``restic prune``: remove the data no snapshot uses any more; return its summary."""
+    result = run_restic(repo, ("prune",), action=action, limits=limits)
+    return "\n".join(result.stdout_lines[-12:])

@@ -1,13 +1,20 @@
-"""The one place a restic process is started.
+"""The one place a restic process is started (through :mod:`drkit.supervise`).
 
 Arguments go as a list (never a shell); the repository URL, password and S3 keys go through the
 child's environment (``RESTIC_REPOSITORY``, ``RESTIC_PASSWORD`` or ``RESTIC_PASSWORD_FILE``,
-``AWS_*``), never argv, so ``ps`` shows no secret. The debug log shows the command with the
-repository's credentials masked.
+``AWS_*``), never argv, so ``ps`` shows no secret; restic gets only its own repository's
+secrets. The debug log shows the command with the repository's credentials masked.
+
+Around every run: a lock held by another live process is waited for (up to the repository's
+``lock_timeout``), one left by a dead process on this host is removed; restic retrying an
+unreachable storage is given ``storage_timeout`` (restic >= 0.17 would otherwise retry for 15
+minutes) and a storage that refuses the credentials stops it at once; and no lock outlives the
+run that took it (see :mod:`drkit.restic.locks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -15,8 +22,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,28 +31,33 @@ from urllib.parse import urlsplit, urlunsplit
 
 from drkit.config.models import Repository
 from drkit.config.secrets import SecretRef
-from drkit.processes import pid_exists, stop_process
+from drkit.processes import pid_exists
 from drkit.restic.errors import (
+    AccessDenied,
+    Interrupted,
+    LockVanished,
     RepositoryLocked,
     ResticError,
     ResticFailed,
     ResticNotFound,
+    StorageUnreachable,
+    TimedOut,
     classify,
 )
+from drkit.restic.watch import StorageWatch
+from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Exit, Limits, base_env, run
 
 log = logging.getLogger("drkit.restic")
 
-# Variables a user's shell may carry that would silently redirect restic; the config decides.
-_INHERITED_RESTIC_VARS = (
-    "RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE", "RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE",
-    "RESTIC_PASSWORD_COMMAND", "RESTIC_KEY_HINT",
-)
+# restic's own tuning variables a user may set for drkit's restic (cache, pack size...); the
+# repository, its password and the host identity are the config's business, never inherited.
+_NOT_INHERITED = ("RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE", "RESTIC_PASSWORD",
+                  "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND", "RESTIC_KEY_HINT",
+                  "RESTIC_HOST", "RESTIC_FROM_REPOSITORY", "RESTIC_FROM_PASSWORD",
+                  "RESTIC_FROM_PASSWORD_FILE", "RESTIC_FROM_PASSWORD_COMMAND")
+_TUNING = ("GOMAXPROCS", "GOGC", "GODEBUG")
 
 JsonHandler = Callable[[dict[str, Any]], None]
-
-# restic children still running, so that an interrupt can stop them all (see terminate_all).
-_live: set[subprocess.Popen[bytes]] = set()
-_live_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,9 @@ class ResticRepository:
     config: Repository
     binary: str = "restic"
     lock_timeout: float = 300.0  # seconds to wait for a live lock before failing
+    storage_timeout: float = 300.0  # seconds restic may retry an unreachable storage
+    state_dir: Path | None = None  # where a lock clean-up that must wait is remembered
+    call_timeout: float | None = None  # the limit of a call that names none (listing, init)
 
     @property
     def url(self) -> str:
@@ -68,8 +81,14 @@ class ResticRepository:
 
         Raises :class:`drkit.errors.SecretError` when a secret cannot be resolved.
         """
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_RESTIC_VARS}
-        env["RESTIC_REPOSITORY"] = self.config.url
+        inherited = [name for name in os.environ
+                     if (name.startswith("RESTIC_") and name not in _NOT_INHERITED)
+                     or name in _TUNING]
+        s3 = self.config.s3
+        if self.config.is_s3 and (s3 is None or s3.access_key is None):
+            # No keys in the config: restic uses the ambient AWS credentials, as boto3 does.
+            inherited += [name for name in os.environ if name.startswith("AWS_")]
+        env = base_env(inherited, RESTIC_REPOSITORY=self.config.url)
         secrets: list[str] = []
         password: SecretRef = self.config.password
         value = password.resolve()  # also proves a password file is readable
@@ -78,13 +97,14 @@ class ResticRepository:
             env["RESTIC_PASSWORD_FILE"] = str(password.file)
         else:
             env["RESTIC_PASSWORD"] = value
-        s3 = self.config.s3
         if s3 is not None:
             if s3.access_key is not None and s3.secret_key is not None:
                 env["AWS_ACCESS_KEY_ID"] = s3.access_key.resolve()
                 env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key.resolve()
                 secrets.append(env["AWS_SECRET_ACCESS_KEY"])
             env["AWS_DEFAULT_REGION"] = s3.region
+        if "AWS_SECRET_ACCESS_KEY" in env:
+            secrets.append(env["AWS_SECRET_ACCESS_KEY"])
         for match in re.finditer(r"://[^/@:]*:([^/@]+)@", self.config.url):
             secrets.append(match.group(1))
         return env, secrets
@@ -98,6 +118,9 @@ class ResticResult:
     messages: list[dict[str, Any]] = field(default_factory=list)
     stdout_lines: list[str] = field(default_factory=list)
     stderr: str = ""
+    stopped: str | None = None  # why drkit stopped restic, if it did
+    storage_retries: int = 0  # how often restic said it retried a storage request
+    watch_kind: str | None = None  # why the storage watch stopped it, if it did
 
     def last(self, message_type: str) -> dict[str, Any] | None:
         """The last JSON message of ``message_type`` (e.g. ``"summary"``), if any."""
@@ -120,14 +143,6 @@ def mask_url(url: str) -> str:
     return f"{prefix}{sep}{rest}"
 
 
-def mask(text: str, secrets: Sequence[str]) -> str:
-    """Replace every occurrence of each secret in ``text`` with ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
-
-
 def run_restic(
     repo: ResticRepository,
     args: Sequence[str],
@@ -138,110 +153,133 @@ def run_restic(
     stdin: IO[bytes] | None = None,
     ok_codes: Sequence[int] = (0,),
     on_start: Callable[[], None] | None = None,
+    limits: Limits = NO_LIMITS,
 ) -> ResticResult:
     """Run ``restic ARGS`` against ``repo`` and return its result.
 
-    ``on_json`` is called for every JSON line on stdout as it arrives (progress);
-    ``on_start`` once restic has started (work to overlap with it).
+    ``on_json`` is called for every JSON line on stdout as it arrives (progress); ``on_start``
+    once restic has started (work to overlap with it); ``limits`` bounds the whole call.
     Raises a typed :class:`ResticError` (classified from exit code and stderr) when restic
-    exits with a code outside ``ok_codes``; ``action`` names the work for that message.
+    exits with a code outside ``ok_codes``; ``action`` names the work for that message; the
+    error's ``result`` holds what restic printed before failing.
 
     A repository locked by a process that no longer exists on this host is unlocked
     (``restic unlock`` removes only stale locks) and the command retried; a live lock is
-    waited for, with backoff, up to ``repo.lock_timeout`` seconds.
+    waited for, with backoff, up to ``repo.lock_timeout`` seconds (and never past ``limits``).
     """
+    from drkit.restic.locks import clear_pending, sweep_after
+
+    if limits.deadline is None and repo.call_timeout is not None:
+        limits = Limits.after(repo.call_timeout)
+    clear_pending(repo)
     deadline = time.monotonic() + repo.lock_timeout
     delay = 1.0
     while True:
-        try:
-            return _run_once(repo, args, action=action, on_json=on_json, cwd=cwd, stdin=stdin,
-                             ok_codes=ok_codes, on_start=on_start)
-        except RepositoryLocked as locked:
-            if stdin is not None:
-                raise  # a stream cannot be replayed
-            holder = locked.holder
-            if holder and holder[1] == socket.gethostname() and not pid_exists(holder[0]):
-                log.warning("%s: removing a stale restic lock left by PID %d (no longer "
-                            "running)", action, holder[0])
-                _run_once(repo, ("unlock",), action=f"unlock {repo.name}", on_json=None,
-                          cwd=None, stdin=None, ok_codes=(0,))
-                continue
-            if time.monotonic() + delay > deadline:
-                raise RepositoryLocked(
-                    f"{locked.message} - still locked after waiting "
-                    f"{repo.lock_timeout:.0f} s", stderr=locked.stderr,
-                    returncode=locked.returncode) from None
-            log.info("%s: repository is locked by another run; retrying in %.0f s",
-                     action, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
+        result, exit_ = _run_once(repo, args, action=action, on_json=on_json, cwd=cwd,
+                                  stdin=stdin, on_start=on_start, limits=limits)
+        ok = result.returncode in ok_codes and exit_.stopped is None
+        sweep_after(repo, result, failed=not ok, action=action)
+        if ok:
+            return result
+        error = error_of(exit_, result, action=action, limits=limits)
+        if not isinstance(error, RepositoryLocked) or stdin is not None:
+            raise error  # a stream cannot be replayed; the caller restarts the whole unit
+        if isinstance(error, LockVanished) and time.monotonic() < deadline:
+            log.info("%s; starting restic again", error.message)
+            continue
+        if remove_stale_lock(repo, error, action=action):
+            continue
+        wait = min(delay, max(0.0, deadline - time.monotonic()))
+        remaining = limits.remaining()
+        if wait <= 0 or (remaining is not None and remaining <= wait):
+            raise RepositoryLocked(
+                f"{error.message} - still locked after waiting {repo.lock_timeout:.0f} s",
+                stderr=error.stderr, returncode=error.returncode) from None
+        log.info("%s: repository is locked by another run; retrying in %.0f s", action, wait)
+        time.sleep(wait)
+        delay = min(delay * 2, 15.0)
 
 
-def _run_once(
-    repo: ResticRepository,
-    args: Sequence[str],
-    *,
-    action: str,
-    on_json: JsonHandler | None,
-    cwd: Path | None,
-    stdin: IO[bytes] | None,
-    ok_codes: Sequence[int],
-    on_start: Callable[[], None] | None = None,
-) -> ResticResult:
+def remove_stale_lock(repo: ResticRepository, locked: RepositoryLocked, *, action: str) -> bool:
+    """If ``locked`` names a lock of a process that no longer runs on this host, remove it
+    (``restic unlock`` removes stale locks only) and return True."""
+    holder = locked.holder
+    if not holder or holder[1] != socket.gethostname() or pid_exists(holder[0]):
+        return False
+    log.warning("%s: removing a stale restic lock left by PID %d (no longer running)",
+                action, holder[0])
+    result, exit_ = _run_once(repo, ("unlock",), action=f"unlock {repo.name}", on_json=None,
+                              cwd=None, stdin=None, limits=Limits.after(60.0))
+    if result.returncode != 0 or exit_.stopped is not None:
+        raise error_of(exit_, result, action=f"unlock {repo.name}", limits=Limits.after(60.0))
+    return True
+
+
+def error_of(exit_: Exit, result: ResticResult, *, action: str, limits: Limits
+              ) -> ResticError:
+    error = _classify_exit(exit_, result, action=action, limits=limits)
+    error.result = result
+    return error
+
+
+def _classify_exit(exit_: Exit, result: ResticResult, *, action: str, limits: Limits
+                   ) -> ResticError:
+    if exit_.stopped == "timeout":
+        return TimedOut(f"{action}: {limits.message()} (restic stopped)",
+                        stderr=result.stderr, returncode=result.returncode)
+    if exit_.stopped == "interrupt":
+        return Interrupted(f"{action}: interrupted", stderr=result.stderr,
+                           returncode=result.returncode)
+    if exit_.stopped == "watch":
+        kinds: dict[str | None, type[ResticError]] = {
+            "refused": AccessDenied, "vanished_lock": LockVanished}
+        cls = kinds.get(result.watch_kind, StorageUnreachable)
+        return cls(f"{action}: {exit_.stop_detail}", stderr=result.stderr,
+                   returncode=result.returncode)
+    return classify(result.returncode, result.stderr, action=action)
+
+
+def restic_child(repo: ResticRepository, args: Sequence[str], *, action: str,
+                 cwd: Path | None = None) -> tuple[ChildSpec, StorageWatch]:
+    """The child spec of ``restic ARGS`` on ``repo`` and the watch over its storage retries.
+    Raises :class:`drkit.errors.SecretError` when a secret cannot be resolved."""
     env, secrets = repo.environment()
     argv = [repo.binary, *args]
-    log.debug("running %s (repository %s: %s, cwd %s)", " ".join(mask(a, secrets) for a in argv),
-              repo.name, mask_url(repo.url), cwd or ".")
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-        )
-    except FileNotFoundError:
-        raise _not_found(repo.binary) from None
-    except PermissionError:
-        raise ResticNotFound(f"restic binary {repo.binary!r} is not executable") from None
-    with _live_lock:
-        _live.add(proc)
-    result = ResticResult(returncode=-1)
-    stderr_chunks: list[bytes] = []
-    assert proc.stdout is not None and proc.stderr is not None
-    drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_chunks), daemon=True)
-    drain.start()
-    try:
-        if on_start is not None:
-            on_start()
-        for raw in proc.stdout:
-            _take_line(raw, result, on_json)
-        result.returncode = proc.wait()
-    except BaseException:
-        # Ctrl-C or a failing callback: never leave restic running behind us.
-        stop_process(proc)
-        raise
-    finally:
-        with _live_lock:
-            _live.discard(proc)
-        drain.join(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
-    result.stderr = mask(b"".join(stderr_chunks).decode("utf-8", "replace"), secrets)
-    if result.returncode not in ok_codes:
-        if result.stderr.strip():
-            log.debug("restic stderr:\n%s", result.stderr.rstrip())
-        raise classify(result.returncode, result.stderr, action=action)
+    log.debug("running %s (repository %s: %s, cwd %s)", " ".join(argv), repo.name,
+              mask_url(repo.url), cwd or ".")
+    spec = ChildSpec(argv=argv, what=f"restic ({action})", env=env, cwd=cwd, secrets=secrets)
+    return spec, StorageWatch(repo.storage_timeout)
+
+
+def finish_result(result: ResticResult, exit_: Exit, watch: StorageWatch) -> ResticResult:
+    """Complete ``result`` from how restic ended."""
+    result.returncode = exit_.returncode
+    result.stderr = exit_.stderr
+    result.stopped = exit_.stopped
+    result.storage_retries = watch.retries
+    result.watch_kind = watch.kind if exit_.stopped == "watch" else None
+    if result.returncode != 0 and result.stderr.strip():
+        log.debug("restic stderr:\n%s", result.stderr.rstrip())
     return result
 
 
-def terminate_all() -> None:
-    """Stop every restic child still running (on Ctrl-C or SIGTERM)."""
-    with _live_lock:
-        procs = list(_live)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
+def _run_once(repo: ResticRepository, args: Sequence[str], *, action: str,
+              on_json: JsonHandler | None, cwd: Path | None, stdin: IO[bytes] | None,
+              limits: Limits, on_start: Callable[[], None] | None = None
+              ) -> tuple[ResticResult, Exit]:
+    spec, watch = restic_child(repo, args, action=action, cwd=cwd)
+    result = ResticResult(returncode=-1)
+    try:
+        exit_ = run(spec, stdin=stdin, limits=limits, watch=watch.verdict,
+                    on_stderr_line=watch.see, on_started=on_start,
+                    on_stdout_line=lambda raw: take_line(raw, result, on_json))
+    except ChildError as exc:
+        raise not_found(repo.binary) if exc.missing else ResticFailed(str(exc)) from None
+    return finish_result(result, exit_, watch), exit_
 
 
-def _take_line(raw: bytes, result: ResticResult, on_json: JsonHandler | None) -> None:
+def take_line(raw: bytes, result: ResticResult, on_json: JsonHandler | None) -> None:
+    """Parse one line of restic's stdout into ``result`` (JSON messages, or plain lines)."""
     line = raw.decode("utf-8", "replace").rstrip("\n")
     if line.startswith(("{", "[")):
         try:
@@ -261,12 +299,7 @@ def _take_line(raw: bytes, result: ResticResult, on_json: JsonHandler | None) ->
         result.stdout_lines.append(line)
 
 
-def _drain(stream: IO[bytes], into: list[bytes]) -> None:
-    for chunk in iter(lambda: stream.read(65536), b""):
-        into.append(chunk)
-
-
-def _not_found(binary: str) -> ResticNotFound:
+def not_found(binary: str) -> ResticNotFound:
     return ResticNotFound(
         f"restic not found ({binary!r})",
         hint="install it (Debian: apt-get install restic) or set 'restic_binary' in the config",
@@ -274,19 +307,52 @@ def _not_found(binary: str) -> ResticNotFound:
 
 
 @functools.cache
-def restic_version(binary: str) -> str:
-    """The version of the restic at ``binary`` (``"0.14.0"``). Raises :class:`ResticNotFound`."""
-    if shutil.which(binary) is None and not Path(binary).is_file():
-        raise _not_found(binary)
+def restic_version(binary: str, cache_dir: Path | None = None) -> str:
+    """The version of the restic at ``binary`` (``"0.14.0"``). Raises :class:`ResticNotFound`.
+
+    With ``cache_dir`` the answer is kept there, keyed by the binary's identity (path, inode,
+    size, modification time), so most runs need not start ``restic version`` at all.
+    """
+    found = shutil.which(binary) or (binary if Path(binary).is_file() else None)
+    if found is None:
+        raise not_found(binary)
+    key = _binary_key(found)
+    cache = cache_dir / "restic-version.json" if cache_dir is not None else None
+    if cache is not None and key is not None:
+        with contextlib.suppress(OSError, ValueError):
+            known = json.loads(cache.read_text())
+            if known.get("key") == key:
+                return str(known["version"])
     try:
-        out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30,
-                             check=False)
-    except (FileNotFoundError, PermissionError):
-        raise _not_found(binary) from None
-    match = re.search(r"restic (\d+\.\d+\.\d+\S*)", out.stdout)
-    if out.returncode != 0 or match is None:
-        raise ResticFailed(f"cannot tell the version of {binary!r}: {out.stderr.strip()}")
+        exit_ = run(ChildSpec(argv=[binary, "version"], what="restic version"),
+                    limits=Limits.after(30))
+    except ChildError:
+        raise not_found(binary) from None
+    match = re.search(r"restic (\d+\.\d+\.\d+\S*)", exit_.stdout)
+    if exit_.returncode != 0 or match is None:
+        raise ResticFailed(f"cannot tell the version of {binary!r}: {exit_.stderr.strip()}")
+    if cache is not None and key is not None:
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cache.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"key": key, "version": match.group(1)}))
+            temporary.replace(cache)
     return match.group(1)
+
+
+def _binary_key(path: str) -> str | None:
+    try:
+        real = os.path.realpath(path)
+        info = os.stat(real)
+    except OSError:
+        return None
+    return f"{real}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def version_tuple(version: str | None) -> tuple[int, int, int]:
+    """``"0.18.0"`` -> ``(0, 18, 0)``; unknown -> ``(0, 0, 0)``."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3))) if match else (0, 0, 0)
 
 
 def json_list(result: ResticResult) -> list[Any]:

@@ -1,0 +1,46 @@
+"""Snapshot identity, defined once: which snapshots are whose.
+
+Every snapshot drkit makes carries the tags ``drkit`` and ``drkit-target=NAME`` and the
+configured ``host:`` identity (restic ``--host``, default: the machine's hostname). Selection
+(drills, ``snapshots``), retention (``forget``, grouped by host and tags) and the catalog's
+records all use host + target, so two deployments sharing one repository and one target name
+never see, prune or drill each other's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+TAG = "drkit"
+_TARGET_PREFIX = "drkit-target="
+
+
+def target_tag(name: str) -> str:
+    """The restic tag that marks a snapshot as target ``name``'s."""
+    return f"{_TARGET_PREFIX}{name}"
+
+
+def target_of(tags: Iterable[str]) -> str | None:
+    """The target a snapshot's tags name, if any."""
+    return next((tag.removeprefix(_TARGET_PREFIX) for tag in tags
+                 if tag.startswith(_TARGET_PREFIX)), None)
+
+
+@dataclass(frozen=True)
+class SnapshotIdentity:
+    """Whose snapshots: one host's, of one target."""
+
+    host: str
+    target: str
+
+    @property
+    def tags(self) -> tuple[str, str]:
+        return (TAG, target_tag(self.target))
+
+    def owns(self, hostname: str, tags: Iterable[str]) -> bool:
+        """Whether a snapshot made by ``hostname`` with ``tags`` is this identity's."""
+        return hostname == self.host and target_tag(self.target) in set(tags)
+
+    def describe(self) -> str:
+        return f"target '{self.target}' of host '{self.host}'"

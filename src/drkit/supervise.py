@@ -1,0 +1,378 @@
+"""The one place drkit starts and supervises the children of its jobs: restic, dumps, database
+clients and check commands.
+
+Every child runs in its own process group with an explicit, minimal environment (see
+:func:`base_env`: never drkit's whole environment, so a child sees only the secrets given to it),
+under a deadline. A watchdog thread stops a child whose deadline passed, or whose ``watch``
+callback names a reason (restic's storage watchdog), by terminating its whole process group
+(SIGTERM, then SIGKILL after a grace period). When a child ends, whatever it left running in
+its group is killed too. :func:`terminate_all` stops every live child (Ctrl-C, SIGTERM).
+
+A producer piped into a consumer (a dump into ``restic backup --stdin``) is watched as one unit
+by :func:`run_pipeline`, which also tells which of the two failed first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from drkit.errors import DrkitError
+from drkit.units import human_duration
+
+# What every child may inherit from drkit's own environment: nothing secret, only what tools
+# need to find programs, certificates, proxies, caches and the locale.
+BASE_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+    "https_proxy", "no_proxy", "XDG_CACHE_HOME",
+)
+BASE_ENV_PREFIXES = ("LC_",)
+STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL this much later
+OUTPUT_LIMIT = 1 << 20  # bytes of a stream kept (the end of it)
+_TICK_S = 0.2
+
+
+class ChildError(DrkitError):
+    """A child could not be started (program missing, not executable)."""
+
+    def __init__(self, message: str, *, missing: bool) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def base_env(allow: Sequence[str] = (), **extra: str) -> dict[str, str]:
+    """A minimal environment: :data:`BASE_ENV` from drkit's own, the ``allow``-listed names
+    (the config's explicit ``env:`` lists) and ``extra`` values."""
+    env = {name: value for name, value in os.environ.items()
+           if name in BASE_ENV or name.startswith(BASE_ENV_PREFIXES) or name in allow}
+    env.update(extra)
+    return env
+
+
+def mask(text: str, secrets: Sequence[str]) -> str:
+    """Replace every occurrence of each secret (3 characters or more) in ``text`` by ``***``."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A child to run: argv (never a shell), environment (None: :func:`base_env`), working
+    directory, the secrets to mask in its output, and what it is, for messages."""
+
+    argv: Sequence[str]
+    what: str
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    secrets: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A deadline (``time.monotonic()``) and the limit it came from, for the message."""
+
+    deadline: float | None = None
+    timeout_s: float | None = None
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Limits:
+        """A deadline ``seconds`` from now (None: no limit)."""
+        if seconds is None:
+            return cls()
+        return cls(deadline=time.monotonic() + seconds, timeout_s=seconds)
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def message(self) -> str:
+        return f"timed out after {human_duration(self.timeout_s)}"
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass
+class Exit:
+    """How a child ended: its exit code (negative: killed by that signal), what it wrote
+    (masked; the end of it when long), when it ended, and why drkit stopped it, if it did."""
+
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+    ended_at: float = 0.0
+    stopped: str | None = None  # "timeout", "interrupt" or the watch callback's reason
+    stop_detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.stopped is None
+
+    @property
+    def died_of_sigpipe(self) -> bool:
+        return self.returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE) or \
+            "broken pipe" in self.stderr.lower()
+
+
+class _Buffer:
+    """The end of a stream, bounded."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        while self.size > OUTPUT_LIMIT and len(self.chunks) > 1:
+            self.size -= len(self.chunks.pop(0))
+
+    def text(self, secrets: Sequence[str]) -> str:
+        return mask(b"".join(self.chunks).decode("utf-8", "replace"), secrets)
+
+
+_live: set[Supervised] = set()
+_live_lock = threading.Lock()
+
+
+class Supervised:
+    """A running child, in its own process group, with its watchdog and output readers."""
+
+    def __init__(self, spec: ChildSpec, proc: subprocess.Popen[bytes], limits: Limits,
+                 watch: Callable[[], str | None] | None,
+                 on_stderr_line: Callable[[str], None] | None,
+                 capture_stdout: bool) -> None:
+        self.spec = spec
+        self.proc = proc
+        self.limits = limits
+        self._watch = watch
+        self._on_stderr_line = on_stderr_line
+        self._stderr = _Buffer()
+        self._stdout = _Buffer()
+        self._exited = threading.Event()
+        self._reaped = threading.Event()
+        self.stopped: str | None = None
+        self.stop_detail: str | None = None
+        self.ended_at = 0.0
+        self._threads = [threading.Thread(target=self._read_stderr, daemon=True),
+                         threading.Thread(target=self._wait, daemon=True),
+                         threading.Thread(target=self._watchdog, daemon=True)]
+        if capture_stdout:
+            self._threads.append(threading.Thread(target=self._read_stdout, daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    # -- threads --------------------------------------------------------------------------
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self._stderr.add(raw)
+            if self._on_stderr_line is not None:
+                with contextlib.suppress(Exception):  # a broken callback never stops reading
+                    self._on_stderr_line(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for chunk in iter(lambda: self.proc.stdout.read(65536), b""):  # type: ignore[union-attr]
+            self._stdout.add(chunk)
+
+    def _wait(self) -> None:
+        # See the exit without reaping, kill what the child left in its group (the group id
+        # cannot be reused before the leader is reaped), then reap.
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+        self.ended_at = time.monotonic()
+        self._exited.set()
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait()
+        self._reaped.set()
+
+    def _watchdog(self) -> None:
+        while not self._exited.wait(_TICK_S):
+            reason: str | None = None
+            detail: str | None = None
+            if self.limits.expired():
+                reason, detail = "timeout", self.limits.message()
+            elif self._watch is not None:
+                detail = self._watch()
+                reason = "watch" if detail else None
+            if reason is not None:
+                self.stop(reason, detail)
+                return
+
+    # -- control --------------------------------------------------------------------------
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, reason: str, detail: str | None = None, grace: float = STOP_GRACE_S) -> None:
+        """Stop the child and its group: SIGTERM, SIGKILL after ``grace`` seconds."""
+        if self.stopped is None and not self._exited.is_set():
+            self.stopped, self.stop_detail = reason, detail
+        self._signal_group(signal.SIGTERM)
+        if not self._exited.wait(grace):
+            self._signal_group(signal.SIGKILL)
+
+    def wait(self) -> Exit:
+        """Wait for the child (and its output readers); return how it ended."""
+        self._reaped.wait()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=30)
+        with _live_lock:
+            _live.discard(self)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        return Exit(returncode=self.proc.returncode, stdout=self._stdout.text(self.spec.secrets),
+                    stderr=self._stderr.text(self.spec.secrets), ended_at=self.ended_at,
+                    stopped=self.stopped, stop_detail=self.stop_detail)
+
+
+def start(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None,
+          stdout: int | None = subprocess.PIPE, capture_stdout: bool = True,
+          limits: Limits = NO_LIMITS, watch: Callable[[], str | None] | None = None,
+          on_stderr_line: Callable[[str], None] | None = None) -> Supervised:
+    """Start ``spec`` in its own process group; return it supervised.
+
+    ``stdin`` defaults to /dev/null. With ``capture_stdout`` False the caller reads
+    ``proc.stdout`` itself (line by line, or as another child's stdin).
+    Raises :class:`ChildError` when the program cannot be started.
+    """
+    env = dict(spec.env) if spec.env is not None else base_env()
+    try:
+        proc = subprocess.Popen(
+            list(spec.argv), stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=spec.cwd,
+            start_new_session=True, close_fds=True)
+    except FileNotFoundError:
+        raise ChildError(f"{spec.what}: {spec.argv[0]!r} not found", missing=True) from None
+    except PermissionError:
+        raise ChildError(f"{spec.what}: {spec.argv[0]!r} is not executable",
+                         missing=True) from None
+    except OSError as exc:
+        raise ChildError(f"{spec.what}: cannot run {spec.argv[0]!r}: {exc.strerror}",
+                         missing=False) from None
+    child = Supervised(spec, proc, limits, watch, on_stderr_line,
+                       capture_stdout=capture_stdout and stdout == subprocess.PIPE)
+    with _live_lock:
+        _live.add(child)
+    return child
+
+
+def run(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None, limits: Limits = NO_LIMITS,
+        on_stdout_line: Callable[[bytes], None] | None = None,
+        watch: Callable[[], str | None] | None = None,
+        on_stderr_line: Callable[[str], None] | None = None,
+        on_started: Callable[[], None] | None = None) -> Exit:
+    """Run ``spec`` to its end under ``limits``; return how it ended (never raises for a
+    failing child; raises :class:`ChildError` if it cannot start). ``on_stdout_line`` gets each
+    line of stdout as it arrives (then stdout is not kept); ``on_started`` runs once the child
+    runs (work to overlap with it). An exception from a callback, or Ctrl-C, stops the child
+    before it propagates."""
+    child = start(spec, stdin=stdin, capture_stdout=on_stdout_line is None, limits=limits,
+                  watch=watch, on_stderr_line=on_stderr_line)
+    try:
+        if on_started is not None:
+            on_started()
+        if on_stdout_line is not None:
+            assert child.proc.stdout is not None
+            for raw in child.proc.stdout:
+                on_stdout_line(raw)
+        return child.wait()
+    except BaseException:
+        child.stop("interrupt", grace=STOP_GRACE_S)
+        child.wait()
+        raise
+
+
+@dataclass
+class PipelineExit:
+    """How a producer piped into a consumer ended, and which of them failed first."""
+
+    producer: Exit
+    consumer: Exit
+    first_failure: str | None = field(default=None)  # "producer" | "consumer" | None
+
+
+def first_failure(producer: Exit, consumer: Exit) -> str | None:
+    """Which side failed first. A producer that died of a broken pipe only followed the
+    consumer's failure; a consumer that finished while the producer failed read a torn
+    stream to its end (the producer failed first)."""
+    if producer.ok and consumer.ok:
+        return None
+    if consumer.ok:
+        return "producer"
+    if producer.ok or producer.died_of_sigpipe or producer.stopped == "consumer ended":
+        return "consumer"
+    return "producer" if producer.ended_at <= consumer.ended_at else "consumer"
+
+
+def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = NO_LIMITS,
+                 on_consumer_line: Callable[[bytes], None] | None = None,
+                 watch: Callable[[], str | None] | None = None,
+                 on_consumer_stderr: Callable[[str], None] | None = None,
+                 on_started: Callable[[], None] | None = None) -> PipelineExit:
+    """Pipe ``producer``'s stdout into ``consumer``'s stdin, watched as one unit: one deadline
+    for both, both stopped when either is stopped or on Ctrl-C, the producer stopped when the
+    consumer ends first. Raises :class:`ChildError` if either cannot start."""
+    source = start(producer, stdout=subprocess.PIPE, capture_stdout=False, limits=limits)
+    assert source.proc.stdout is not None
+    try:
+        sink = start(consumer, stdin=source.proc.stdout, limits=limits, watch=watch,
+                     capture_stdout=on_consumer_line is None,
+                     on_stderr_line=on_consumer_stderr)
+    except BaseException:
+        source.stop("interrupt", grace=0)
+        source.wait()
+        raise
+    source.proc.stdout.close()  # the consumer holds the read end now
+    try:
+        if on_started is not None:
+            on_started()
+        if on_consumer_line is not None:
+            assert sink.proc.stdout is not None
+            for raw in sink.proc.stdout:
+                on_consumer_line(raw)
+        consumer_exit = sink.wait()
+        if not consumer_exit.ok:  # nobody reads the producer's output any more
+            source.stop("consumer ended")
+        # Otherwise the consumer read the stream to its end: the producer closed its output
+        # and is exiting (its own watchdog holds it to the deadline).
+        producer_exit = source.wait()
+    except BaseException:
+        for child in (sink, source):
+            child.stop("interrupt", grace=STOP_GRACE_S)
+        sink.wait()
+        source.wait()
+        raise
+    return PipelineExit(producer=producer_exit, consumer=consumer_exit,
+                        first_failure=first_failure(producer_exit, consumer_exit))
+
+
+def terminate_all() -> None:
+    """Stop every live child (Ctrl-C or SIGTERM reached drkit): SIGTERM to each group now;
+    :meth:`Supervised.wait` escalates to SIGKILL for those that linger."""
+    with _live_lock:
+        children = list(_live)
+    for child in children:
+        if child.stopped is None:
+            child.stopped = "interrupt"
+        child._signal_group(signal.SIGTERM)
+
+
+__all__ = ["ChildError", "ChildSpec", "Exit", "Limits", "PipelineExit", "base_env", "mask",
+           "run", "run_pipeline", "start", "terminate_all"]
