@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
@@ -30,6 +31,7 @@ from drkit.config.secrets import SecretRef
 
 DEFAULT_CATALOG = "sqlite:///.drkit/catalog.db"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$"
 
 
 def _check_cron(value: str) -> str:
@@ -130,6 +132,7 @@ class Repository(Strict):
     password: SecretRef
     s3: S3Settings | None = None
     posture: Posture | None = None
+    compression: Literal["auto", "off", "max"] | None = None  # restic's; default: auto
 
     @property
     def is_s3(self) -> bool:
@@ -177,6 +180,16 @@ class Healthcheck(Strict):
     url: SecretRef
 
 
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("a time limit must be longer than zero")
+    return value
+
+
+Limit = Annotated[Duration, AfterValidator(_positive)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class TargetConfig(Strict):
     """Fields every target kind has. Kinds subclass this with ``kind: Literal[...]``."""
 
@@ -185,6 +198,7 @@ class TargetConfig(Strict):
     schedule: CronExpr | None = None
     retention: Retention | None = None
     healthcheck: Healthcheck | None = None
+    timeout: Limit | None = None  # one backup to one repository; default: timeouts.backup
 
     @field_validator("repositories")
     @classmethod
@@ -202,6 +216,20 @@ class DrillSettings(Strict):
 class CheckSettings(Strict):
     schedule: CronExpr | None = None
     read_data_subset: str | None = Field(default=None, pattern=r"^(\d{1,3}(\.\d+)?%|\d+/\d+)$")
+
+
+class Timeouts(Strict):
+    """How long each kind of work may run. Past it, drkit stops the work's processes (each
+    with its whole process group) and records the run failed, "timed out after ...".
+    ``storage`` bounds how long restic may keep retrying a storage that does not answer
+    (restic >= 0.17 would retry for 15 minutes) before the run fails as unreachable."""
+
+    backup: Limit = 6 * 3600.0   # one target to one repository, the dump and restic together
+    check: Limit = 12 * 3600.0   # one repository's check, read-data slice included
+    prune: Limit = 6 * 3600.0    # one target's forget and prune in one repository
+    drill: Limit = 6 * 3600.0    # a whole drill, every step
+    restic: Limit = 3600.0       # any other restic call (listing snapshots, unlock, init)
+    storage: Limit = 300.0
 
 
 class RetrySettings(Strict):
@@ -265,8 +293,11 @@ class Config(Strict):
     state_dir: Annotated[Path, AfterValidator(resolve_path)] = Field(
         default=Path(".drkit"), validate_default=True)
     restic_binary: str = "restic"
+    host: str = Field(default_factory=socket.gethostname, pattern=HOST_PATTERN,
+                      description="the identity snapshots are made and found under")
     parallelism: PositiveInt = 2
     lock_timeout: Duration = 300.0  # how long to wait for a repository another run holds
+    timeouts: Timeouts = Field(default_factory=Timeouts)
     timezone: str = "UTC"
     drills: DrillSettings = Field(default_factory=DrillSettings)
     repositories: dict[Name, Repository] = Field(min_length=1)

@@ -2,13 +2,20 @@
 
 A secret is resolved only when it is about to be used, so that ``drkit validate`` works in a
 shell that does not hold production secrets, and the value never lands in a model dump.
+Every value resolved in this process is remembered, so that logs, the catalog and reports can
+mask it wherever it turns up (a check that prints its environment, an error echoing a DSN):
+a second line of defence behind giving each child only the secrets it needs.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
@@ -58,6 +65,7 @@ class SecretRef(BaseModel):
             value = os.environ.get(self.env)
             if value is None or value == "":
                 raise SecretError(f"environment variable {self.env} is not set")
+            remember(value)
             return value
         assert self.file is not None
         try:
@@ -67,4 +75,60 @@ class SecretRef(BaseModel):
         value = text.rstrip("\r\n")
         if not value:
             raise SecretError(f"secret file {self.file} is empty")
+        remember(value)
         return value
+
+
+_known: set[str] = set()
+_known_lock = threading.Lock()
+_EMBEDDED = (re.compile(r"://[^/@:\s]*:([^/@\s]+)@"),            # URL user-info password
+             re.compile(r"(?:^|\s)password\s*=\s*'?([^'\s]+)"))  # libpq key=value
+
+
+def remember(value: str) -> None:
+    """Remember ``value`` (and a password embedded in it, as in a DSN) as secret."""
+    found = {value}
+    for pattern in _EMBEDDED:
+        for match in pattern.finditer(value):
+            found.update({match.group(1), unquote(match.group(1))})
+    with _known_lock:
+        _known.update(item for item in found if len(item) >= 4)
+
+
+def known_secrets() -> list[str]:
+    """Every secret value resolved or remembered in this process, longest first."""
+    with _known_lock:
+        return sorted(_known, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with every known secret replaced by ``***``."""
+    for secret in known_secrets():
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def collect_secrets(*models: Any) -> list[str]:
+    """Resolve every :class:`SecretRef` inside ``models`` that can be resolved here (the rest
+    are skipped) and return all known secrets: what must never reach evidence or logs."""
+    for ref in _refs(models):
+        try:
+            ref.resolve()
+        except SecretError:
+            continue
+    return known_secrets()
+
+
+def _refs(value: Any) -> Iterable[SecretRef]:
+    if isinstance(value, SecretRef):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _refs(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _refs(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _refs(item)

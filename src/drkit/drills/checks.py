@@ -6,18 +6,16 @@ database; ``sql`` checks then run unchanged.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable
-from contextlib import closing, suppress
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from drkit.config.secrets import redact
 from drkit.drills.expect import evaluate, parse_expectation
 from drkit.drills.plans import (
     Check,
@@ -26,6 +24,7 @@ from drkit.drills.plans import (
     SqlCheck,
     SqliteIntegrityCheck,
 )
+from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Limits, base_env, run
 
 DETAIL_LIMIT = 2000
 OUTPUT_LIMIT = 4000
@@ -84,6 +83,7 @@ class StepContext:
     default_database: Path | None = None   # a sqlite target's own file
     database: SqlDatabase | None = None    # set by database steps (postgres, mysql)
     substitutions: dict[str, str] = field(default_factory=dict)
+    limits: Limits = NO_LIMITS             # the drill's own time limit
 
 
 def truncate(text: str, limit: int = OUTPUT_LIMIT) -> str:
@@ -124,8 +124,10 @@ def run_check(check: Check, context: StepContext) -> CheckResult:
         ok, detail, output = runner(check, context)
     except Exception as exc:
         ok, detail, output = False, f"{type(exc).__name__}: {exc}", {}
-    return CheckResult(name=name, status="passed" if ok else "failed", detail=detail,
-                       duration_s=time.monotonic() - start, output=output)
+    # Evidence is kept for years: no secret may reach it, whatever a check printed.
+    return CheckResult(name=name, status="passed" if ok else "failed", detail=redact(detail),
+                       duration_s=time.monotonic() - start,
+                       output={key: redact(text) for key, text in output.items()})
 
 
 def _files_exist(check: FilesExistCheck, context: StepContext
@@ -177,26 +179,20 @@ def _command(check: CommandCheck, context: StepContext) -> tuple[bool, str, dict
     argv = [_substitute(arg, subs) for arg in check.command]
     tmp = context.sandbox / "tmp"
     tmp.mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(tmp), "DRKIT_RESTORE_DIR": str(context.data_dir)}
+    # A minimal environment: no repository password, S3 key or production DSN of drkit's;
+    # the check's own ``env:`` list names what it needs from drkit's environment.
+    env = base_env(check.env, TMPDIR=str(tmp), DRKIT_RESTORE_DIR=str(context.data_dir))
+    remaining = context.limits.remaining()
+    limits = Limits.after(check.timeout if remaining is None else min(check.timeout, remaining))
+    spec = ChildSpec(argv=argv, what=f"check command {argv[0]}", env=env, cwd=context.data_dir)
     try:
-        # Its own session, so that a timeout kills the whole process group it may spawn.
-        proc = subprocess.Popen(argv, cwd=context.data_dir, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-    except OSError as exc:
-        return False, f"cannot run {argv[0]!r}: {exc.strerror}", {}
-    try:
-        out, err = proc.communicate(timeout=check.timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        out, err = proc.communicate()
-        return False, f"timed out after {check.timeout:.0f} s (killed)", _outputs(out, err)
-    finally:
-        if proc.poll() is None:  # interrupted: never leave it behind
-            _kill_group(proc)
-            proc.wait()
-    ok = proc.returncode == 0
-    return ok, f"exit code {proc.returncode}", _outputs(out, err)
+        exit_ = run(spec, limits=limits, on_stdout_line=None)
+    except ChildError as exc:
+        return False, str(exc), {}
+    outputs = _outputs(exit_.stdout, exit_.stderr)
+    if exit_.stopped == "timeout":
+        return False, f"{limits.message()} (killed with its process group)", outputs
+    return exit_.returncode == 0, f"exit code {exit_.returncode}", outputs
 
 
 def _substitute(arg: str, subs: dict[str, str]) -> str:
@@ -205,17 +201,12 @@ def _substitute(arg: str, subs: dict[str, str]) -> str:
     return arg
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _outputs(out: bytes, err: bytes) -> dict[str, str]:
+def _outputs(out: str, err: str) -> dict[str, str]:
     result = {}
     if out:
-        result["stdout"] = truncate(out.decode("utf-8", "replace"))
+        result["stdout"] = truncate(out)
     if err:
-        result["stderr"] = truncate(err.decode("utf-8", "replace"))
+        result["stderr"] = truncate(err)
     return result
 
 

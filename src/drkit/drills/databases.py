@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
 from drkit.errors import DrkitError
-from drkit.restic.runner import mask
+from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Limits, run
 from drkit.targets.dsn import Dsn, mysql_defaults_file, pg_env
 
 TIMEOUT = 3600.0
@@ -40,32 +39,38 @@ def scratch_name(plan: str) -> str:
 
 
 def _run(argv: list[str], *, env: dict[str, str] | None, what: str, hidden: list[str],
-         stdin: Any = None) -> str:
+         limits: Limits, stdin: Any = None) -> str:
     if shutil.which(argv[0]) is None:
         raise ScratchError(f"{what}: {argv[0]} not found (install the database client tools)")
+    remaining = limits.remaining()
+    bound = Limits.after(TIMEOUT if remaining is None else min(TIMEOUT, remaining))
     try:
-        result = subprocess.run(argv, env=env, stdin=stdin, capture_output=True, text=True,
-                                timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise ScratchError(f"{what}: timed out after {TIMEOUT:.0f} s") from None
-    if result.returncode != 0:
-        lines = mask(result.stderr, hidden).strip().splitlines() or ["no error output"]
+        exit_ = run(ChildSpec(argv=argv, what=what, env=env, secrets=hidden), stdin=stdin,
+                    limits=bound)
+    except ChildError as exc:
+        raise ScratchError(str(exc)) from None
+    if exit_.stopped == "timeout":
+        raise ScratchError(f"{what}: {bound.message()}")
+    if exit_.returncode != 0:
+        lines = exit_.stderr.strip().splitlines() or ["no error output"]
         raise ScratchError(f"{what}: {lines[-1]}")
-    return result.stdout
+    return exit_.stdout
 
 
 class PostgresScratch:
     """A scratch database on a PostgreSQL server (the DSN's database is only connected to)."""
 
-    def __init__(self, server: Dsn, name: str) -> None:
+    def __init__(self, server: Dsn, name: str, limits: Limits) -> None:
         self.server = server
         self.name = name
+        self.limits = limits
         self._hidden = [server.password or ""]
 
     def _psql(self, sql: str, database: str) -> str:
         env = pg_env(self.server.with_database(database))
         return _run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                    env=env, what=f"scratch database {self.name}", hidden=self._hidden)
+                    env=env, what=f"scratch database {self.name}", hidden=self._hidden,
+                    limits=self.limits)
 
     def create(self) -> None:
         self._psql(f'CREATE DATABASE "{self.name}"', self.server.database or "postgres")
@@ -74,7 +79,7 @@ class PostgresScratch:
         env = pg_env(self.server.with_database(self.name))
         _run(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
               "--dbname", self.name, str(dump)], env=env,
-             what=f"pg_restore into {self.name}", hidden=self._hidden)
+             what=f"pg_restore into {self.name}", hidden=self._hidden, limits=self.limits)
 
     def scalar(self, sql: str) -> Any:
         out = self._psql(sql, self.name)
@@ -89,9 +94,10 @@ class PostgresScratch:
 class MysqlScratch:
     """A scratch database on a MySQL/MariaDB server."""
 
-    def __init__(self, server: Dsn, name: str, workdir: Path) -> None:
+    def __init__(self, server: Dsn, name: str, workdir: Path, limits: Limits) -> None:
         self.server = server
         self.name = name
+        self.limits = limits
         self._options = mysql_defaults_file(server, workdir)
         self._hidden = [server.password or ""]
         self._client = "mariadb" if shutil.which("mariadb") else "mysql"
@@ -99,7 +105,8 @@ class MysqlScratch:
     def _mysql(self, sql: str, database: str | None = None) -> str:
         argv = [self._client, f"--defaults-extra-file={self._options}", "-N", "-B",
                 *([database] if database else []), "-e", sql]
-        return _run(argv, env=None, what=f"scratch database {self.name}", hidden=self._hidden)
+        return _run(argv, env=None, what=f"scratch database {self.name}", hidden=self._hidden,
+                    limits=self.limits)
 
     def create(self) -> None:
         self._mysql(f"CREATE DATABASE `{self.name}`")
@@ -107,7 +114,8 @@ class MysqlScratch:
     def restore(self, dump: Path) -> None:
         with open(dump, "rb") as handle:
             _run([self._client, f"--defaults-extra-file={self._options}", self.name],
-                 env=None, what=f"restore into {self.name}", hidden=self._hidden, stdin=handle)
+                 env=None, what=f"restore into {self.name}", hidden=self._hidden,
+                 limits=self.limits, stdin=handle)
 
     def scalar(self, sql: str) -> Any:
         out = self._mysql(sql, self.name)
@@ -118,7 +126,8 @@ class MysqlScratch:
         self._mysql(f"DROP DATABASE IF EXISTS `{self.name}`")
 
 
-def open_scratch(restore_into: Any, target: Any, plan: str, workdir: Path) -> ScratchDatabase:
+def open_scratch(restore_into: Any, target: Any, plan: str, workdir: Path, *,
+                 limits: Limits = NO_LIMITS) -> ScratchDatabase:
     """The scratch database for a step (not yet created). Refuses a scratch server DSN that
     names the target's own database: a drill must never touch production."""
     from drkit.targets.dsn import parse_dsn
@@ -134,5 +143,5 @@ def open_scratch(restore_into: Any, target: Any, plan: str, workdir: Path) -> Sc
                            f"database ({own.describe()})")
     name = scratch_name(plan)
     if kind == "postgres":
-        return PostgresScratch(server, name)
-    return MysqlScratch(server, name, workdir)
+        return PostgresScratch(server, name, limits)
+    return MysqlScratch(server, name, workdir, limits)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from drkit.config.loader import locate, read_yaml, validate_located
-from drkit.config.models import Config, CronExpr, Duration, Name, Strict
+from drkit.config.models import Config, CronExpr, Duration, EnvName, Limit, Name, Strict
 from drkit.config.secrets import SecretRef
 from drkit.errors import BadRequestError, ConfigError
 
@@ -32,10 +32,12 @@ class FilesExistCheck(Strict):
 
 
 class CommandCheck(Strict):
-    """A command (argv list) that exits 0 when the restored data is good."""
+    """A command (argv list) that exits 0 when the restored data is good. It runs with a
+    minimal environment; ``env`` lists the variables of drkit's environment it needs too."""
 
     command: list[str] = Field(min_length=1)
-    timeout: Duration = 300.0
+    timeout: Limit = 300.0
+    env: list[EnvName] = Field(default_factory=list)
     name: str | None = None
 
 
@@ -131,6 +133,7 @@ class RecoveryPlan(Strict):
     description: str = ""
     objectives: Objectives
     schedule: CronExpr | None = None
+    timeout: Limit | None = None  # the whole drill; default: timeouts.drill
     steps: list[PlanStep] = Field(min_length=1)
     source: Path | None = Field(default=None, exclude=True)
 

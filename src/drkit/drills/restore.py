@@ -1,5 +1,5 @@
-"""Restoring one step: pick the snapshot, check free space, ``restic restore --verify``, then
-compare the restored tree with the snapshot's own listing (paths, types, sizes)."""
+"""Restoring one step: list the chosen snapshot, check free space, ``restic restore --verify``,
+then compare the restored tree with the snapshot's own listing (paths, types, sizes)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Any
 
 from drkit.drills.checks import CheckResult
 from drkit.errors import DrkitError
-from drkit.jobs.backup import TAG, target_tag
+from drkit.identity import SnapshotIdentity, target_tag
 from drkit.restic.commands import Snapshot
 from drkit.restic.runner import ResticRepository, run_restic
+from drkit.supervise import NO_LIMITS, Limits
 from drkit.units import human_bytes
 
 SPACE_MARGIN = 1.10  # restore needs the data's size plus some room
@@ -39,24 +40,35 @@ class Listing:
         return sum(int(node.get("size", 0)) for node in self.files)
 
 
-def find_snapshot(repo: ResticRepository, target: str, wanted: str | None
-                  ) -> tuple[Snapshot, Listing]:
-    """The newest snapshot of ``target`` in ``repo`` (or the one whose id starts with
-    ``wanted``) and every node it holds, in one ``restic ls --json`` call.
+class NotThisTarget(DrillError):
+    """The snapshot asked for belongs to another target (``--snapshot`` names another step's
+    snapshot)."""
+
+
+def list_snapshot(repo: ResticRepository, identity: SnapshotIdentity, snapshot_id: str, *,
+                  limits: Limits = NO_LIMITS) -> tuple[Snapshot, Listing]:
+    """Snapshot ``snapshot_id`` of ``identity`` in ``repo`` and every node it holds, in one
+    ``restic ls --json`` call.
 
     One call, not ``snapshots`` then ``ls``: each restic start derives the repository key,
-    which costs about half a second. Raises :class:`DrillError` when there is no such snapshot.
+    which costs about half a second. Raises :class:`DrillError` when there is no such snapshot
+    or it is another host's, :class:`NotThisTarget` when it is another target's.
     """
-    tag = f"{TAG},{target_tag(target)}"
-    result = run_restic(repo, ("ls", "--json", "--tag", tag, wanted or "latest"),
-                        action=f"listing {target}'s snapshot in '{repo.name}'")
+    result = run_restic(repo, ("ls", "--json", snapshot_id),
+                        action=f"listing {identity.target}'s snapshot {snapshot_id[:8]} in "
+                               f"'{repo.name}'", limits=limits)
     heads = [m for m in result.messages if m.get("struct_type") == "snapshot"]
     if not heads:
-        raise DrillError(f"target '{target}': no snapshot in repository '{repo.name}' "
-                         "(has it been backed up?)")
+        raise DrillError(f"target '{identity.target}': snapshot {snapshot_id[:8]} is not in "
+                         f"repository '{repo.name}'")
     snapshot = Snapshot.from_json(heads[0])
-    if target_tag(target) not in snapshot.tags:
-        raise DrillError(f"snapshot {wanted} in '{repo.name}' is not target '{target}''s")
+    if target_tag(identity.target) not in snapshot.tags:
+        raise NotThisTarget(f"snapshot {snapshot_id[:8]} in '{repo.name}' is not target "
+                            f"'{identity.target}''s")
+    if snapshot.hostname != identity.host:
+        raise DrillError(f"snapshot {snapshot_id[:8]} in '{repo.name}' was made by host "
+                         f"'{snapshot.hostname}', not by this deployment's host "
+                         f"'{identity.host}': drills restore only their own host's backups")
     nodes = [m for m in result.messages if m.get("struct_type") == "node"]
     return snapshot, Listing(nodes=nodes)
 
@@ -70,14 +82,16 @@ def ensure_space(directory: Path, needed: int) -> None:
                          hint="free space or point drills.sandbox_dir at a larger disk")
 
 
-def restore(repo: ResticRepository, snapshot: Snapshot, into: Path) -> float:
+def restore(repo: ResticRepository, snapshot: Snapshot, into: Path, *,
+            limits: Limits = NO_LIMITS) -> float:
     """``restic restore --verify`` of ``snapshot`` into ``into``; return the seconds it took.
 
     restic's own verification re-reads every restored file and checks its content hash.
     """
     start = time.monotonic()
     run_restic(repo, ("restore", snapshot.id, "--target", str(into), "--verify"),
-               action=f"restore of snapshot {snapshot.short_id} from '{repo.name}'")
+               action=f"restore of snapshot {snapshot.short_id} from '{repo.name}'",
+               limits=limits)
     return time.monotonic() - start
 
 

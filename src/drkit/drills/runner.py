@@ -27,20 +27,22 @@ from drkit.drills.checks import CheckResult, StepContext, run_check
 from drkit.drills.databases import ScratchDatabase, open_scratch
 from drkit.drills.plans import PlanStep, RecoveryPlan
 from drkit.drills.restore import (
+    DrillError,
     Listing,
+    NotThisTarget,
     compare_tree,
     data_root,
     ensure_space,
-    find_snapshot,
+    list_snapshot,
     restore,
 )
 from drkit.errors import DrkitError, describe
-from drkit.jobs.backup import Recorder
-from drkit.jobs.common import restic_repository
+from drkit.identity import SnapshotIdentity
+from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
 from drkit.notify import notify_failure
 from drkit.restic.commands import Snapshot
-from drkit.restic.errors import ResticError
-from drkit.restic.runner import ResticRepository, restic_version
+from drkit.restic.runner import ResticRepository
+from drkit.supervise import Limits
 from drkit.targets.sqlite import SqliteTarget
 
 log = logging.getLogger("drkit.drill")
@@ -52,6 +54,7 @@ class StepResult:
     repository: str
     snapshot_id: str | None = None
     snapshot_time: datetime | None = None
+    chosen_by: str | None = None  # why this snapshot: the catalog's newest good backup, or asked
     restore_s: float | None = None
     verify_s: float | None = None
     bytes_restored: int | None = None
@@ -67,7 +70,8 @@ class StepResult:
             "target": self.target, "repository": self.repository,
             "snapshot_id": self.snapshot_id,
             "snapshot_time": canonical_time(self.snapshot_time) if self.snapshot_time else None,
-            "restore_s": _round(self.restore_s), "verify_s": _round(self.verify_s),
+            "chosen_by": self.chosen_by, "restore_s": _round(self.restore_s),
+            "verify_s": _round(self.verify_s),
             "bytes_restored": self.bytes_restored, "error": self.error,
             "checks": [check.to_json() for check in self.checks],
         }
@@ -143,15 +147,16 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
               snapshot: str | None = None, keep_sandbox: bool = False) -> DrillResult:
     """Rehearse ``plan``; record the drill in the catalog and return its result.
 
-    ``snapshot`` (an id prefix) picks that snapshot for the step whose target has it; the
-    other steps use their newest. Interrupts (Ctrl-C, SIGTERM) are recorded as ``interrupted``
-    and re-raised after the sandbox is removed.
+    Each step restores the newest snapshot that the catalog recorded as a good backup of its
+    target (by this deployment's host) in its repository; ``snapshot`` (an id prefix) picks
+    that snapshot instead for the step whose target has it. The whole drill is bounded by
+    the plan's ``timeout`` (default ``timeouts.drill``). Interrupts (Ctrl-C, SIGTERM) are
+    recorded as ``interrupted`` and re-raised after the sandbox is removed.
     """
-    try:
-        version: str | None = restic_version(config.restic_binary)
-    except ResticError:
-        version = None
+    version = detect_restic_version(config)
     handle = recorder.journal.open("drill", plan=plan.name, restic_version=version)
+    recorder.catalog.start()  # the steps ask it which snapshots are good
+    limits = Limits.after(plan.timeout or config.timeouts.drill)
     clock = time.monotonic()
     steps: list[StepResult] = []
     error: str | None = None
@@ -161,8 +166,8 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     try:
         with sandbox(config, plan.name, keep=keep_sandbox) as sandbox_path:
             for index, step in enumerate(plan.steps):
-                step_result = _run_step(config, step, index, sandbox_path, snapshot,
-                                        plan.name)
+                step_result = _run_step(config, recorder, step, index, sandbox_path,
+                                        snapshot, plan.name, limits)
                 steps.append(step_result)
                 if not step_result.passed:
                     break
@@ -226,22 +231,25 @@ def _record(recorder: Recorder, handle: RunHandle, result: DrillResult) -> None:
                        record_id=record.id)
 
 
-def _run_step(config: Config, step: PlanStep, index: int, sandbox_path: Path,
-              wanted: str | None, plan_name: str) -> StepResult:
+def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int,
+              sandbox_path: Path, wanted: str | None, plan_name: str,
+              limits: Limits) -> StepResult:
     target = config.targets[step.target]
     repo_name = step.repository or target.repositories[0]
     repo = restic_repository(config, repo_name)
     result = StepResult(target=step.target, repository=repo_name)
     try:
-        snap, listing = _snapshot_for(repo, step.target, wanted)
+        snap, listing, result.chosen_by = _snapshot_for(
+            recorder, repo, SnapshotIdentity(config.host, step.target), wanted, limits)
         result.snapshot_id, result.snapshot_time = snap.id, snap.time
         into = sandbox_path / f"{index:02d}-{step.target}"
         into.mkdir()
         ensure_space(into, listing.total_bytes)
         result.bytes_restored = listing.total_bytes
-        log.info("drill step %s: restoring snapshot %s (%s) from %s", step.target,
-                 snap.short_id, snap.time.isoformat(timespec="seconds"), repo_name)
-        result.restore_s = restore(repo, snap, into)
+        log.info("drill step %s: restoring snapshot %s of %s from %s (%s)", step.target,
+                 snap.short_id, snap.time.isoformat(timespec="seconds"), repo_name,
+                 result.chosen_by)
+        result.restore_s = restore(repo, snap, into, limits=limits)
     except DrkitError as exc:
         result.error = describe(exc)
         log.error("drill step %s: %s", step.target, result.error)
@@ -251,13 +259,14 @@ def _run_step(config: Config, step: PlanStep, index: int, sandbox_path: Path,
     root = data_root(snap, into)
     default_db = root / target.path.name if isinstance(target, SqliteTarget) else None
     context = StepContext(data_dir=root, sandbox=sandbox_path, snapshot_time=snap.time,
-                          default_database=default_db)
+                          default_database=default_db, limits=limits)
     scratch: ScratchDatabase | None = None
     created = False
     try:
         if result.checks[0].passed and step.restore_into is not None:
             try:
-                scratch = open_scratch(step.restore_into, target, plan_name, sandbox_path)
+                scratch = open_scratch(step.restore_into, target, plan_name, sandbox_path,
+                                       limits=limits)
                 dump = into / listing.files[0]["path"].lstrip("/")
                 scratch.create()
                 created = True
@@ -288,11 +297,28 @@ def _run_step(config: Config, step: PlanStep, index: int, sandbox_path: Path,
     return result
 
 
-def _snapshot_for(repo: ResticRepository, target: str, wanted: str | None
-                  ) -> tuple[Snapshot, Listing]:
-    if wanted is None:
-        return find_snapshot(repo, target, None)
-    try:
-        return find_snapshot(repo, target, wanted)
-    except DrkitError:
-        return find_snapshot(repo, target, None)  # --snapshot names another step's snapshot
+def _snapshot_for(recorder: Recorder, repo: ResticRepository, identity: SnapshotIdentity,
+                  wanted: str | None, limits: Limits) -> tuple[Snapshot, Listing, str]:
+    """The snapshot a step restores, its listing, and why it was chosen."""
+    from drkit.catalog import queries
+
+    if wanted is not None:
+        try:
+            snapshot, listing = list_snapshot(repo, identity, wanted, limits=limits)
+        except NotThisTarget:
+            pass  # --snapshot names another step's snapshot: this step takes the catalog's
+        else:
+            with recorder.catalog.get().read_session() as session:
+                verdict = queries.snapshot_verdict(session, snapshot.id)
+            if verdict != "succeeded":
+                log.warning("drill: snapshot %s was asked for; the catalog records its backup "
+                            "as %s", snapshot.short_id, verdict or "unknown")
+            return snapshot, listing, f"--snapshot (backup recorded as {verdict or 'unknown'})"
+    with recorder.catalog.get().read_session() as session:
+        good = queries.newest_good_snapshot(session, target=identity.target,
+                                            repository=repo.name, host=identity.host)
+    if good is None:
+        raise DrillError(f"no good backup of {identity.describe()} in repository "
+                         f"'{repo.name}' is recorded in the catalog (has it been backed up?)")
+    snapshot, listing = list_snapshot(repo, identity, good.snapshot_id, limits=limits)
+    return snapshot, listing, f"the catalog's newest good backup, record {good.record_id}"

@@ -1,56 +1,45 @@
-"""Back targets up: prepare each target's data, run restic per repository, record every run.
+"""Back targets up: prepare each target once, back that one prepared copy up to each of its
+repositories, record every run. The CLI (``drkit backup``) and the Prefect backup flow both
+call :func:`backup_target`.
 
 Targets run concurrently up to ``parallelism``; a target's repositories run one after the
-other from one prepared copy. A failing target never stops the others.
+other. Each run prepares into a staging directory of its own (two runs of one target never
+share one). A failing target never stops the others.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from drkit.catalog.chain import canonical_time
-from drkit.catalog.inflight import RunHandle, RunJournal, utcnow
+from drkit.catalog.inflight import RunHandle, utcnow
 from drkit.config.models import Config
-from drkit.errors import DrkitError, describe
-from drkit.jobs.common import CatalogOpener, restic_repository, select_names
+from drkit.errors import BadRequestError, DrkitError, describe
+from drkit.identity import SnapshotIdentity
+from drkit.jobs.common import Recorder, detect_restic_version, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
+from drkit.jobs.staging import staging_dir
 from drkit.notify import notify_failure, ping
-from drkit.processes import stop_process
 from drkit.restic import commands
 from drkit.restic.commands import BackupProgress, BackupSummary
-from drkit.restic.errors import ResticError, SourceIncomplete
-from drkit.restic.runner import (
-    ResticRepository,
-    mask,
-    mask_url,
-    restic_version,
-    terminate_all,
-)
+from drkit.restic.errors import SourceIncomplete
+from drkit.restic.runner import mask_url
+from drkit.restic.stream import StreamSourceFailed, backup_stream
+from drkit.supervise import Limits, terminate_all
 from drkit.targets import registry
-from drkit.targets.base import StreamSource, TargetError
+from drkit.targets.base import BackupSource
 from drkit.units import human_bytes
 
 log = logging.getLogger("drkit.backup")
 
 ProgressHook = Callable[[str, str, BackupProgress], None]
-
-TAG = "drkit"
-
-
-def target_tag(name: str) -> str:
-    """The restic tag that marks a snapshot as target ``name``'s."""
-    return f"drkit-target={name}"
 
 
 @dataclass
@@ -70,6 +59,9 @@ class BackupRun:
     record_id: int | None = None
     dry_run: bool = False
     transient: bool = False  # failed for a reason that may pass (storage down, locked)
+    # A snapshot the failed run left behind (a torn dump, an incomplete backup): never a
+    # backup; the next prune forgets it.
+    unusable_snapshot_id: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -81,15 +73,6 @@ class BackupRun:
         data["finished_at"] = canonical_time(self.finished_at)
         data["duration_s"] = self.duration_s
         return data
-
-
-@dataclass(frozen=True)
-class Recorder:
-    """Where runs are journaled while in flight and recorded when done."""
-
-    journal: RunJournal
-    catalog: CatalogOpener
-    config: Config
 
 
 def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] = (), *,
@@ -124,59 +107,47 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
     return runs
 
 
-def detect_restic_version(config: Config) -> str | None:
-    """restic's version for the records, or None (logged) when restic cannot run: then every
-    run fails on its own, and each failure is recorded."""
-    try:
-        return restic_version(config.restic_binary)
-    except ResticError as exc:
-        log.error("%s", exc)
-        return None
-
-
 def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_run: bool = False,
                   restic_version: str | None = None, on_progress: ProgressHook | None = None,
                   cancel: threading.Event | None = None,
                   repositories: Sequence[str] | None = None, ping: bool = True
                   ) -> list[BackupRun]:
-    """Back one target up to each of its repositories (or only ``repositories``); record and
-    return every run. ``ping``: report the outcome to the target's healthcheck URL, if any."""
+    """Back target ``name`` up to each of its repositories (or only ``repositories``): prepare
+    it once, then back that prepared copy up to each; record and return every run.
+
+    ``ping``: report the outcome to the target's healthcheck URL, if any. Raises
+    :class:`BadRequestError` when no repository of the target is left to back up to.
+    """
     target = config.targets[name]
     kind = registry.get(target.kind)
     chosen = [r for r in target.repositories if repositories is None or r in repositories]
-    handles: dict[str, RunHandle | None] = {}
-    for repo_name in chosen:
-        handles[repo_name] = None if dry_run or recorder is None else recorder.journal.open(
-            "backup", target=name, repository=repo_name, restic_version=restic_version)
-    started = {repo: (h.started_at if h else utcnow()) for repo, h in handles.items()}
-    staging = _fresh_staging(config.state_dir, name)
-    runs: list[BackupRun] = []
+    if not chosen:
+        raise BadRequestError(f"target '{name}' is backed up to none of "
+                              f"{', '.join(repositories or [])} (its repositories: "
+                              f"{', '.join(target.repositories)})")
+    runs = _TargetRun(config, recorder, name, chosen, dry_run=dry_run, version=restic_version)
     try:
-        with kind.prepare(name, target, staging) as source:
+        with staging_dir(config.state_dir, name) as staging, \
+                kind.prepare(name, target, staging / "data") as source:
             for repo_name in chosen:
                 if cancel is not None and cancel.is_set():
-                    runs.append(_finish(recorder, handles[repo_name], name, repo_name,
-                                        started[repo_name], error="interrupted before it began",
-                                        status="interrupted"))
+                    runs.finish(repo_name, error="interrupted before it began",
+                                status="interrupted")
                     continue
-                runs.append(_backup_one(config, recorder, handles[repo_name], name, repo_name,
-                                        started[repo_name], source, dry_run, on_progress, cancel))
+                _backup_one(config, runs, repo_name, source, staging / "stream", on_progress,
+                            cancel)
     except Exception as exc:  # the target could not be prepared: every repository fails
         if not isinstance(exc, DrkitError):
             log.debug("unexpected error preparing %s", name, exc_info=True)
         reason = describe(exc) if isinstance(exc, DrkitError) else \
             f"internal error: {type(exc).__name__}: {exc}"
-        done = {run.repository for run in runs}
         for repo_name in chosen:
-            if repo_name not in done:
-                runs.append(_finish(recorder, handles[repo_name], name, repo_name,
-                                    started[repo_name], error=reason))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if ping and not dry_run and runs:
-        ping_failures(config, name, {r.repository: r.error or r.status for r in runs
+            runs.finish(repo_name, error=reason)
+    done = runs.done()
+    if ping and not dry_run and done:
+        ping_failures(config, name, {r.repository: r.error or r.status for r in done
                                      if r.status != "succeeded"})
-    return runs
+    return done
 
 
 def ping_failures(config: Config, name: str, failures: dict[str, str]) -> None:
@@ -188,138 +159,112 @@ def ping_failures(config: Config, name: str, failures: dict[str, str]) -> None:
              body="; ".join(f"{repo}: {why}" for repo, why in failures.items()) or "ok")
 
 
-def _backup_one(config: Config, recorder: Recorder | None, handle: RunHandle | None, name: str,
-                repo_name: str, started_at: datetime, source: Any, dry_run: bool,
-                on_progress: ProgressHook | None, cancel: threading.Event | None) -> BackupRun:
+class _TargetRun:
+    """The runs of one target's backup: journaled up front, each recorded exactly once."""
+
+    def __init__(self, config: Config, recorder: Recorder | None, name: str,
+                 chosen: list[str], *, dry_run: bool, version: str | None) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.name = name
+        self.dry_run = dry_run
+        self.handles: dict[str, RunHandle | None] = {
+            repo: None if dry_run or recorder is None else recorder.journal.open(
+                "backup", target=name, repository=repo, restic_version=version)
+            for repo in chosen}
+        self.started = {repo: (h.started_at if h else utcnow())
+                        for repo, h in self.handles.items()}
+        self.runs: dict[str, BackupRun] = {}
+
+    def done(self) -> list[BackupRun]:
+        return [self.runs[repo] for repo in self.handles if repo in self.runs]
+
+    def finish(self, repo_name: str, *, status: str = "failed", error: str | None = None,
+               summary: BackupSummary | None = None, snapshot_id: str | None = None,
+               evidence: dict[str, Any] | None = None, transient: bool = False) -> BackupRun:
+        """Record the run to ``repo_name`` (once: a second call returns the first outcome)."""
+        if repo_name in self.runs:
+            return self.runs[repo_name]
+        if error is not None:
+            prefix = f"backup {self.name} -> {repo_name}"
+            log.error("%s", error if error.startswith(prefix) else f"{prefix}: {error}")
+        good = summary.snapshot_id if summary and not self.dry_run else None
+        run = BackupRun(
+            target=self.name, repository=repo_name, status=status,
+            started_at=self.started[repo_name], finished_at=utcnow(), error=error,
+            dry_run=self.dry_run, snapshot_id=good, unusable_snapshot_id=snapshot_id,
+            bytes_added=summary.data_added if summary else None,
+            files_new=summary.files_new if summary else None,
+            files_changed=summary.files_changed if summary else None, transient=transient)
+        handle = self.handles[repo_name]
+        if self.recorder is not None and handle is not None:
+            record = self.recorder.catalog.get().finish_run(
+                handle, status=status, snapshot_id=good or snapshot_id, error=error,
+                evidence=evidence or {}, finished_at=run.finished_at)
+            self.runs[repo_name] = run  # recorded: nothing below may record it again
+            run.record_id = record.id
+            self.recorder.journal.close(handle)
+            if status != "succeeded":
+                notify_failure(self.config, "backup", status, target=self.name,
+                               repository=repo_name, error=error, run_id=handle.run_id,
+                               record_id=record.id)
+        self.runs[repo_name] = run
+        return run
+
+
+def _backup_one(config: Config, runs: _TargetRun, repo_name: str, source: BackupSource,
+                workdir: Any, on_progress: ProgressHook | None,
+                cancel: threading.Event | None) -> BackupRun:
+    name = runs.name
     repo = restic_repository(config, repo_name)
     action = f"backup {name} -> {repo_name}"
+    identity = SnapshotIdentity(host=config.host, target=name)
     hook = None
     if on_progress is not None:
         def hook(progress: BackupProgress) -> None:
             on_progress(name, repo_name, progress)
     # Once restic runs, open the catalog meanwhile (see CatalogOpener).
-    on_start = recorder.catalog.start if recorder is not None else None
+    on_start = runs.recorder.catalog.start if runs.recorder is not None else None
+    limit = config.targets[name].timeout or config.timeouts.backup
     clock = time.monotonic()
     evidence: dict[str, Any] = {"source": source.description, **source.evidence,
-                                "repository_url": mask_url(repo.url)}
+                                "repository_url": mask_url(repo.url), "host": config.host,
+                                "timeout_s": limit}
     try:
         # Shared with other backups, never beside a check or prune of the same repository.
         with repository_lock(config.state_dir, repo_name, exclusive=False,
                              timeout=config.lock_timeout, action=action) as locked_at:
             evidence["lock_acquired_at"] = locked_at
+            limits = Limits.after(limit)
             if source.stream is not None:
-                summary = backup_stream(repo, source.stream, tags=(TAG, target_tag(name)),
-                                        dry_run=dry_run, action=action, on_progress=hook,
-                                        on_start=on_start)
+                summary = backup_stream(
+                    repo, source.stream.producer, filename=source.stream.filename,
+                    tags=identity.tags, host=identity.host, dry_run=runs.dry_run,
+                    action=action, workdir=workdir, on_progress=hook, on_start=on_start,
+                    limits=limits)
             else:
                 summary = commands.backup(
-                    repo, source.paths, tags=(TAG, target_tag(name)),
-                    excludes=source.excludes, cwd=source.cwd, dry_run=dry_run, action=action,
-                    on_progress=hook, on_start=on_start)
-    except SourceIncomplete as exc:
-        evidence["incomplete_snapshot_id"] = exc.snapshot_id
-        return _finish(recorder, handle, name, repo_name, started_at, error=str(exc),
-                       evidence=evidence)
+                    repo, source.paths, tags=identity.tags, host=identity.host,
+                    excludes=source.excludes, cwd=source.cwd, dry_run=runs.dry_run,
+                    action=action, on_progress=hook, on_start=on_start, limits=limits)
+    except (StreamSourceFailed, SourceIncomplete) as exc:
+        bad = exc.torn_snapshot_id if isinstance(exc, StreamSourceFailed) else exc.snapshot_id
+        if bad:  # a snapshot that is not a backup: never drilled, forgotten by the next prune
+            evidence["snapshot_state"] = "torn" if isinstance(exc, StreamSourceFailed) \
+                else "incomplete"
+        return runs.finish(repo_name, error=str(exc), snapshot_id=bad, evidence=evidence)
     except DrkitError as exc:
         interrupted = cancel is not None and cancel.is_set()
-        return _finish(recorder, handle, name, repo_name, started_at,
-                       error="interrupted by the user" if interrupted else describe(exc),
-                       status="interrupted" if interrupted else "failed", evidence=evidence,
-                       transient=exc.transient and not interrupted)
+        return runs.finish(repo_name, error="interrupted by the user" if interrupted
+                           else describe(exc),
+                           status="interrupted" if interrupted else "failed",
+                           evidence=evidence, transient=exc.transient and not interrupted)
     except Exception as exc:
         log.debug("unexpected error in %s", action, exc_info=True)
-        return _finish(recorder, handle, name, repo_name, started_at,
-                       error=f"internal error: {type(exc).__name__}: {exc}", evidence=evidence)
+        return runs.finish(repo_name, error=f"internal error: {type(exc).__name__}: {exc}",
+                           evidence=evidence)
     evidence["restic_summary"] = asdict(summary)
     log.info("%s: %s (snapshot %s, %s added, %.1f s)", action,
-             "dry run done" if dry_run else "succeeded", summary.snapshot_id or "-",
+             "dry run done" if runs.dry_run else "succeeded", (summary.snapshot_id or "-")[:8],
              human_bytes(summary.data_added), time.monotonic() - clock)
-    return _finish(recorder, handle, name, repo_name, started_at, summary=summary,
-                   evidence=evidence, status="succeeded", dry_run=dry_run)
-
-
-def backup_stream(repo: ResticRepository, stream: StreamSource, *, tags: tuple[str, ...],
-                  dry_run: bool, action: str,
-                  on_progress: Callable[[BackupProgress], None] | None,
-                  on_start: Callable[[], None] | None = None) -> BackupSummary:
-    """Pipe ``stream``'s command into ``restic backup --stdin``; nothing touches local disk.
-
-    Either side failing fails the run. A dump that died halfway still gives restic an end of
-    input and so a snapshot: that snapshot is forgotten at once and the run fails, so a torn
-    dump is never recorded as a good backup.
-    """
-    with tempfile.TemporaryFile() as errors:
-        try:
-            producer = subprocess.Popen(list(stream.argv), stdout=subprocess.PIPE, stderr=errors,
-                                        stdin=subprocess.DEVNULL, env=stream.env)
-        except OSError as exc:
-            raise TargetError(f"{stream.what}: cannot run {stream.argv[0]!r}: "
-                              f"{exc.strerror}") from None
-        assert producer.stdout is not None
-        restic_error: DrkitError | None = None
-        summary: BackupSummary | None = None
-        try:
-            summary = commands.backup(repo, (), tags=tags, dry_run=dry_run, action=action,
-                                      on_progress=on_progress, stdin=producer.stdout,
-                                      stdin_filename=stream.filename, on_start=on_start)
-        except DrkitError as exc:
-            restic_error = exc
-        except BaseException:
-            stop_process(producer)
-            raise
-        finally:
-            producer.stdout.close()
-        try:
-            code = producer.wait(timeout=5 if restic_error else None)
-        except subprocess.TimeoutExpired:  # restic gave up first; the producer is stuck
-            stop_process(producer)
-            code = 0
-        if code == 0:
-            if restic_error is not None:
-                raise restic_error
-            assert summary is not None
-            return summary
-        errors.seek(0)
-        text = mask(errors.read().decode("utf-8", "replace"), stream.secrets).strip()
-    detail = (text.splitlines() or ["no error output"])[-1]
-    discarded = ""
-    if summary is not None and summary.snapshot_id and not dry_run:
-        commands.forget_snapshots(repo, [summary.snapshot_id], action=f"{action}: discard")
-        discarded = f"; its partial snapshot {summary.snapshot_id} was discarded"
-    raise TargetError(f"{action}: {stream.what} failed (exit {code}): {detail}{discarded}")
-
-
-def _finish(recorder: Recorder | None, handle: RunHandle | None, name: str, repo_name: str,
-            started_at: datetime, *, status: str = "failed", error: str | None = None,
-            summary: BackupSummary | None = None, evidence: dict[str, Any] | None = None,
-            dry_run: bool = False, transient: bool = False) -> BackupRun:
-    if error is not None:
-        prefix = f"backup {name} -> {repo_name}"
-        log.error("%s", error if error.startswith(prefix) else f"{prefix}: {error}")
-    run = BackupRun(
-        target=name, repository=repo_name, status=status, started_at=started_at,
-        finished_at=utcnow(), error=error, dry_run=dry_run,
-        snapshot_id=summary.snapshot_id if summary and not dry_run else None,
-        bytes_added=summary.data_added if summary else None,
-        files_new=summary.files_new if summary else None,
-        files_changed=summary.files_changed if summary else None,
-        transient=transient,
-    )
-    if recorder is not None and handle is not None:
-        record = recorder.catalog.get().finish_run(
-            handle, status=status, snapshot_id=run.snapshot_id, error=error,
-            evidence=evidence or {}, finished_at=run.finished_at)
-        recorder.journal.close(handle)
-        run.record_id = record.id
-        if status != "succeeded":
-            notify_failure(recorder.config, "backup", status, target=name,
-                           repository=repo_name, error=error, run_id=handle.run_id,
-                           record_id=record.id)
-    return run
-
-
-def _fresh_staging(state_dir: Path, name: str) -> Path:
-    staging = state_dir / "staging" / name
-    shutil.rmtree(staging, ignore_errors=True)  # left over by a killed run
-    staging.mkdir(parents=True, mode=0o700)
-    return staging
+    return runs.finish(repo_name, summary=summary, evidence=evidence, status="succeeded")

@@ -18,12 +18,12 @@ from drkit.catalog.models import Record
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.jobs.common import restic_repository, select_names
+from drkit.jobs.common import detect_restic_version, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
 from drkit.notify import notify_failure
 from drkit.restic import commands
-from drkit.restic.errors import ResticError
-from drkit.restic.runner import ResticRepository, restic_version
+from drkit.restic.runner import ResticRepository
+from drkit.supervise import Limits
 
 log = logging.getLogger("drkit.check")
 
@@ -59,18 +59,23 @@ def slices_of(setting: str) -> int:
 
 
 def next_slice(catalog: Catalog, repository: str, slices: int) -> int:
-    """The slice (1..slices) to read next: after the last passed check's, the same again after
-    a failed one, 1 when none was read yet. State lives in the catalog's check records."""
-    with catalog.session() as session:
+    """The slice (1..slices) to read next: the one after the last slice whose data read
+    passed, the same again when its read found damage or could not run, 1 when none was read
+    yet. Only the data read counts: a storage-posture finding fails the check but does not
+    hold the rotation back. State lives in the catalog's check records."""
+    with catalog.read_session() as session:
         rows = session.execute(
             select(Record.status, Record.evidence)
             .where(Record.kind == "check", Record.repository == repository)
             .order_by(Record.seq.desc()).limit(50)).all()
     for status, evidence in rows:
-        data = json.loads(evidence).get("slice") or {}
-        if data.get("of") == slices:
-            last = int(data["n"])
-            return last if status != "passed" else last % slices + 1
+        data = json.loads(evidence)
+        cut = data.get("slice") or {}
+        if cut.get("of") == slices:
+            last = int(cut["n"])
+            # Records before drkit kept the data verdict apart fall back on the status.
+            verdict = (data.get("data") or {}).get("status", status)
+            return last % slices + 1 if verdict == "passed" else last
     return 1
 
 
@@ -82,23 +87,21 @@ def run_checks(config: Config, catalog: Catalog, journal: RunJournal,
     selected = select_names(names, config.repositories, "repository")
     if subset is not None:
         slices_of(subset)  # validate before anything runs
-    try:
-        version: str | None = restic_version(config.restic_binary)
-    except ResticError:
-        version = None
+    version = detect_restic_version(config)
     return [_check_one(config, catalog, journal, name, subset, version) for name in selected]
 
 
-def _missing_snapshots(catalog: Catalog, repo: ResticRepository, action: str) -> list[str]:
+def _missing_snapshots(catalog: Catalog, repo: ResticRepository, action: str,
+                       limits: Limits) -> list[str]:
     """Snapshots the catalog recorded as backed up (and not pruned) that the repository no
     longer has: restic's own check cannot see a deleted snapshot file."""
     from drkit.catalog import queries
 
-    with catalog.session() as session:
+    with catalog.read_session() as session:
         expected = queries.expected_snapshots(session, repo.name)
     if not expected:
         return []
-    present = [snap.id for snap in commands.snapshots(repo, action=action)]
+    present = [snap.id for snap in commands.snapshots(repo, action=action, limits=limits)]
     missing = []
     for snapshot_id, (target, when) in sorted(expected.items(), key=lambda item: item[1][1]):
         if not any(full.startswith(snapshot_id) for full in present):
@@ -123,37 +126,18 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
         subset = configured
     evidence["read_data_subset"] = subset
     start = time.monotonic()
-    errors: list[str] = []
-    posture_json: dict[str, Any] | None = None
-    stopped_by: list[bool] = []  # per error raised: was it transient?
     action = f"check {name}"
-    try:
-        with repository_lock(config.state_dir, name, exclusive=True,
-                             timeout=config.lock_timeout, action=action):
-            outcome = commands.check(repo, read_data_subset=subset, action=action)
-        errors += list(outcome.errors)
-        evidence["restic_output"] = outcome.output_tail[-4000:]
-        errors += _missing_snapshots(catalog, repo, action)
-    except DrkitError as exc:
-        errors.append(describe(exc))
-        stopped_by.append(exc.transient)
-    if repo.config.is_s3:  # the storage is checked even when the repository could not be
-        try:
-            from drkit.storage.posture import posture_problems, read_posture
-
-            found = read_posture(repo.config)
-            posture_json = found.to_json()
-            if repo.config.posture is not None:
-                evidence["posture_demanded"] = repo.config.posture.model_dump()
-                problems = posture_problems(repo.config.posture, found)
-                errors += problems
-                stopped_by += [False] * len(problems)
-        except DrkitError as exc:
-            errors.append(describe(exc))
-            stopped_by.append(exc.transient)
+    data = _check_data(config, catalog, repo, subset, evidence, action=action)
+    posture = _check_posture(repo)
+    errors = data.errors + posture.errors
     duration = time.monotonic() - start
     status = "failed" if errors else "passed"
-    evidence.update({"errors": errors, "posture": posture_json, "duration_s": round(duration, 3)})
+    evidence.update({"errors": errors, "posture": posture.found,
+                     "data": {"status": data.status, "errors": data.errors},
+                     "posture_check": {"status": posture.status, "errors": posture.errors},
+                     "duration_s": round(duration, 3)})
+    if repo.config.posture is not None:
+        evidence["posture_demanded"] = repo.config.posture.model_dump()
     record = catalog.finish_run(handle, status=status, evidence=evidence,
                                 error="; ".join(errors)[:4000] or None)
     journal.close(handle)
@@ -164,8 +148,65 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
         log.error("%s: %s", action, error)
     if not errors:
         log.info("%s: passed (read data: %s, %.1f s)", action, subset or "none", duration)
+    stopped_by = data.transient + posture.transient
     return CheckRun(repository=name, status=status, read_data_subset=subset,
-                    duration_s=round(duration, 3), errors=errors, posture=posture_json,
+                    duration_s=round(duration, 3), errors=errors, posture=posture.found,
                     record_id=record.id,
                     transient=bool(stopped_by) and len(stopped_by) == len(errors)
                     and all(stopped_by))
+
+
+@dataclass
+class _Part:
+    """One part of a check: its verdict (``passed``, ``failed``, or ``not_run`` when it could
+    not run at all), errors, whether each error may pass, and what was found."""
+
+    status: str = "passed"
+    errors: list[str] = field(default_factory=list)
+    transient: list[bool] = field(default_factory=list)
+    found: dict[str, Any] | None = None
+
+    def fail(self, error: str, *, transient: bool = False, ran: bool = True) -> None:
+        self.status = "failed" if ran else "not_run"
+        self.errors.append(error)
+        self.transient.append(transient)
+
+
+def _check_data(config: Config, catalog: Catalog, repo: ResticRepository, subset: str | None,
+                evidence: dict[str, Any], *, action: str) -> _Part:
+    """restic's check (structure and the read-data slice) and the catalog's snapshots."""
+    part = _Part()
+    limits = Limits.after(config.timeouts.check)
+    try:
+        with repository_lock(config.state_dir, repo.name, exclusive=True,
+                             timeout=config.lock_timeout, action=action):
+            outcome = commands.check(repo, read_data_subset=subset, action=action,
+                                     limits=limits)
+        for error in outcome.errors:
+            part.fail(error)
+        evidence["restic_output"] = outcome.output_tail[-4000:]
+        for error in _missing_snapshots(catalog, repo, action, limits):
+            part.fail(error)
+    except DrkitError as exc:
+        part.fail(describe(exc), transient=exc.transient, ran=False)
+    return part
+
+
+def _check_posture(repo: ResticRepository) -> _Part:
+    """The bucket under an S3 repository against the declared posture (checked even when the
+    repository itself could not be)."""
+    part = _Part(status="not_applicable")
+    if not repo.config.is_s3:
+        return part
+    part.status = "passed"
+    try:
+        from drkit.storage.posture import posture_problems, read_posture
+
+        found = read_posture(repo.config)
+        part.found = found.to_json()
+        if repo.config.posture is not None:
+            for problem in posture_problems(repo.config.posture, found):
+                part.fail(problem)
+    except DrkitError as exc:
+        part.fail(describe(exc), transient=exc.transient, ran=False)
+    return part

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from drkit.catalog.inflight import RunJournal
 from drkit.config.models import Config
 from drkit.errors import BadRequestError
-from drkit.restic.runner import ResticRepository
+from drkit.restic.errors import ResticError
+from drkit.restic.runner import ResticRepository, restic_version
 
 if TYPE_CHECKING:
     from drkit.catalog.store import Catalog
+
+log = logging.getLogger("drkit")
 
 
 def select_names(requested: Sequence[str], declared: Iterable[str], what: str) -> list[str]:
@@ -36,10 +41,55 @@ def select_names(requested: Sequence[str], declared: Iterable[str], what: str) -
     return list(dict.fromkeys(requested))
 
 
+def detect_restic_version(config: Config) -> str | None:
+    """restic's version for the records, or None (logged) when restic cannot run: then every
+    run fails on its own, and each failure is recorded."""
+    try:
+        return restic_version(config.restic_binary, config.state_dir)
+    except ResticError as exc:
+        log.error("%s", exc)
+        return None
+
+
 def restic_repository(config: Config, name: str) -> ResticRepository:
     """The restic handle for repository ``name`` of ``config``."""
     return ResticRepository(name=name, config=config.repositories[name],
-                            binary=config.restic_binary, lock_timeout=config.lock_timeout)
+                            binary=config.restic_binary, lock_timeout=config.lock_timeout,
+                            storage_timeout=config.timeouts.storage,
+                            state_dir=config.state_dir, call_timeout=config.timeouts.restic)
+
+
+def open_config_catalog(config: Config, *, recover: RunJournal | None = None) -> Catalog:
+    """The catalog of ``config`` (its records carry the config's ``host`` identity); with
+    ``recover``, runs of that journal cut short by a crash are recorded as interrupted."""
+    from drkit.catalog.store import open_catalog
+
+    catalog = open_catalog(config.catalog, base_dir=config.base_dir, hostname=config.host,
+                           secrets=config_secrets(config))
+    if recover is not None:
+        catalog.recover_interrupted(recover)
+    return catalog
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Every secret value the config references that can be resolved here (for masking)."""
+    from drkit.config.secrets import collect_secrets
+
+    return collect_secrets(config)
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """Where runs are journaled while in flight and recorded when done."""
+
+    journal: RunJournal
+    catalog: CatalogOpener
+    config: Config
+
+    @classmethod
+    def for_config(cls, config: Config) -> Recorder:
+        journal = RunJournal(config.state_dir)
+        return cls(journal=journal, catalog=CatalogOpener(config, journal), config=config)
 
 
 class CatalogOpener:
@@ -67,11 +117,7 @@ class CatalogOpener:
 
     def _open(self) -> None:
         try:
-            from drkit.catalog.store import open_catalog
-
-            catalog = open_catalog(self._config.catalog, base_dir=self._config.base_dir)
-            catalog.recover_interrupted(self._journal)
-            self._result = catalog
+            self._result = open_config_catalog(self._config, recover=self._journal)
         except BaseException as exc:
             self._error = exc
 

@@ -1,5 +1,6 @@
-"""``prune``: apply each target's retention (``restic forget --prune``), scoped to the target's
-own snapshots, alone on the repository, refusing object-locked buckets."""
+"""``prune``: apply each target's retention, scoped to this host's snapshots of the target,
+alone on the repository, refusing object-locked buckets. The failed runs' snapshots are
+forgotten first; what each prune removed is recorded, also when it fails halfway."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from drkit.catalog.inflight import RunJournal
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config, Retention
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.jobs.backup import TAG, target_tag
-from drkit.jobs.common import restic_repository, select_names
+from drkit.identity import SnapshotIdentity
+from drkit.jobs.common import detect_restic_version, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
 from drkit.notify import notify_failure
 from drkit.restic import commands
-from drkit.restic.errors import ResticError
-from drkit.restic.runner import restic_version
+from drkit.restic.commands import Snapshot
+from drkit.restic.runner import ResticRepository
+from drkit.supervise import Limits
 
 log = logging.getLogger("drkit.prune")
 
@@ -51,7 +53,8 @@ class PruneRun:
 
 def run_prunes(config: Config, catalog: Catalog | None, journal: RunJournal,
                names: Sequence[str] = (), *, dry_run: bool = False) -> list[PruneRun]:
-    """Prune each named target (all with a retention policy when empty) in each repository.
+    """Prune each named target in each of its repositories; with no names, every target with
+    a retention policy, and every other target whose failed runs left snapshots to forget.
 
     Raises :class:`BadRequestError` for unknown targets or a named target without retention.
     A dry run records nothing.
@@ -61,46 +64,47 @@ def run_prunes(config: Config, catalog: Catalog | None, journal: RunJournal,
     if names and without:
         raise BadRequestError(f"no retention policy for: {', '.join(without)} "
                               "(add 'retention:' to the target)")
-    try:
-        version: str | None = restic_version(config.restic_binary)
-    except ResticError:
-        version = None
+    version = detect_restic_version(config)
     runs = []
     for name in selected:
-        if name in without:
-            continue
         for repo_name in config.targets[name].repositories:
+            if name in without and not _has_unusable(catalog, config, name, repo_name):
+                continue
             runs.append(_prune_one(config, catalog, journal, name, repo_name, dry_run, version))
     return runs
+
+
+def _has_unusable(catalog: Catalog | None, config: Config, name: str, repo_name: str) -> bool:
+    from drkit.catalog import queries
+
+    if catalog is None:
+        return False
+    with catalog.read_session() as session:
+        return bool(queries.failed_run_snapshots(session, target=name, repository=repo_name,
+                                                 host=config.host))
 
 
 def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, name: str,
                repo_name: str, dry_run: bool, version: str | None) -> PruneRun:
     target = config.targets[name]
-    assert target.retention is not None
     repo = restic_repository(config, repo_name)
+    identity = SnapshotIdentity(config.host, name)
     handle = None if dry_run else journal.open("prune", target=name, repository=repo_name,
                                                restic_version=version)
     run = PruneRun(target=name, repository=repo_name, status="failed", dry_run=dry_run)
-    evidence: dict[str, Any] = {"policy": target.retention.model_dump(exclude_none=True),
-                                "dry_run": dry_run}
+    policy = target.retention.model_dump(exclude_none=True) if target.retention else None
+    evidence: dict[str, Any] = {"policy": policy, "dry_run": dry_run, "host": config.host}
     action = f"prune {name} in {repo_name}"
+    limits = Limits.after(config.timeouts.prune)
     try:
         if repo.config.is_s3:
             _refuse_object_lock(repo_name, repo.config, dry_run)
         with repository_lock(config.state_dir, repo_name, exclusive=True,
                              timeout=config.lock_timeout, action=action) as locked_at:
             evidence["lock_acquired_at"] = locked_at
-            outcome = commands.forget(repo, tags=(TAG, target_tag(name)),
-                                      keep=retention_flags(target.retention), prune=True,
-                                      dry_run=dry_run, action=action)
-        run.kept = [s.id for s in outcome.kept]
-        run.removed = [s.id for s in outcome.removed]
+            _forget_and_prune(repo, catalog, identity, target.retention, run, evidence,
+                              action=action, limits=limits)
         run.status = "succeeded"
-        evidence.update({
-            "kept": [{"id": s.id, "time": canonical_time(s.time)} for s in outcome.kept],
-            "removed": [{"id": s.id, "time": canonical_time(s.time)} for s in outcome.removed],
-            "prune_summary": outcome.prune_summary})
         log.info("%s: %s %d snapshot(s), kept %d", action,
                  "would remove" if dry_run else "removed", len(run.removed), len(run.kept))
     except DrkitError as exc:
@@ -116,6 +120,87 @@ def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, nam
             notify_failure(config, "prune", run.status, target=name, repository=repo_name,
                            error=run.error, run_id=handle.run_id, record_id=record.id)
     return run
+
+
+def _forget_and_prune(repo: ResticRepository, catalog: Catalog | None,
+                      identity: SnapshotIdentity, policy: Retention | None, run: PruneRun,
+                      evidence: dict[str, Any], *, action: str, limits: Limits) -> None:
+    """Forget the failed runs' snapshots and those the policy (if any) does not keep, then
+    prune.
+
+    The failed runs' snapshots (torn dumps, incomplete backups) go first, so that they never
+    count for retention (``keep_last: 1`` must not keep a torn dump and drop the good one).
+    The policy is evaluated by a dry run, then exactly those snapshots are forgotten: if that
+    fails halfway, what is really gone is read back from the repository, and if the storage
+    does not answer, the record says which snapshots may be gone (``removal_uncertain``).
+    """
+    from drkit.catalog import queries
+
+    bad: list[str] = []
+    unfinished = False  # the last prune forgot snapshots but could not free their data
+    if catalog is not None:
+        with catalog.read_session() as session:
+            bad = queries.failed_run_snapshots(session, target=identity.target,
+                                               repository=repo.name, host=identity.host)
+            unfinished = queries.last_prune_failed(session, target=identity.target,
+                                                   repository=repo.name, host=identity.host)
+    if bad and not run.dry_run:
+        _forget(repo, identity, bad, [], evidence, action=f"{action}: failed runs' snapshots",
+                limits=limits)
+    evidence["forgotten_failed" if not run.dry_run else "would_forget_failed"] = bad
+    plan = commands.ForgetOutcome(kept=(), removed=())
+    if policy is not None:
+        plan = commands.forget(repo, tags=identity.tags, host=identity.host,
+                               keep=retention_flags(policy), dry_run=True, action=action,
+                               limits=limits)
+    removing = [s for s in plan.removed if s.id not in bad]
+    run.kept = [s.id for s in plan.kept if s.id not in bad]
+    evidence["kept"] = _listed([s for s in plan.kept if s.id not in bad])
+    if run.dry_run:
+        run.removed = [s.id for s in removing]
+        evidence["removed"] = _listed(removing)
+        return
+    if removing:
+        _forget(repo, identity, [], removing, evidence, action=action, limits=limits)
+    run.removed = [s.id for s in removing]
+    evidence["removed"] = _listed(removing)
+    if bad or removing or unfinished:
+        evidence["prune_summary"] = commands.prune(repo, action=action, limits=limits)
+
+
+def _forget(repo: ResticRepository, identity: SnapshotIdentity, bad: list[str],
+            removing: list[Snapshot], evidence: dict[str, Any], *, action: str,
+            limits: Limits) -> None:
+    """Forget exactly ``bad`` and ``removing``; when that fails halfway, record what is gone."""
+    try:
+        commands.forget_snapshots(repo, bad + [s.id for s in removing], action=action,
+                                  limits=limits)
+    except DrkitError:
+        _record_partial_forget(repo, identity, bad, removing, evidence, action=action)
+        raise
+
+
+def _listed(snapshots: list[Snapshot]) -> list[dict[str, str]]:
+    return [{"id": s.id, "time": canonical_time(s.time)} for s in snapshots]
+
+
+def _record_partial_forget(repo: ResticRepository, identity: SnapshotIdentity, bad: list[str],
+                           removing: list[Snapshot], evidence: dict[str, Any], *,
+                           action: str) -> None:
+    """After ``forget`` of ``bad`` and ``removing`` failed halfway: record which of them are
+    really gone (read back), or, when the storage does not answer, that they may be."""
+    try:
+        present = {s.id for s in commands.snapshots(
+            repo, tags=identity.tags, host=identity.host, action=f"{action}: read back",
+            limits=Limits.after(min(60.0, repo.storage_timeout)))}
+    except DrkitError:
+        evidence.setdefault("removal_uncertain", []).extend(bad + [s.id for s in removing])
+        return
+    if bad:
+        evidence["forgotten_failed"] = [b for b in bad
+                                        if not any(p.startswith(b) for p in present)]
+    if removing:
+        evidence["removed"] = _listed([s for s in removing if s.id not in present])
 
 
 def _refuse_object_lock(name: str, repository: Any, dry_run: bool) -> None:

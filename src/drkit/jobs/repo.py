@@ -11,10 +11,10 @@ from drkit.catalog.inflight import RunJournal
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config, Repository
 from drkit.errors import DrkitError
-from drkit.jobs.common import restic_repository, select_names
+from drkit.jobs.common import detect_restic_version, restic_repository, select_names
 from drkit.restic import commands
-from drkit.restic.errors import RepositoryAlreadyExists, ResticError
-from drkit.restic.runner import mask_url, restic_version
+from drkit.restic.errors import RepositoryAlreadyExists
+from drkit.restic.runner import mask_url
 
 log = logging.getLogger("drkit.repo")
 
@@ -38,10 +38,7 @@ def init_repositories(config: Config, catalog: Catalog, journal: RunJournal,
     Raises :class:`BadRequestError` for unknown names; other failures are recorded and returned.
     """
     selected = select_names(names, config.repositories, "repository")
-    try:
-        version: str | None = restic_version(config.restic_binary)
-    except ResticError:
-        version = None
+    version = detect_restic_version(config)
     return [_init_one(config, catalog, journal, name, version) for name in selected]
 
 

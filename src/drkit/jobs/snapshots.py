@@ -9,11 +9,10 @@ from typing import Any
 from drkit.catalog.chain import canonical_time
 from drkit.config.models import Config
 from drkit.errors import DrkitError
-from drkit.jobs.backup import TAG, target_tag
+from drkit.identity import TAG, target_of
 from drkit.jobs.common import restic_repository, select_names
 from drkit.restic import commands
-
-_PREFIX = target_tag("")
+from drkit.supervise import Limits
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,10 @@ class SnapshotRow:
                 "tags": list(self.tags)}
 
 
-def list_snapshots(config: Config, names: Sequence[str] = ()
+def list_snapshots(config: Config, names: Sequence[str] = (), *, all_hosts: bool = False
                    ) -> tuple[list[SnapshotRow], list[str]]:
-    """drkit's snapshots of ``names`` (all targets when empty), oldest first, and the errors.
+    """drkit's snapshots of ``names`` (all targets when empty) made by this deployment's
+    host (every host's with ``all_hosts``), oldest first, and the errors.
 
     A repository that cannot be read adds an error and does not hide the others' snapshots.
     Raises :class:`BadRequestError` for unknown target names.
@@ -49,13 +49,15 @@ def list_snapshots(config: Config, names: Sequence[str] = ()
     for repo_name in repos:
         repo = restic_repository(config, repo_name)
         try:
-            found = commands.snapshots(repo, tags=(TAG,), action=f"snapshots of {repo_name}")
+            found = commands.snapshots(repo, tags=(TAG,),
+                                       host=None if all_hosts else config.host,
+                                       action=f"snapshots of {repo_name}",
+                                       limits=Limits.after(config.timeouts.restic))
         except DrkitError as exc:
             errors.append(str(exc))
             continue
         for snap in found:
-            target = next((t.removeprefix(_PREFIX) for t in snap.tags if t.startswith(_PREFIX)),
-                          None)
+            target = target_of(snap.tags)
             if names and target not in selected:
                 continue
             rows.append(SnapshotRow(

@@ -79,7 +79,7 @@ class PlanStatus:
 
 def plan_statuses(plans: dict[str, RecoveryPlan], catalog: Catalog) -> list[PlanStatus]:
     """Each plan's objectives and its last drill."""
-    with catalog.session() as session:
+    with catalog.read_session() as session:
         drills = queries.last_drills(session)
     out = []
     for name, plan in plans.items():
@@ -105,7 +105,7 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
     """
     now = now or utcnow()
     plans = plans or {}
-    with catalog.session() as session:
+    with catalog.read_session() as session:
         states = {(s.target, s.repository): s for s in queries.backup_states(session)}
         drills = queries.last_drills(session)
         checks = queries.last_checks(session)
@@ -156,7 +156,7 @@ class RepositoryCheckStatus:
 
 def repository_checks(config: Config, catalog: Catalog) -> list[RepositoryCheckStatus]:
     """Each repository's last check."""
-    with catalog.session() as session:
+    with catalog.read_session() as session:
         checks = queries.last_checks(session)
     out = []
     for name in config.repositories:

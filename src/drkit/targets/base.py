@@ -10,6 +10,7 @@ from typing import Protocol
 
 from drkit.config.models import TargetConfig
 from drkit.errors import DrkitError
+from drkit.supervise import ChildSpec
 
 
 class TargetError(DrkitError):
@@ -18,22 +19,20 @@ class TargetError(DrkitError):
 
 @dataclass(frozen=True)
 class StreamSource:
-    """A command whose stdout restic stores as one file (``restic backup --stdin``).
+    """A command (``producer``) whose stdout restic stores as one file, ``filename``.
 
-    The command's environment carries any credentials; ``secrets`` are masked in its errors.
+    The producer's environment is its own (base variables plus what it needs, e.g. the DSN's
+    libpq variables): it never sees the repository's secrets; its ``secrets`` are masked.
     """
 
-    argv: Sequence[str]
+    producer: ChildSpec
     filename: str
-    env: dict[str, str] | None = None
-    secrets: Sequence[str] = ()
-    what: str = "dump"
 
 
 @dataclass(frozen=True)
 class BackupSource:
     """What restic backs up for a target: ``paths`` read from ``cwd`` (None = as given), or
-    a ``stream`` (one command's output per repository).
+    a ``stream`` (one run of a command's output per repository).
 
     Paths relative to ``cwd`` are stored relative in the snapshot, so a staged copy restores
     as ``invoices.sqlite``, not under a temporary directory's name.
@@ -57,8 +56,9 @@ class TargetKind(Protocol):
                 ) -> AbstractContextManager[BackupSource]:
         """Make the target's data ready for restic; clean up on exit.
 
-        ``staging`` is an empty private directory the kind may use (and that drkit removes).
-        Raises :class:`TargetError` when the data cannot be prepared.
+        ``staging`` is an empty private directory of this run alone, which the kind may use
+        and drkit removes. The target is prepared once per run and the result backed up to
+        each of its repositories. Raises :class:`TargetError` when it cannot be prepared.
         """
         ...
 

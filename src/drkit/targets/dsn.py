@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from drkit.errors import DrkitError
+from drkit.supervise import base_env
 
 _PG_PARAMS = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
               "connect_timeout": "PGCONNECT_TIMEOUT", "application_name": "PGAPPNAME"}
@@ -75,8 +76,9 @@ def parse_dsn(text: str, *, what: str) -> Dsn:
 
 
 def pg_env(dsn: Dsn) -> dict[str, str]:
-    """The environment for libpq tools (pg_dump, pg_restore, psql) to reach ``dsn``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    """The environment for libpq tools (pg_dump, pg_restore, psql) to reach ``dsn``: the base
+    variables (:func:`drkit.supervise.base_env`) and the DSN's, nothing else of drkit's."""
+    env = base_env()
     for key, value in (("PGHOST", dsn.host), ("PGPORT", dsn.port), ("PGUSER", dsn.user),
                        ("PGPASSWORD", dsn.password), ("PGDATABASE", dsn.database)):
         if value is not None:
@@ -87,6 +89,14 @@ def pg_env(dsn: Dsn) -> dict[str, str]:
     return env
 
 
+def option_value(value: str) -> str:
+    """``value`` quoted for a MySQL/MariaDB options file: in double quotes (so ``#`` and
+    spaces are kept), with backslash, double quote and control characters escaped."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("\r", "\\r").replace("\t", "\\t").replace("\b", "\\b"))
+    return f'"{escaped}"'
+
+
 def mysql_defaults_file(dsn: Dsn, directory: Path) -> Path:
     """Write a private ``[client]`` options file for ``dsn`` into ``directory``; return it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -95,7 +105,7 @@ def mysql_defaults_file(dsn: Dsn, directory: Path) -> Path:
     for key, value in (("host", dsn.host), ("port", dsn.port), ("user", dsn.user),
                        ("password", dsn.password)):
         if value is not None:
-            lines.append(f"{key}={value}")
+            lines.append(f"{key}={option_value(str(value))}")
     if dsn.host:
         lines.append("protocol=TCP")  # "localhost" would otherwise mean the local socket
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -13,6 +13,7 @@ from typing import Literal
 
 from drkit.config.models import TargetConfig
 from drkit.config.secrets import SecretRef
+from drkit.supervise import ChildSpec
 from drkit.targets.base import BackupSource, StreamSource
 from drkit.targets.dsn import mysql_defaults_file, target_dsn
 
@@ -41,14 +42,15 @@ class MysqlKind:
         assert isinstance(config, MysqlTarget)
         dsn, database = target_dsn(name, config.dsn.resolve())
         options = mysql_defaults_file(dsn, staging)
+        # --skip-dump-date: an unchanged database dumps to the same bytes (deduplicated).
         argv = [dump_binary(config), f"--defaults-extra-file={options}",
                 "--single-transaction", "--routines", "--triggers", "--events",
-                "--hex-blob", database]
+                "--hex-blob", "--skip-dump-date", database]
+        producer = ChildSpec(argv=argv, what=f"dump of {dsn.describe()}",
+                             secrets=[dsn.password or ""])
         try:
             yield BackupSource(
-                stream=StreamSource(argv=argv, filename=f"{database}.sql",
-                                    secrets=[dsn.password or ""],
-                                    what=f"dump of {dsn.describe()}"),
+                stream=StreamSource(producer=producer, filename=f"{database}.sql"),
                 description=f"mysql {dsn.describe()}", evidence={"database": dsn.describe()})
         finally:
             options.unlink(missing_ok=True)

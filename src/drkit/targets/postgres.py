@@ -14,6 +14,7 @@ from pydantic import Field
 
 from drkit.config.models import TargetConfig
 from drkit.config.secrets import SecretRef
+from drkit.supervise import ChildSpec
 from drkit.targets.base import BackupSource, StreamSource
 from drkit.targets.dsn import pg_env, target_dsn
 
@@ -49,10 +50,10 @@ class PostgresKind:
         """A stream of ``pg_dump -Fc``, stored as ``<database>.dump``."""
         assert isinstance(config, PostgresTarget)
         dsn, database = target_dsn(name, config.dsn.resolve())
+        producer = ChildSpec(argv=pg_dump_args(config), what=f"pg_dump of {dsn.describe()}",
+                             env=pg_env(dsn), secrets=[dsn.password or ""])
         yield BackupSource(
-            stream=StreamSource(argv=pg_dump_args(config), filename=f"{database}.dump",
-                                env=pg_env(dsn), secrets=[dsn.password or ""],
-                                what=f"pg_dump of {dsn.describe()}"),
+            stream=StreamSource(producer=producer, filename=f"{database}.dump"),
             description=f"postgres {dsn.describe()}",
             evidence={"database": dsn.describe()},
         )
