@@ -51,7 +51,7 @@ def verify_chain(catalog: Catalog) -> AuditResult:
 
     previous_hash = GENESIS_HASH
     expected_seq = 1
-    with catalog.session() as session:
+    with catalog.read_session() as session:
         # Plain rows, not ORM objects: a 100,000-record chain verifies in a few seconds.
         columns = [getattr(Record, name) for name in COLUMNS]
         for record in session.execute(select(*columns).order_by(Record.seq)

@@ -7,7 +7,6 @@ record is canonicalised breaks every existing chain, so this format is frozen.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +44,8 @@ def _default(value: Any) -> Any:
 
 def record_hash(fields: dict[str, Any]) -> str:
     """SHA-256 (hex) of the canonical JSON of ``fields`` restricted to :data:`HASHED_FIELDS`."""
+    import hashlib  # here: the backup path imports this module before restic starts
+
     content = {name: fields.get(name) for name in HASHED_FIELDS}
     for name in ("started_at", "finished_at"):
         value = content[name]

@@ -45,6 +45,33 @@ def process_alive(pid: int, token: str | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """A journal file that could not be read or parsed: a run of this host whose kind and
+    subject cannot be told any more."""
+
+    name: str
+    reason: str
+    excerpt: bytes
+
+
+def _parse(name: str, raw: bytes) -> RunHandle | Unreadable:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        data["started_at"] = datetime.fromisoformat(data["started_at"])
+        return RunHandle(**data)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return Unreadable(name, f"{type(exc).__name__}: {exc}", raw[:512])
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
 class RunHandle:
     """A journaled run; pass it back to ``Catalog.finish_run`` and :meth:`RunJournal.close`."""
 
@@ -80,33 +107,50 @@ class RunJournal:
         data["started_at"] = handle.started_at.isoformat()
         path = self.directory / f"{handle.run_id}.json"
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data))
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(json.dumps(data))
+            out.flush()
+            os.fsync(out.fileno())  # the entry survives a power cut once the run starts
         temporary.replace(path)  # atomic: a reader never sees half a file
+        _fsync_directory(self.directory)
         return handle
 
     def close(self, handle: RunHandle) -> None:
         """Forget a run whose record is in the catalog."""
         (self.directory / f"{handle.run_id}.json").unlink(missing_ok=True)
 
-    def claim_stale(self) -> Iterator[tuple[RunHandle, Path]]:
+    def keep_unreadable(self, claimed: Path, name: str) -> Path:
+        """Set a reported unreadable journal file aside (``NAME.unreadable``)."""
+        kept = self.directory / f"{name}.unreadable"
+        claimed.replace(kept)
+        return kept
+
+    def claim_stale(self) -> Iterator[tuple[RunHandle | Unreadable, Path]]:
         """Runs whose process is gone, each claimed by renaming its file (so only one process
-        records it). Yield (handle, claimed file); delete the file once recorded."""
+        records it). Yield (handle, claimed file); delete the file once recorded. A file that
+        cannot be read is yielded as :class:`Unreadable` (claimed too): it must be reported,
+        not skipped forever; keep it (renamed ``.unreadable``) for inspection."""
         if not self.directory.is_dir():
             return
         orphans = [p for p in self.directory.glob("*.claimed-*")
                    if not pid_exists(int(p.suffix.rsplit("-", 1)[-1]))]
         for path in sorted(self.directory.glob("*.json")) + orphans:
+            entry: RunHandle | Unreadable
             try:
-                data = json.loads(path.read_text())
-                data["started_at"] = datetime.fromisoformat(data["started_at"])
-                handle = RunHandle(**data)
-            except (OSError, ValueError, TypeError):
-                continue
-            if handle.hostname != self.hostname or process_alive(handle.pid, handle.pid_started):
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue  # finished or claimed meanwhile
+            except OSError as exc:
+                entry = Unreadable(path.name, f"cannot read it: {exc.strerror}", b"")
+            else:
+                entry = _parse(path.name, raw)
+            if isinstance(entry, RunHandle) and (
+                    entry.hostname != self.hostname
+                    or process_alive(entry.pid, entry.pid_started)):
                 continue
             claimed = path.with_suffix(f".claimed-{os.getpid()}")
             try:
                 path.rename(claimed)
             except FileNotFoundError:
                 continue  # another process claimed it first
-            yield handle, claimed
+            yield entry, claimed

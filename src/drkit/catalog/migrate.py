@@ -37,7 +37,9 @@ def current_revision(connection: Connection) -> str | None:
 
 def ensure_schema(engine: Engine) -> None:
     """Create or upgrade the catalog schema to :data:`HEAD_REVISION`."""
+    # A read transaction: opening a current catalog never takes SQLite's write lock.
     with engine.connect() as connection:
+        connection.execution_options(drkit_readonly=True)
         revision = current_revision(connection)
         connection.rollback()
     if revision == HEAD_REVISION:

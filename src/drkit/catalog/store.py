@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drkit import __version__
 from drkit.catalog.chain import canonical_json, record_hash
-from drkit.catalog.inflight import RunHandle, RunJournal, utcnow
+from drkit.catalog.inflight import RunHandle, RunJournal, Unreadable, utcnow
 from drkit.catalog.migrate import ensure_schema
 from drkit.catalog.models import GENESIS_HASH, ChainHead, Record
 from drkit.errors import DrkitError
@@ -94,11 +94,18 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 
 class Catalog:
-    """The catalog of one deployment: an engine plus the operations on the chain."""
+    """The catalog of one deployment: an engine plus the operations on the chain.
 
-    def __init__(self, engine: Engine, *, hostname: str | None = None) -> None:
+    ``hostname`` is the deployment's host identity, stored in every record it appends;
+    ``secrets`` are masked in every record's error and evidence before it is hashed (the
+    second line of defence: children never get secrets they do not need).
+    """
+
+    def __init__(self, engine: Engine, *, hostname: str | None = None,
+                 secrets: Sequence[str] = ()) -> None:
         self.engine = engine
         self.hostname = hostname or socket.gethostname()
+        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(engine.execution_options(drkit_readonly=True),
                                            expire_on_commit=False)
@@ -112,10 +119,26 @@ class Catalog:
         return _transaction(self._read_sessions)
 
     def _ensure_head(self) -> None:
+        with self.read_session() as session:  # the usual case: no write lock taken
+            if session.get(ChainHead, 1) is not None:
+                return
         with self.session() as session:
             if session.get(ChainHead, 1) is None:
                 session.add(ChainHead(id=1, seq=0, hash=GENESIS_HASH))
         # A concurrent first start may have inserted it too; IntegrityError is caught by caller.
+
+    def redact(self, value: Any) -> Any:
+        """``value`` (text, or JSON-like data) with every known secret replaced by ``***``."""
+        if isinstance(value, str):
+            for secret in self.secrets:
+                if secret in value:
+                    value = value.replace(secret, "***")
+            return value
+        if isinstance(value, dict):
+            return {key: self.redact(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.redact(item) for item in value]
+        return value
 
     def append(self, new: NewRecord) -> Record:
         """Append one finished record to the chain and return it (with its hash)."""
@@ -140,8 +163,8 @@ class Catalog:
             "started_at": _naive(new.started_at),
             "finished_at": _naive(new.finished_at),
             "snapshot_id": new.snapshot_id,
-            "error": new.error,
-            "evidence": canonical_json(new.evidence),
+            "error": self.redact(new.error),
+            "evidence": canonical_json(self.redact(new.evidence)),
             "prev_hash": head.hash,
         }
         fields["hash"] = record_hash(fields)
@@ -169,13 +192,27 @@ class Catalog:
 
         Runs journaled by other hosts are left to those hosts' own next start. A run already
         in the catalog (its process died after appending) is only removed from the journal.
+        An unreadable journal file is recorded too (kind ``unknown``) and set aside.
         """
         recovered: list[Record] = []
-        for handle, claimed in journal.claim_stale():
+        for entry, claimed in journal.claim_stale():
+            now = utcnow()
+            if isinstance(entry, Unreadable):
+                recovered.append(self.append(NewRecord(
+                    kind="unknown", status="interrupted", started_at=now, finished_at=now,
+                    error=(f"journal file {entry.name} of host {journal.hostname} is unreadable "
+                           f"({entry.reason}): a run was cut short and what it was cannot be "
+                           "told"),
+                    evidence={"detected_at": now, "journal_file": entry.name,
+                              "excerpt": entry.excerpt.decode("utf-8", "replace")})))
+                kept = journal.keep_unreadable(claimed, entry.name)
+                log.error("unreadable journal file %s recorded as an interrupted run and kept "
+                          "as %s", entry.name, kept)
+                continue
+            handle = entry
             with self.session() as session:
                 known = session.scalar(select(Record.id).where(Record.run_id == handle.run_id))
                 if known is None:
-                    now = utcnow()
                     recovered.append(self._append(session, NewRecord(
                         kind=handle.kind, status="interrupted", started_at=handle.started_at,
                         finished_at=now, target=handle.target, repository=handle.repository,
@@ -188,7 +225,7 @@ class Catalog:
             claimed.unlink(missing_ok=True)
         for record in recovered:
             log.warning("%s run of %s started %s was interrupted; recorded as such",
-                        record.kind, record.target or record.plan or record.repository,
+                        record.kind, record.target or record.plan or record.repository or "?",
                         record.started_at.isoformat(timespec="seconds"))
         return recovered
 
@@ -208,11 +245,13 @@ def _naive(value: datetime) -> datetime:
     return value
 
 
-def open_catalog(url: str, *, base_dir: Path | None = None) -> Catalog:
+def open_catalog(url: str, *, base_dir: Path | None = None, hostname: str | None = None,
+                 secrets: Sequence[str] = ()) -> Catalog:
     """Open (and create if new) the catalog at SQLAlchemy ``url``.
 
     A relative SQLite path is taken relative to ``base_dir`` (the config file's directory).
-    Raises :class:`CatalogError` when the database cannot be reached or created.
+    ``hostname`` and ``secrets``: see :class:`Catalog`. Raises :class:`CatalogError` when the
+    database cannot be reached or created.
     """
     try:
         resolved = resolve_catalog_url(url, base_dir or Path.cwd())
@@ -220,7 +259,7 @@ def open_catalog(url: str, *, base_dir: Path | None = None) -> Catalog:
         if engine.dialect.name == "sqlite":
             _sqlite_pragmas(engine)
         ensure_schema(engine)
-        catalog = Catalog(engine)
+        catalog = Catalog(engine, hostname=hostname, secrets=secrets)
         with contextlib.suppress(IntegrityError):  # another process created it just now
             catalog._ensure_head()
     except ModuleNotFoundError as exc:

@@ -65,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show what would be backed up; write nothing, record nothing")
 
     p = sub.add_parser("snapshots", parents=[common, as_json],
-                       help="list snapshots known to the repositories")
+                       help="list this host's snapshots in the repositories")
     p.add_argument("targets", nargs="*", metavar="TARGET")
+    p.add_argument("--all-hosts", action="store_true",
+                   help="also the snapshots other hosts (deployments) made")
 
     p = sub.add_parser("check", parents=[common, as_json],
                        help="repository integrity (restic check) and storage posture")
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read this part of the data (default: the configured rotating slice)")
 
     p = sub.add_parser("prune", parents=[common, as_json],
-                       help="apply retention (restic forget --prune) to targets' snapshots")
+                       help="apply retention (restic forget, prune) to this host's snapshots")
     p.add_argument("targets", nargs="*", metavar="TARGET")
     p.add_argument("--dry-run", action="store_true",
                    help="show what would be removed; remove and record nothing")
@@ -131,10 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Redacting(logging.Formatter):
+    """Masks every secret drkit knows in every log line (a second line of defence)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from drkit.config.secrets import redact
+
+        return redact(super().format(record))
+
+
 def _configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("drkit: %(message)s" if not verbose else
-                                           "%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    handler.setFormatter(_Redacting("drkit: %(message)s" if not verbose else
+                                    "%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -167,6 +178,9 @@ def _run(argv: Sequence[str] | None) -> int:
         parser.print_help(sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # drkit uses no pydantic plugins; looking for them reads every installed package's
+    # metadata (~25 ms on a cold start, on every command).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from drkit.errors import DrkitError
 
     try:
@@ -176,7 +190,9 @@ def _run(argv: Sequence[str] | None) -> int:
     except DrkitError as exc:
         if verbose:
             log.exception("traceback")
-        print(f"drkit: error: {exc.message}", file=sys.stderr)
+        from drkit.config.secrets import redact
+
+        print(f"drkit: error: {redact(exc.message)}", file=sys.stderr)
         if exc.hint:
             print(f"drkit: hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code

@@ -43,11 +43,9 @@ def _journal(config: Any) -> Any:
 
 def _catalog(config: Any) -> Any:
     """Open the catalog and record runs that a crash cut short as interrupted."""
-    from drkit.catalog.store import open_catalog
+    from drkit.jobs.common import open_config_catalog
 
-    catalog = open_catalog(config.catalog, base_dir=config.base_dir)
-    catalog.recover_interrupted(_journal(config))
-    return catalog
+    return open_config_catalog(config, recover=_journal(config))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -108,16 +106,13 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     from drkit.cli.progress import backup_progress
-    from drkit.jobs.backup import Recorder, run_backups
-    from drkit.jobs.common import CatalogOpener, select_names
+    from drkit.jobs.backup import run_backups
+    from drkit.jobs.common import Recorder, select_names
 
     config = _config(args)
     select_names(args.targets, config.targets, "target")  # bad names: exit 2, nothing recorded
-    recorder = None
-    if not args.dry_run:
-        journal = _journal(config)
-        # The catalog opens (and the table renderer imports) while restic already runs.
-        recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal), config=config)
+    # The catalog opens (and the table renderer imports) while restic already runs.
+    recorder = None if args.dry_run else Recorder.for_config(config)
     with backup_progress() as hook:
         runs = run_backups(config, recorder, args.targets, dry_run=args.dry_run,
                            on_progress=hook)
@@ -142,7 +137,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     from drkit.jobs.snapshots import list_snapshots
 
     config = _config(args)
-    rows, errors = list_snapshots(config, args.targets)
+    rows, errors = list_snapshots(config, args.targets, all_hosts=args.all_hosts)
     if args.json:
         emit_json([row.to_json() for row in rows])
     else:
@@ -217,13 +212,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_drill(args: argparse.Namespace) -> int:
     from drkit.drills.plans import find_plan, load_plans
     from drkit.drills.runner import run_drill
-    from drkit.jobs.backup import Recorder
-    from drkit.jobs.common import CatalogOpener
+    from drkit.jobs.common import Recorder
 
     config = _config(args)
     plan = find_plan(load_plans(config), args.plan)
-    journal = _journal(config)
-    recorder = Recorder(journal=journal, catalog=CatalogOpener(config, journal), config=config)
+    recorder = Recorder.for_config(config)
     result = run_drill(config, plan, recorder, snapshot=args.snapshot,
                        keep_sandbox=args.keep_sandbox)
     if args.json:
@@ -275,10 +268,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from drkit.catalog.audit import verify_chain
-    from drkit.catalog.store import open_catalog
+    from drkit.jobs.common import open_config_catalog
 
     config = _config(args)
-    result = verify_chain(open_catalog(config.catalog, base_dir=config.base_dir))
+    result = verify_chain(open_config_catalog(config))
     if args.json:
         emit_json(result.to_json())
     elif result.intact:

@@ -1,14 +1,14 @@
-"""Human-readable tables (rich) for the commands' results. JSON output does not come here."""
+"""Human-readable tables for the commands' results: drawn with rich on a terminal, plain
+aligned text otherwise (logs, cron mail; and no rich import on a backup's path). JSON output
+does not come here."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
-
-from rich.console import Console
-from rich.table import Table
 
 from drkit.units import human_age, human_bytes
 
@@ -25,10 +25,57 @@ _STYLE = {"succeeded": "green", "created": "green", "exists": "green", "failed":
           "interrupted": "yellow", "passed": "green", "breached": "yellow"}
 
 
-def _console() -> Console:
-    # Piped output gets a wide console so that ids and paths are not cut.
-    return Console(highlight=False, soft_wrap=False,
-                   width=None if sys.stdout.isatty() else 200)
+_MARKUP = re.compile(r"\[/?(?:green|red|yellow)?\]")
+
+
+class Table:
+    """A titled table: columns, then rows of cells (which may hold our colour markup)."""
+
+    def __init__(self, title: str, title_justify: str = "left") -> None:
+        self.title = title
+        self.columns: list[str] = []
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_column(self, name: str) -> None:
+        self.columns.append(name)
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+
+class _Out:
+    """Prints tables and lines: rich on a terminal, plain text otherwise."""
+
+    def print(self, item: Table | str, markup: bool = True) -> None:
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.table import Table as RichTable
+
+            console = Console(highlight=False, soft_wrap=False)
+            if isinstance(item, Table):
+                drawn = RichTable(title=item.title, title_justify="left")
+                for column in item.columns:
+                    drawn.add_column(column)
+                for row in item.rows:
+                    drawn.add_row(*row)
+                console.print(drawn)
+            else:
+                console.print(item, markup=markup)
+            return
+        if isinstance(item, str):
+            print(_MARKUP.sub("", item))
+            return
+        rows = [tuple(_MARKUP.sub("", cell) for cell in row) for row in item.rows]
+        widths = [max([len(column)] + [len(row[i]) for row in rows if i < len(row)])
+                  for i, column in enumerate(item.columns)]
+        print(item.title)
+        for cells in (tuple(item.columns), *rows):
+            print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths,
+                                                                     strict=False)).rstrip())
+
+
+def _console() -> _Out:
+    return _Out()
 
 
 def _status(text: str | None) -> str:

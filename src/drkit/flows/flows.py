@@ -47,22 +47,17 @@ def _config(path: str) -> Config:
 
 
 def _recorder(config: Config) -> Any:
-    from drkit.catalog.inflight import RunJournal
-    from drkit.jobs.backup import Recorder
-    from drkit.jobs.common import CatalogOpener
+    from drkit.jobs.common import Recorder
 
-    journal = RunJournal(config.state_dir)
-    return Recorder(journal=journal, catalog=CatalogOpener(config, journal), config=config)
+    return Recorder.for_config(config)
 
 
 def _catalog_and_journal(config: Config) -> tuple[Any, Any]:
     from drkit.catalog.inflight import RunJournal
-    from drkit.catalog.store import open_catalog
+    from drkit.jobs.common import open_config_catalog
 
     journal = RunJournal(config.state_dir)
-    catalog = open_catalog(config.catalog, base_dir=config.base_dir)
-    catalog.recover_interrupted(journal)
-    return catalog, journal
+    return open_config_catalog(config, recover=journal), journal
 
 
 def _retrying(task_fn: Any, config: Config) -> Any:
@@ -84,19 +79,38 @@ def _one_after_another(task_fn: Any, config: str, names: list[str]) -> list[Any]
 
 # --- backup ---------------------------------------------------------------------------------
 
-@task(name="backup", task_run_name="backup {target} -> {repository}")
-def backup_task(config_path: str, target: str, repository: str) -> dict[str, Any]:
-    """Back ``target`` up to ``repository``; raise :class:`RunFailed` if it failed."""
-    from drkit.jobs.backup import backup_target, detect_restic_version
+class BackupFailed(RunFailed):
+    """Some of a target's backups failed; ``runs`` holds every run's outcome (JSON)."""
+
+    def __init__(self, message: str, *, runs: list[dict[str, Any]]) -> None:
+        super().__init__(message, transient=all(r["transient"] for r in runs
+                                                if r["status"] != "succeeded"))
+        self.runs = runs
+
+
+def _backup_task_name() -> str:
+    from prefect.runtime import task_run
+
+    parameters = task_run.parameters
+    return f"backup {parameters['target']} -> {', '.join(parameters['repositories'])}"
+
+
+@task(name="backup", task_run_name=_backup_task_name)
+def backup_task(config_path: str, target: str, repositories: list[str]) -> list[dict[str, Any]]:
+    """Back ``target`` up to ``repositories`` exactly as ``drkit backup`` does (one prepared
+    copy for all of them); raise :class:`BackupFailed` with every run if any failed."""
+    from drkit.jobs.backup import backup_target
+    from drkit.jobs.common import Recorder, detect_restic_version
 
     config = _config(config_path)
-    (run,) = backup_target(config, _recorder(config), target, repositories=[repository],
-                           ping=False, restic_version=detect_restic_version(config))
-    if run.status != "succeeded":
-        raise RunFailed(f"backup {target} -> {repository}: {run.error}",
-                        transient=run.transient)
-    result: dict[str, Any] = run.to_json()
-    return result
+    runs = [run.to_json() for run in backup_target(
+        config, Recorder.for_config(config), target, repositories=repositories, ping=False,
+        restic_version=detect_restic_version(config))]
+    failed = [r for r in runs if r["status"] != "succeeded"]
+    if failed:
+        raise BackupFailed("; ".join(f"backup {r['target']} -> {r['repository']}: {r['error']}"
+                                     for r in failed), runs=runs)
+    return runs
 
 
 def _backup_name() -> str:
@@ -108,7 +122,14 @@ def _backup_name() -> str:
 @flow(name="backup", flow_run_name=_backup_name, validate_parameters=True)
 def backup_flow(config: str, target: str, repositories: list[str] | None = None
                 ) -> list[dict[str, Any]]:
-    """Back one target up: one task per repository, then the target's healthcheck ping."""
+    """Back one target up to its repositories, then ping its healthcheck.
+
+    Each attempt is one task that prepares the target once and backs that copy up to every
+    repository still to do; repositories that failed for a transient reason (storage
+    unreachable, locked) are tried again after ``retries.delays``, the others are final.
+    """
+    import time
+
     from drkit.errors import BadRequestError
     from drkit.jobs.backup import ping_failures
 
@@ -116,21 +137,38 @@ def backup_flow(config: str, target: str, repositories: list[str] | None = None
     if target not in settings.targets:
         raise BadRequestError(f"unknown target {target!r}")
     declared = settings.targets[target].repositories
-    chosen = [r for r in declared if repositories is None or r in repositories]
-    task_fn = _retrying(backup_task, settings)
-    futures = {repo: task_fn.submit(config, target, repo) for repo in chosen}
-    failures: dict[str, str] = {}
-    results = []
-    for repo, future in futures.items():
-        future.wait()
-        if future.state.is_completed():
-            results.append(future.result())
-        else:
-            failures[repo] = str(future.state.message or "failed")
+    pending = [r for r in declared if repositories is None or r in repositories]
+    if not pending:
+        raise BadRequestError(f"target {target!r} is backed up to none of {repositories}")
+    retries = settings.retries
+    results: dict[str, dict[str, Any]] = {}
+    for attempt in range(retries.attempts + 1):
+        state = backup_task(config, target, pending, return_state=True)
+        outcome = state.result(raise_on_failure=False)
+        runs = outcome.runs if isinstance(outcome, BackupFailed) else outcome
+        if not isinstance(runs, list):  # the task itself broke (not a failed backup)
+            raise RunFailed(f"backup {target}: {outcome}", transient=False)
+        results.update({run["repository"]: run for run in runs})
+        pending = [r["repository"] for r in runs
+                   if r["status"] != "succeeded" and r["transient"]]
+        if not pending or attempt == retries.attempts:
+            break
+        delay = float(retries.delays[min(attempt, len(retries.delays) - 1)])
+        _log().info("backup %s -> %s failed for a transient reason; retrying in %.0f s",
+                    target, ", ".join(pending), delay)
+        time.sleep(delay)
+    failures = {repo: str(run["error"]) for repo, run in results.items()
+                if run["status"] != "succeeded"}
     ping_failures(settings, target, failures)
     if failures:
         raise RunFailed("; ".join(f"{r}: {m}" for r, m in failures.items()), transient=False)
-    return results
+    return list(results.values())
+
+
+def _log() -> Any:
+    from prefect.logging import get_run_logger
+
+    return get_run_logger()
 
 
 # --- check ----------------------------------------------------------------------------------
