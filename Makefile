@@ -1,6 +1,7 @@
 # drkit: `make demo` runs the whole loop, `make test` runs every check. Each sets itself up:
 # system packages when missing (restic; for tests and benchmarks also PostgreSQL and MariaDB),
-# a virtualenv in .venv, and drkit with its dev extras.
+# restic 0.18 from Debian trixie into .cache/ for the tests (the machine's apt sources are not
+# changed), a virtualenv in .venv, and drkit with its dev extras.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,6 +17,7 @@ system:
 
 test-system:
 	@scripts/ensure-system.sh test
+	@scripts/fetch-restic.sh trixie >/dev/null
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +44,8 @@ unit: test-system setup
 	$(BIN)/pytest tests/unit
 
 bench: test-system setup
+	$(BIN)/python -m bench.backup_fixed_cost
+	$(BIN)/python -m bench.many_targets
 	$(BIN)/python -m bench.backup_overhead
 	$(BIN)/python -m bench.drill_overhead
 	$(BIN)/python -m bench.check_cost
