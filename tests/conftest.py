@@ -50,14 +50,39 @@ class S3Endpoint:
                 f"DRKIT_TEST_S3_SK_{self.name.upper()}": self.secret_key}
 
 
-@pytest.fixture(scope="session")
-def restic_binary() -> str:
-    """The real restic. `make test` installs it; its absence is a failure, not a skip."""
-    found = shutil.which("restic")
-    if found is None:
-        pytest.fail("restic is not installed: run `make test` (it installs it) or "
-                    "apt-get install restic")
-    return found
+RESTIC_VERSIONS = ("0.14", "0.18")
+
+
+def _restic(version: str) -> str:
+    """The restic of Debian bookworm (0.14, on PATH) or of trixie (0.18, fetched by
+    ``scripts/fetch-restic.sh`` into .cache/, which `make test` runs). Absence is a failure."""
+    if version == "0.14":
+        found = shutil.which("restic")
+        if found is None:
+            pytest.fail("restic is not installed: run `make test` (it installs it) or "
+                        "apt-get install restic")
+        return found
+    path = Path(os.environ.get("DRKIT_TEST_RESTIC_018",
+                               REPO_ROOT / ".cache" / "restic-trixie" / "usr" / "bin" / "restic"))
+    if not path.is_file():
+        pytest.fail(f"restic 0.18 not found at {path}: run `make test` (it fetches it) or "
+                    "scripts/fetch-restic.sh")
+    return str(path)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``every_restic`` run once with each supported restic (0.14 and 0.18);
+    the others with the system's restic (Debian bookworm: 0.14)."""
+    if "restic_binary" in metafunc.fixturenames and \
+            metafunc.definition.get_closest_marker("every_restic"):
+        metafunc.parametrize("restic_binary", RESTIC_VERSIONS, indirect=True,
+                             ids=[f"restic{v}" for v in RESTIC_VERSIONS])
+
+
+@pytest.fixture
+def restic_binary(request: pytest.FixtureRequest) -> str:
+    """The real restic binary this test runs with (see :func:`pytest_generate_tests`)."""
+    return _restic(getattr(request, "param", "0.14"))
 
 
 @pytest.fixture(scope="session")
@@ -145,10 +170,12 @@ def s3_endpoint(request: pytest.FixtureRequest) -> S3Endpoint:
 
 @dataclass
 class Project:
-    """A drkit deployment in a temporary directory: config, data, and a way to run the CLI."""
+    """A drkit deployment in a temporary directory: config, data, and a way to run the CLI.
+    Its configs use ``restic`` (the test's restic binary) unless they name one."""
 
     root: Path
     env: dict[str, str]
+    restic_binary: str = "restic"
 
     @property
     def config_path(self) -> Path:
@@ -160,6 +187,7 @@ class Project:
 
     def write_config(self, config: dict[str, Any]) -> Path:
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        config = {"restic_binary": self.restic_binary, **config}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         return self.config_path
 
@@ -181,14 +209,15 @@ class Project:
         """Run bare restic against ``url`` with this project's password."""
         env = {**os.environ, "RESTIC_REPOSITORY": url,
                "RESTIC_PASSWORD": self.env["DRKIT_TEST_PASSWORD"], **(extra_env or {})}
-        return subprocess.run(["restic", *args], capture_output=True, text=True, env=env,
-                              timeout=600)
+        return subprocess.run([self.restic_binary, *args], capture_output=True, text=True,
+                              env=env, timeout=600)
 
 
 @pytest.fixture
 def project(tmp_path: Path, restic_binary: str) -> Project:
     """An empty project with a repository password in its environment."""
-    return Project(root=tmp_path, env={"DRKIT_TEST_PASSWORD": "correct-horse-battery-staple-42"})
+    return Project(root=tmp_path, env={"DRKIT_TEST_PASSWORD": "correct-horse-battery-staple-42"},
+                   restic_binary=restic_binary)
 
 
 @pytest.fixture(scope="session")
@@ -218,3 +247,21 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     name = f"catalog_{uuid.uuid4().hex[:10]}"
     server.sql(f"create database {name}")
     return server.dsn(name).replace("postgresql://", "postgresql+psycopg://")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for every flow test (~17 s to start)."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def env(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """Flows run in this process: the project's secrets go into its environment."""
+    for key, value in project.env.items():
+        monkeypatch.setenv(key, value)
+    return project

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import json
 import os
 import sqlite3
 import threading
@@ -95,6 +96,7 @@ def test_tree_roundtrip_through_s3(project: Project, s3_endpoint: S3Endpoint) ->
     assert snapshots[0]["paths"] == [str(source)]
 
 
+@pytest.mark.every_restic
 def test_tree_roundtrip_to_local_path(project: Project) -> None:
     source = project.root / "data"
     source.mkdir()
@@ -118,6 +120,7 @@ def test_tree_roundtrip_to_local_path(project: Project) -> None:
     assert status["repositories"][0]["last_status"] == "succeeded"
 
 
+@pytest.mark.every_restic
 def test_sqlite_backed_up_while_being_written(project: Project, rclone_endpoint: S3Endpoint
                                               ) -> None:
     db_path = project.root / "app.sqlite"
@@ -169,3 +172,25 @@ def test_sqlite_backed_up_while_being_written(project: Project, rclone_endpoint:
     assert count >= 5000
     # The staging copy is gone after the run.
     assert not any((project.root / "config" / ".drkit" / "staging").glob("*/*"))
+
+
+@pytest.mark.every_restic
+def test_repository_format_2_and_its_compression_setting(project: Project) -> None:
+    """New repositories use format version 2; `compression:` is what restic stores with."""
+    source = project.root / "data"
+    source.mkdir()
+    (source / "log.txt").write_text("the same line, over and over\n" * 400_000)  # ~11 MiB
+    password = {"env": "DRKIT_TEST_PASSWORD"}
+    stored = {}
+    for mode in ("off", "max"):
+        repo = project.root / f"repo-{mode}"
+        project.write_config(files_config({"url": str(repo), "password": password,
+                                           "compression": mode}, [str(source)]))
+        assert project.run("repo", "init").returncode == 0
+        config = json.loads(project.restic(str(repo), "cat", "config").stdout)
+        assert config["version"] == 2
+        (run,) = project.run_json("backup")["runs"]
+        assert run["status"] == "succeeded"
+        stats = project.restic(str(repo), "stats", "--mode", "raw-data", "--json")
+        stored[mode] = json.loads(stats.stdout)["total_size"]
+    assert stored["off"] > 10_000_000 > 1_000_000 > stored["max"]

@@ -17,6 +17,7 @@ import boto3
 import pytest
 
 from tests.conftest import Project, S3Endpoint
+from tests.helpers import locks, restic_env, restic_holding_lock
 
 
 def catalog_rows(project: Project, kind: str) -> list[dict[str, Any]]:
@@ -191,12 +192,13 @@ def test_retention_is_exact_and_scoped_to_the_target(project: Project) -> None:
     assert project.run("prune", "nope").returncode == 2
 
 
+@pytest.mark.every_restic
 def test_stale_lock_is_cleared_and_prune_never_overlaps_backup(project: Project) -> None:
     repo = project.root / "repo"
     data = project.root / "data"
     data.mkdir()
     for index in range(3):
-        (data / f"big{index}").write_bytes(os.urandom(40 * 1024 * 1024))
+        (data / f"big{index}").write_bytes(os.urandom(10 * 1024 * 1024))
     project.write_config({
         "repositories": {"r": {"url": str(repo), "password": {"env": "DRKIT_TEST_PASSWORD"}}},
         "targets": {"t": {"kind": "files", "paths": [str(data)], "repositories": ["r"],
@@ -204,19 +206,13 @@ def test_stale_lock_is_cleared_and_prune_never_overlaps_backup(project: Project)
     })
     assert project.run("repo", "init").returncode == 0
     assert project.run("backup").returncode == 0
-    # A restic check holds an exclusive lock; kill -9 leaves that lock behind.
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo),
-           "RESTIC_PASSWORD": project.env["DRKIT_TEST_PASSWORD"]}
-    check = subprocess.Popen(["restic", "check", "--read-data"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not list((repo / "locks").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)  # let restic finish writing its lock file: a torn one is just ignored
-    assert check.poll() is None, "restic check ended before it could be killed"
-    check.kill()
-    check.wait()
-    assert list((repo / "locks").iterdir()), "no stale lock to test with"
+    # A restic holding an exclusive lock (waiting on a stdin the test holds open) is killed
+    # with -9 once its lock is written and readable: the lock stays behind, stale.
+    env = restic_env(str(repo), project.env["DRKIT_TEST_PASSWORD"])
+    with restic_holding_lock(project.restic_binary, env, exclusive=True) as holder:
+        holder.kill()
+        holder.wait()
+    assert [lock["pid"] for lock in locks(project.restic_binary, env)] == [holder.pid]
 
     drkit = [sys.executable, "-m", "drkit", "--config", str(project.config_path)]
     full_env = {**os.environ, **project.env}
@@ -228,6 +224,7 @@ def test_stale_lock_is_cleared_and_prune_never_overlaps_backup(project: Project)
     assert backup.returncode == 0, backup_err
     assert prune.returncode == 0, prune_err
     assert "removing a stale restic lock" in backup_err + prune_err
+    assert locks(project.restic_binary, env) == []
 
     def window(kind: str) -> tuple[str, str]:
         row = catalog_rows(project, kind)[-1]
@@ -237,3 +234,33 @@ def test_stale_lock_is_cleared_and_prune_never_overlaps_backup(project: Project)
     b_start, b_end = window("backup")
     p_start, p_end = window("prune")
     assert b_end <= p_start or p_end <= b_start, ((b_start, b_end), (p_start, p_end))
+
+
+def test_a_posture_finding_fails_the_check_but_the_data_slices_still_rotate(
+        project: Project, moto_s3: S3Endpoint) -> None:
+    project.env.update(moto_s3.env())
+    data = project.root / "data"
+    data.mkdir()
+    (data / "x").write_text("x")
+    bucket = f"nolock-{time.monotonic_ns() % 10**9}"
+    project.write_config({
+        "repositories": {"r": {**moto_s3.repository(bucket), "posture": {"versioning": True}}},
+        "targets": {"t": {"kind": "files", "paths": [str(data)], "repositories": ["r"]}},
+        "checks": {"read_data_subset": "1/3"},
+    })
+    boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name="us-east-1",
+                 aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=bucket)
+    assert project.run("repo", "init").returncode == 1  # the bucket contradicts the posture
+    assert project.restic(moto_s3.url(bucket), "init",
+                          extra_env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+                          ).returncode == 0
+    assert project.run("backup").returncode == 0
+    for _ in range(4):
+        check = project.run("check", "--json")
+        assert check.returncode == 1
+        (run,) = json.loads(check.stdout)["checks"]
+        assert any("versioning is 'Off'" in e for e in run["errors"])
+    evidence = [json.loads(r["evidence"]) for r in catalog_rows(project, "check")]
+    assert [e["read_data_subset"] for e in evidence] == ["1/3", "2/3", "3/3", "1/3"]
+    assert {e["data"]["status"] for e in evidence} == {"passed"}
+    assert {e["posture_check"]["status"] for e in evidence} == {"failed"}

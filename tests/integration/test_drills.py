@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import Project, S3Endpoint
+from tests.helpers import unique_sleep, wait_for
 
 
 def make_app(root: Path, *, big_mb: int = 0) -> None:
@@ -180,15 +181,18 @@ def test_target_without_snapshot_fails_clearly(project: Project, rclone_endpoint
     assert result.returncode == 1
     drill = json.loads(result.stdout)
     assert drill["status"] == "failed"
-    assert "no snapshot in repository 's3' (has it been backed up?)" in drill["error"]
+    assert ("no good backup of target 'later' of host " in drill["error"]
+            and "in repository 's3' is recorded in the catalog (has it been backed up?)"
+            in drill["error"])
     assert drill_records(project)[0]["status"] == "failed"
     assert_no_sandbox(project)
 
 
 def test_hanging_command_is_killed_at_its_timeout(project: Project,
                                                   rclone_endpoint: S3Endpoint) -> None:
+    sleep = unique_sleep()
     steps = [{"target": "files", "checks": [
-        {"command": ["sh", "-c", "sleep 300 & sleep 300"], "timeout": "2s"}]}]
+        {"command": ["sh", "-c", f"{sleep} & {sleep}"], "timeout": "2s"}]}]
     setup_drills(project, rclone_endpoint, [plan("hang", steps=steps)])
     start = time.monotonic()
     result = project.run("drill", "hang", "--json")
@@ -196,8 +200,8 @@ def test_hanging_command_is_killed_at_its_timeout(project: Project,
     drill = json.loads(result.stdout)
     assert result.returncode == 1 and drill["status"] == "failed"
     check = drill["steps"][0]["checks"][1]
-    assert check["status"] == "failed" and "timed out after 2 s" in check["detail"]
-    leftover = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True)
+    assert check["status"] == "failed" and "timed out after 2.0s" in check["detail"]
+    leftover = subprocess.run(["pgrep", "-f", sleep], capture_output=True)
     assert leftover.returncode == 1, "the command's children outlived its timeout"
     assert_no_sandbox(project)
 
@@ -217,17 +221,13 @@ def test_sigint_mid_restore_removes_the_sandbox(project: Project, rclone_endpoin
         [sys.executable, "-m", "drkit", "--config", str(project.config_path), "drill", "big"],
         env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if subprocess.run(["pgrep", "-f", f"restic restore .*{project.root}"],
-                          capture_output=True).returncode == 0:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError("restore never started")
-    time.sleep(0.5)
+    found = wait_for(lambda: subprocess.run(
+        ["pgrep", "-f", f"restic restore .*{project.root}"], capture_output=True,
+        text=True).stdout.split(), "restic restore to start")
+    restic = int(found[0])
+    os.kill(restic, signal.SIGSTOP)  # frozen mid-restore: it cannot finish before the ^C
     proc.send_signal(signal.SIGINT)
+    os.kill(restic, signal.SIGCONT)  # drkit's SIGTERM reaches it now
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert_no_sandbox(project)

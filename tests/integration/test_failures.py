@@ -16,6 +16,7 @@ import pytest
 
 from drkit.locals3 import free_port
 from tests.conftest import Project, S3Endpoint
+from tests.helpers import wait_for
 
 
 def records(project: Project) -> list[dict[str, Any]]:
@@ -190,16 +191,16 @@ def _journal(project: Project) -> Path:
     return project.root / "config" / ".drkit" / "runs"
 
 
-def _wait_for_flight(project: Project, timeout: float = 30) -> None:
-    """Wait until the backup has journaled its run and restic has started."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        started = subprocess.run(["pgrep", "-f", f"restic backup.*{project.root}"],
-                                 capture_output=True)
-        if list(_journal(project).glob("*.json")) and started.returncode == 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the backup never started")
+def _wait_for_flight(project: Project, timeout: float = 30) -> int:
+    """Wait until the backup has journaled its run and restic has started; return restic's
+    pid."""
+    def started() -> int | None:
+        found = subprocess.run(["pgrep", "-f", f"restic backup.*{project.root}"],
+                               capture_output=True, text=True).stdout.split()
+        return int(found[0]) if found and list(_journal(project).glob("*.json")) else None
+
+    pid: int = wait_for(started, "the backup to start", timeout)
+    return pid
 
 
 def _big_target(project: Project) -> None:
@@ -243,9 +244,10 @@ def test_killed_backup_becomes_interrupted(project: Project) -> None:
 def test_sigint_records_interrupted_and_stops_restic(project: Project) -> None:
     _big_target(project)
     proc = _start_backup(project)
-    _wait_for_flight(project)
-    time.sleep(0.3)
+    restic = _wait_for_flight(project)
+    os.kill(restic, signal.SIGSTOP)  # frozen mid-backup: it cannot finish before the ^C
     proc.send_signal(signal.SIGINT)
+    os.kill(restic, signal.SIGCONT)  # drkit's SIGTERM reaches it now
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr

@@ -4,12 +4,9 @@ a transient failure (storage briefly down, repository locked) and never a wrong 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,26 +15,9 @@ import pytest
 
 from drkit.locals3 import local_s3
 from tests.conftest import Project
+from tests.helpers import restic_env, restic_holding_lock, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect API for every flow test (~17 s to start)."""
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture
-def env(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
-    """Flows run in this process: the project's secrets go into its environment."""
-    for key, value in project.env.items():
-        monkeypatch.setenv(key, value)
-    return project
 
 
 def records(project: Project, kind: str) -> list[dict[str, Any]]:
@@ -103,7 +83,7 @@ def test_backup_check_and_drill_flows_record_what_the_cli_records(
     assert drill["status"] == "passed"
     (record,) = records(project, "drill")
     assert record["plan"] == "p" and record["status"] == "passed"
-    assert record["seq"] == drill["record_id"] or record["record_id"] == drill["record_id"]
+    assert record["record_id"] == drill["record_id"]
     assert not any((project.root / "sandbox").iterdir())
 
 
@@ -175,22 +155,31 @@ def test_locked_repository_is_retried_once_the_lock_goes(prefect_harness: None,
 
     project = env
     files_project(project, lock_timeout="1s", retries={"attempts": 4, "delays": ["2s"]})
-    # A real restic holds the repository (a backup reading stdin) for ~5 s.
-    holder = subprocess.Popen(
-        ["restic", "backup", "--stdin", "--stdin-filename", "held"], stdin=subprocess.PIPE,
-        env={**os.environ, "RESTIC_REPOSITORY": str(project.root / "repo"),
-             "RESTIC_PASSWORD": project.env["DRKIT_TEST_PASSWORD"]},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)  # its lock is written
-    threading.Timer(5, lambda: holder.stdin.close() if holder.stdin else None).start()
-    try:
+    # A real restic holds the repository (a backup reading a stdin the test holds open) until
+    # the first check attempt has failed and been recorded; then its backup ends normally.
+    holder_env = restic_env(str(project.root / "repo"), project.env["DRKIT_TEST_PASSWORD"])
+    with restic_holding_lock(project.restic_binary, holder_env, exclusive=False) as holder:
+        def release() -> None:
+            wait_for(lambda: failed_checks(project), "the first check attempt to fail")
+            assert holder.stdin is not None
+            holder.stdin.close()
+
+        threading.Thread(target=release, daemon=True).start()
         checks = check_flow(config=str(project.config_path))
-    finally:
-        holder.wait(timeout=30)
+        holder.wait(timeout=60)
     assert checks[0]["status"] == "passed"
     statuses = [r["status"] for r in records(project, "check")]
     assert statuses[0] == "failed" and statuses[-1] == "passed", statuses
     assert "locked" in records(project, "check")[0]["error"]
+
+
+def failed_checks(project: Project) -> int:
+    if not project.catalog_path.exists():
+        return 0
+    with closing(sqlite3.connect(project.catalog_path, timeout=30)) as db:
+        (count,) = db.execute("select count(*) from records where kind = 'check' "
+                              "and status = 'failed'").fetchone()
+    return int(count)
 
 
 def test_wrong_password_is_not_retried(prefect_harness: None, env: Project,

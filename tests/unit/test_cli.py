@@ -19,7 +19,7 @@ FAKE_RESTIC = textwrap.dedent('''\
     if args[:1] == ["version"]:
         print("restic 0.17.3 compiled with go1.22.5 on linux/amd64")
         sys.exit(0)
-    state = pathlib.Path(os.environ["FAKE_RESTIC_STATE"])
+    state = pathlib.Path(os.environ["RESTIC_FAKE_STATE"])
     with open(state / "calls.jsonl", "a") as log:
         log.write(json.dumps({{"argv": sys.argv,
                               "repo": os.environ.get("RESTIC_REPOSITORY"),
@@ -29,11 +29,19 @@ FAKE_RESTIC = textwrap.dedent('''\
         if any("fail" in p for p in paths):
             print("Fatal: simulated failure", file=sys.stderr)
             sys.exit(1)
+        # A barrier, not a sleep: go on once a second backup runs beside this one, or once
+        # every other successful backup is running or done (none can join any more).
         marker = state / f"running-{{os.getpid()}}"
         marker.touch()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            running = len(list(state.glob("running-*")))
+            if running >= 2 or running + len(list(state.glob("done-*"))) >= 5:
+                break
+            time.sleep(0.01)
         with open(state / "concurrency", "a") as out:
             out.write(f"{{len(list(state.glob('running-*')))}}\\n")
-        time.sleep(0.4)
+        (state / f"done-{{os.getpid()}}").touch()
         marker.unlink()
         print(json.dumps({{"message_type": "summary", "snapshot_id": "feed%04d" % os.getpid(),
                           "files_new": 1, "data_added": 10}}))
@@ -94,7 +102,7 @@ def fake_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
               "targets": targets}
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "drkit.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path, {"FAKE_RESTIC_STATE": str(state), "FAKE_PW": "fake-password-123"}
+    return tmp_path, {"RESTIC_FAKE_STATE": str(state), "FAKE_PW": "fake-password-123"}
 
 
 def test_parallelism_limit_and_failure_isolation(fake_project: tuple[Path, dict[str, str]]

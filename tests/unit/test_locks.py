@@ -17,12 +17,12 @@ from drkit.config.secrets import SecretRef
 from drkit.restic.errors import RepositoryLocked
 from drkit.restic.runner import ResticRepository, run_restic
 
-# Reports "locked by PID $LOCK_PID on this host" until $STATE/unlocked exists; `unlock`
+# Reports "locked by PID $RESTIC_FAKE_LOCK_PID on this host" until $STATE/unlocked exists; `unlock`
 # creates it. Every call is appended to $STATE/calls.
 FAKE = textwrap.dedent('''\
     #!{python}
     import os, sys, pathlib
-    state = pathlib.Path(os.environ["FAKE_STATE"])
+    state = pathlib.Path(os.environ["RESTIC_FAKE_STATE"])
     with open(state / "calls", "a") as log:
         log.write(" ".join(sys.argv[1:]) + "\\n")
     if sys.argv[1] == "unlock":
@@ -30,7 +30,7 @@ FAKE = textwrap.dedent('''\
         sys.exit(0)
     if not (state / "unlocked").exists():
         print("unable to create lock in backend: repository is already locked exclusively "
-              f"by PID {{os.environ['LOCK_PID']}} on {host} by root (UID 0, GID 0)",
+              f"by PID {{os.environ['RESTIC_FAKE_LOCK_PID']}} on {host} by root (UID 0, GID 0)",
               file=sys.stderr)
         sys.exit(1)
     print("ok")
@@ -42,7 +42,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ResticReposit
     binary = tmp_path / "restic"
     binary.write_text(FAKE.format(python=sys.executable, host=socket.gethostname()))
     binary.chmod(0o755)
-    monkeypatch.setenv("FAKE_STATE", str(tmp_path))
+    monkeypatch.setenv("RESTIC_FAKE_STATE", str(tmp_path))
     monkeypatch.setenv("FAKE_PW", "pw-123")
     repo = ResticRepository(
         name="r", binary=str(binary), lock_timeout=2.5,
@@ -56,7 +56,7 @@ def test_stale_lock_is_removed_and_the_command_retried(
     repo, state = fake
     dead = subprocess.Popen(["true"])
     dead.wait()
-    monkeypatch.setenv("LOCK_PID", str(dead.pid))
+    monkeypatch.setenv("RESTIC_FAKE_LOCK_PID", str(dead.pid))
     result = run_restic(repo, ("snapshots",), action="snapshots of r")
     assert result.stdout_lines == ["ok"]
     assert (state / "calls").read_text().split("\n")[:3] == ["snapshots", "unlock", "snapshots"]
@@ -66,7 +66,7 @@ def test_stale_lock_is_removed_and_the_command_retried(
 def test_live_lock_is_waited_for_then_fails_clearly(
         fake: tuple[ResticRepository, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     repo, state = fake
-    monkeypatch.setenv("LOCK_PID", str(os.getpid()))  # alive: never removed
+    monkeypatch.setenv("RESTIC_FAKE_LOCK_PID", str(os.getpid()))  # alive: never removed
     start = time.monotonic()
     with pytest.raises(RepositoryLocked, match="still locked after waiting 2 s"):
         run_restic(repo, ("backup",), action="backup t -> r")
