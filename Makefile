@@ -37,8 +37,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Test files run in parallel, one file per worker (-n auto: one worker per core).
 test: test-system lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 unit: test-system setup
 	$(BIN)/pytest tests/unit
