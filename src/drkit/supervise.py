@@ -286,17 +286,23 @@ def run(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None, limits: Limits
     child = start(spec, stdin=stdin, capture_stdout=on_stdout_line is None, limits=limits,
                   watch=watch, on_stderr_line=on_stderr_line)
     try:
-        if on_started is not None:
-            on_started()
-        if on_stdout_line is not None:
-            assert child.proc.stdout is not None
-            for raw in child.proc.stdout:
-                on_stdout_line(raw)
+        _follow(child, on_started, on_stdout_line)
         return child.wait()
     except BaseException:
         child.stop("interrupt", grace=STOP_GRACE_S)
         child.wait()
         raise
+
+
+def _follow(child: Supervised, on_started: Callable[[], None] | None,
+            on_line: Callable[[bytes], None] | None) -> None:
+    """Run ``on_started``, then hand each line of the child's stdout to ``on_line``."""
+    if on_started is not None:
+        on_started()
+    if on_line is not None:
+        assert child.proc.stdout is not None
+        for raw in child.proc.stdout:
+            on_line(raw)
 
 
 @dataclass
@@ -341,12 +347,7 @@ def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = N
         raise
     source.proc.stdout.close()  # the consumer holds the read end now
     try:
-        if on_started is not None:
-            on_started()
-        if on_consumer_line is not None:
-            assert sink.proc.stdout is not None
-            for raw in sink.proc.stdout:
-                on_consumer_line(raw)
+        _follow(sink, on_started, on_consumer_line)
         consumer_exit = sink.wait()
         if not consumer_exit.ok:  # nobody reads the producer's output any more
             source.stop("consumer ended")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Project, S3Endpoint
+from tests.helpers import wait_for
 
 
 def make_tree(root: Path) -> None:
@@ -144,7 +145,7 @@ def test_sqlite_backed_up_while_being_written(project: Project, rclone_endpoint:
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        time.sleep(0.2)
+        wait_for(lambda: written[0] > 100, "the writer to be writing")
         project.env.update(rclone_endpoint.env())
         bucket = f"sq-{time.monotonic_ns() % 10**9}"
         project.write_config({

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def failed_backups(project: Project) -> int:
+def failed_runs(project: Project, kind: str) -> int:
     if not project.catalog_path.exists():
         return 0
     with closing(sqlite3.connect(project.catalog_path, timeout=30)) as db:
-        (count,) = db.execute("select count(*) from records where kind = 'backup' "
-                              "and status = 'failed'").fetchone()
+        (count,) = db.execute("select count(*) from records where kind = ? and status = "
+                              "'failed'", (kind,)).fetchone()
     return int(count)
 
 
@@ -131,18 +130,21 @@ def test_transient_storage_outage_is_retried(prefect_harness: None, env: Project
         assert project.run("repo", "init").returncode == 0
     # The endpoint is down now; it comes back (same port, same data) once the first attempt
     # has failed and been recorded.
-    back = threading.Event()
+    back, done = threading.Event(), threading.Event()
 
     def restore_storage() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not failed_backups(project):
-            time.sleep(0.2)
+        wait_for(lambda: failed_runs(project, "backup"), "the first attempt's record", 120)
         with local_s3(tmp_path / "s3", port=port, keys=keys):
             back.set()
-            time.sleep(60)
+            done.wait(120)
 
-    threading.Thread(target=restore_storage, daemon=True).start()
-    runs = backup_flow(config=str(project.config_path), target="t")
+    thread = threading.Thread(target=restore_storage, daemon=True)
+    thread.start()
+    try:
+        runs = backup_flow(config=str(project.config_path), target="t")
+    finally:
+        done.set()
+        thread.join(60)
     assert back.is_set() and runs[0]["status"] == "succeeded"
     statuses = [r["status"] for r in records(project, "backup")]
     assert statuses[0] == "failed" and statuses[-1] == "succeeded", statuses
@@ -160,7 +162,7 @@ def test_locked_repository_is_retried_once_the_lock_goes(prefect_harness: None,
     holder_env = restic_env(str(project.root / "repo"), project.env["DRKIT_TEST_PASSWORD"])
     with restic_holding_lock(project.restic_binary, holder_env, exclusive=False) as holder:
         def release() -> None:
-            wait_for(lambda: failed_checks(project), "the first check attempt to fail")
+            wait_for(lambda: failed_runs(project, "check"), "the first check attempt to fail")
             assert holder.stdin is not None
             holder.stdin.close()
 
@@ -171,15 +173,6 @@ def test_locked_repository_is_retried_once_the_lock_goes(prefect_harness: None,
     statuses = [r["status"] for r in records(project, "check")]
     assert statuses[0] == "failed" and statuses[-1] == "passed", statuses
     assert "locked" in records(project, "check")[0]["error"]
-
-
-def failed_checks(project: Project) -> int:
-    if not project.catalog_path.exists():
-        return 0
-    with closing(sqlite3.connect(project.catalog_path, timeout=30)) as db:
-        (count,) = db.execute("select count(*) from records where kind = 'check' "
-                              "and status = 'failed'").fetchone()
-    return int(count)
 
 
 def test_wrong_password_is_not_retried(prefect_harness: None, env: Project,
