@@ -84,7 +84,8 @@ def overdue_targets(config: Config, catalog: Catalog, now: datetime | None = Non
     catch-up run when ``serve`` starts, however many runs were missed."""
     now = now or utcnow()
     with catalog.read_session() as session:
-        states = {(s.target, s.repository): s for s in queries.backup_states(session)}
+        states = {(s.target, s.repository): s
+                  for s in queries.backup_states(session, host=config.host)}
     overdue = []
     for name, target in config.targets.items():
         if not target.schedule:

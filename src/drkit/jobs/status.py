@@ -106,7 +106,8 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
     now = now or utcnow()
     plans = plans or {}
     with catalog.read_session() as session:
-        states = {(s.target, s.repository): s for s in queries.backup_states(session)}
+        states = {(s.target, s.repository): s
+                  for s in queries.backup_states(session, host=config.host)}
         drills = queries.last_drills(session)
         checks = queries.last_checks(session)
     out = []
