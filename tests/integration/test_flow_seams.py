@@ -164,3 +164,25 @@ def test_storage_killed_mid_stream_is_transient_and_retried(
         assert wrong not in first["error"]
     locks_dir = data / "bucket" / "repo" / "locks"
     assert not locks_dir.exists() or not any(locks_dir.iterdir())
+
+
+def test_a_backup_with_no_repository_left_is_a_bad_request(prefect_harness: None,
+                                                           env: Project) -> None:
+    from prefect.states import State
+
+    from drkit.flows.flows import backup_flow
+
+    project = env
+    data = project.root / "data"
+    data.mkdir()
+    (data / "a").write_text("a")
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"t": {"kind": "files", "paths": [str(data)], "repositories": ["r"]}},
+    })
+    state: State[Any] = backup_flow(config=str(project.config_path), target="t",
+                                    repositories=["offsite"], return_state=True)
+    assert state.is_failed()
+    assert "backed up to none of ['offsite']" in str(state.message)
+    assert records(project, "backup") == []  # nothing ran, nothing recorded
