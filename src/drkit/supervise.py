@@ -36,9 +36,11 @@ BASE_ENV = (
     "https_proxy", "no_proxy", "XDG_CACHE_HOME",
 )
 BASE_ENV_PREFIXES = ("LC_",)
-STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL this much later
+STOP_GRACE_S = 10.0  # the stop signal, then SIGKILL this much later
+ESCAPE_GRACE_S = 2.0  # after a child ends, how long its output may stay open
 OUTPUT_LIMIT = 1 << 20  # bytes of a stream kept (the end of it)
 _TICK_S = 0.2
+_stopping = threading.Event()  # set by terminate_all: no new child may start
 
 
 class ChildError(DrkitError):
@@ -58,9 +60,13 @@ def base_env(allow: Sequence[str] = (), **extra: str) -> dict[str, str]:
     return env
 
 
+MIN_SECRET = 4  # shorter values are not masked: masking "ab" everywhere garbles evidence
+
+
 def mask(text: str, secrets: Sequence[str]) -> str:
-    """Replace every occurrence of each secret (3 characters or more) in ``text`` by ``***``."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True):
+    """Replace every occurrence of each secret (:data:`MIN_SECRET` characters or more) in
+    ``text`` by ``***``."""
+    for secret in sorted((s for s in secrets if len(s) >= MIN_SECRET), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
 
@@ -68,13 +74,15 @@ def mask(text: str, secrets: Sequence[str]) -> str:
 @dataclass(frozen=True)
 class ChildSpec:
     """A child to run: argv (never a shell), environment (None: :func:`base_env`), working
-    directory, the secrets to mask in its output, and what it is, for messages."""
+    directory, the secrets to mask in its output, what it is (for messages), and the signal
+    that asks it to stop (restic cleans its lock up on SIGINT; 0.14 does not on SIGTERM)."""
 
     argv: Sequence[str]
     what: str
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
     secrets: Sequence[str] = ()
+    stop_signal: int = signal.SIGTERM
 
 
 @dataclass(frozen=True)
@@ -120,10 +128,6 @@ class Exit:
     def ok(self) -> bool:
         return self.returncode == 0 and self.stopped is None
 
-    @property
-    def died_of_sigpipe(self) -> bool:
-        return self.returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE) or \
-            "broken pipe" in self.stderr.lower()
 
 
 class _Buffer:
@@ -132,15 +136,20 @@ class _Buffer:
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
+        self.cut = False
 
     def add(self, data: bytes) -> None:
         self.chunks.append(data)
         self.size += len(data)
         while self.size > OUTPUT_LIMIT and len(self.chunks) > 1:
             self.size -= len(self.chunks.pop(0))
+            self.cut = True
 
     def text(self, secrets: Sequence[str]) -> str:
-        return mask(b"".join(self.chunks).decode("utf-8", "replace"), secrets)
+        text = b"".join(self.chunks).decode("utf-8", "replace")
+        if self.cut:  # the first line may start inside a secret: drop it, then mask
+            text = "[... cut ...]\n" + text.partition("\n")[2]
+        return mask(text, secrets)
 
 
 _live: set[Supervised] = set()
@@ -153,7 +162,7 @@ class Supervised:
     def __init__(self, spec: ChildSpec, proc: subprocess.Popen[bytes], limits: Limits,
                  watch: Callable[[], str | None] | None,
                  on_stderr_line: Callable[[str], None] | None,
-                 capture_stdout: bool) -> None:
+                 capture_stdout: bool, stdout_is_ours: bool = True) -> None:
         self.spec = spec
         self.proc = proc
         self.limits = limits
@@ -163,6 +172,11 @@ class Supervised:
         self._stdout = _Buffer()
         self._exited = threading.Event()
         self._reaped = threading.Event()
+        self._stderr_done = threading.Event()
+        self.stdout_done = threading.Event()  # set at EOF by whoever reads stdout
+        if not stdout_is_ours or proc.stdout is None:
+            self.stdout_done.set()  # another child reads it: not ours to wait for
+        self._pipes = _pipe_inodes(proc.stderr, proc.stdout if stdout_is_ours else None)
         self.stopped: str | None = None
         self.stop_detail: str | None = None
         self.ended_at = 0.0
@@ -182,11 +196,13 @@ class Supervised:
             if self._on_stderr_line is not None:
                 with contextlib.suppress(Exception):  # a broken callback never stops reading
                     self._on_stderr_line(raw.decode("utf-8", "replace").rstrip("\n"))
+        self._stderr_done.set()
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for chunk in iter(lambda: self.proc.stdout.read(65536), b""):  # type: ignore[union-attr]
             self._stdout.add(chunk)
+        self.stdout_done.set()
 
     def _wait(self) -> None:
         # See the exit without reaping, kill what the child left in its group (the group id
@@ -198,6 +214,12 @@ class Supervised:
         self._signal_group(signal.SIGKILL)
         self.proc.wait()
         self._reaped.set()
+        # A process that left the group (setsid) but still holds the child's output would
+        # keep drkit waiting past any deadline: after a short grace, it is killed too.
+        grace = time.monotonic() + ESCAPE_GRACE_S
+        if not (self._stderr_done.wait(ESCAPE_GRACE_S)
+                and self.stdout_done.wait(max(0.0, grace - time.monotonic()))):
+            _kill_holders(self._pipes)
 
     def _watchdog(self) -> None:
         while not self._exited.wait(_TICK_S):
@@ -214,14 +236,20 @@ class Supervised:
 
     # -- control --------------------------------------------------------------------------
     def _signal_group(self, sig: int) -> None:
+        if self._reaped.is_set():  # its group id may belong to someone else by now
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
-    def stop(self, reason: str, detail: str | None = None, grace: float = STOP_GRACE_S) -> None:
-        """Stop the child and its group: SIGTERM, SIGKILL after ``grace`` seconds."""
-        if self.stopped is None and not self._exited.is_set():
+    def stop(self, reason: str, detail: str | None = None, grace: float | None = None) -> None:
+        """Stop the child and its group: its stop signal, SIGKILL after ``grace`` seconds
+        (default :data:`STOP_GRACE_S`)."""
+        grace = STOP_GRACE_S if grace is None else grace
+        if self._exited.is_set():
+            return
+        if self.stopped is None:
             self.stopped, self.stop_detail = reason, detail
-        self._signal_group(signal.SIGTERM)
+        self._signal_group(self.spec.stop_signal)
         if not self._exited.wait(grace):
             self._signal_group(signal.SIGKILL)
 
@@ -245,13 +273,17 @@ class Supervised:
 def start(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None,
           stdout: int | None = subprocess.PIPE, capture_stdout: bool = True,
           limits: Limits = NO_LIMITS, watch: Callable[[], str | None] | None = None,
-          on_stderr_line: Callable[[str], None] | None = None) -> Supervised:
+          on_stderr_line: Callable[[str], None] | None = None,
+          stdout_is_ours: bool = True, cleanup: bool = False) -> Supervised:
     """Start ``spec`` in its own process group; return it supervised.
 
     ``stdin`` defaults to /dev/null. With ``capture_stdout`` False the caller reads
     ``proc.stdout`` itself (line by line, or as another child's stdin).
-    Raises :class:`ChildError` when the program cannot be started.
+    Raises :class:`ChildError` when the program cannot be started, or when drkit is
+    stopping (after :func:`terminate_all`) unless the child is a ``cleanup`` (removing a lock).
     """
+    if _stopping.is_set() and not cleanup:
+        raise ChildError(f"{spec.what}: not started, drkit is stopping", missing=False)
     env = dict(spec.env) if spec.env is not None else base_env()
     try:
         proc = subprocess.Popen(
@@ -267,7 +299,8 @@ def start(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None,
         raise ChildError(f"{spec.what}: cannot run {spec.argv[0]!r}: {exc.strerror}",
                          missing=False) from None
     child = Supervised(spec, proc, limits, watch, on_stderr_line,
-                       capture_stdout=capture_stdout and stdout == subprocess.PIPE)
+                       capture_stdout=capture_stdout and stdout == subprocess.PIPE,
+                       stdout_is_ours=stdout_is_ours)
     with _live_lock:
         _live.add(child)
     return child
@@ -277,19 +310,19 @@ def run(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None, limits: Limits
         on_stdout_line: Callable[[bytes], None] | None = None,
         watch: Callable[[], str | None] | None = None,
         on_stderr_line: Callable[[str], None] | None = None,
-        on_started: Callable[[], None] | None = None) -> Exit:
+        on_started: Callable[[], None] | None = None, cleanup: bool = False) -> Exit:
     """Run ``spec`` to its end under ``limits``; return how it ended (never raises for a
     failing child; raises :class:`ChildError` if it cannot start). ``on_stdout_line`` gets each
     line of stdout as it arrives (then stdout is not kept); ``on_started`` runs once the child
     runs (work to overlap with it). An exception from a callback, or Ctrl-C, stops the child
     before it propagates."""
     child = start(spec, stdin=stdin, capture_stdout=on_stdout_line is None, limits=limits,
-                  watch=watch, on_stderr_line=on_stderr_line)
+                  watch=watch, on_stderr_line=on_stderr_line, cleanup=cleanup)
     try:
         _follow(child, on_started, on_stdout_line)
         return child.wait()
     except BaseException:
-        child.stop("interrupt", grace=STOP_GRACE_S)
+        child.stop("interrupt")
         child.wait()
         raise
 
@@ -303,6 +336,7 @@ def _follow(child: Supervised, on_started: Callable[[], None] | None,
         assert child.proc.stdout is not None
         for raw in child.proc.stdout:
             on_line(raw)
+        child.stdout_done.set()
 
 
 @dataclass
@@ -315,16 +349,13 @@ class PipelineExit:
 
 
 def first_failure(producer: Exit, consumer: Exit) -> str | None:
-    """Which side failed first. A producer that died of a broken pipe only followed the
-    consumer's failure; a consumer that finished while the producer failed read a torn
-    stream to its end (the producer failed first)."""
+    """Which side failed first. The consumer (restic) never fails because of the producer: a
+    producer that dies only ends restic's input, and restic then makes a snapshot of what it
+    got. So a failed consumer failed first (the producer's broken pipe, or drkit stopping it,
+    only followed); a consumer that finished while the producer failed read a torn stream."""
     if producer.ok and consumer.ok:
         return None
-    if consumer.ok:
-        return "producer"
-    if producer.ok or producer.died_of_sigpipe or producer.stopped == "consumer ended":
-        return "consumer"
-    return "producer" if producer.ended_at <= consumer.ended_at else "consumer"
+    return "producer" if consumer.ok else "consumer"
 
 
 def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = NO_LIMITS,
@@ -335,7 +366,8 @@ def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = N
     """Pipe ``producer``'s stdout into ``consumer``'s stdin, watched as one unit: one deadline
     for both, both stopped when either is stopped or on Ctrl-C, the producer stopped when the
     consumer ends first. Raises :class:`ChildError` if either cannot start."""
-    source = start(producer, stdout=subprocess.PIPE, capture_stdout=False, limits=limits)
+    source = start(producer, stdout=subprocess.PIPE, capture_stdout=False, limits=limits,
+                   stdout_is_ours=False)
     assert source.proc.stdout is not None
     try:
         sink = start(consumer, stdin=source.proc.stdout, limits=limits, watch=watch,
@@ -356,7 +388,7 @@ def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = N
         producer_exit = source.wait()
     except BaseException:
         for child in (sink, source):
-            child.stop("interrupt", grace=STOP_GRACE_S)
+            child.stop("interrupt")
         sink.wait()
         source.wait()
         raise
@@ -365,14 +397,54 @@ def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = N
 
 
 def terminate_all() -> None:
-    """Stop every live child (Ctrl-C or SIGTERM reached drkit): SIGTERM to each group now;
-    :meth:`Supervised.wait` escalates to SIGKILL for those that linger."""
+    """Stop every live child (Ctrl-C or SIGTERM reached drkit): SIGTERM to each group now,
+    SIGKILL to those still there :data:`STOP_GRACE_S` later (in the background: the caller
+    goes on unwinding)."""
+    _stopping.set()
     with _live_lock:
         children = list(_live)
     for child in children:
-        if child.stopped is None:
-            child.stopped = "interrupt"
-        child._signal_group(signal.SIGTERM)
+        threading.Thread(target=child.stop, args=("interrupt",), daemon=True).start()
+
+
+def stopping() -> bool:
+    """Whether :func:`terminate_all` was called (work should not start anything new)."""
+    return _stopping.is_set()
+
+
+def resume() -> None:
+    """Allow children again after :func:`terminate_all` (a long-lived process that goes on)."""
+    _stopping.clear()
+
+
+def pause(seconds: float) -> None:
+    """Sleep ``seconds``, or less when drkit starts stopping meanwhile."""
+    _stopping.wait(max(0.0, seconds))
+
+
+def _pipe_inodes(*streams: IO[bytes] | None) -> set[int]:
+    inodes = set()
+    for stream in streams:
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                inodes.add(os.fstat(stream.fileno()).st_ino)
+    return inodes
+
+
+def _kill_holders(inodes: set[int]) -> None:
+    """SIGKILL every other process holding one of these pipes open (Linux /proc)."""
+    links = {f"pipe:[{inode}]" for inode in inodes}
+    me = str(os.getpid())
+    for entry in Path("/proc").glob("[0-9]*"):
+        if entry.name == me:
+            continue
+        try:
+            held = any(os.readlink(fd) in links for fd in (entry / "fd").iterdir())
+        except OSError:
+            continue
+        if held:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 __all__ = ["ChildError", "ChildSpec", "Exit", "Limits", "PipelineExit", "base_env", "mask",

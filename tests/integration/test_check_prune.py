@@ -264,3 +264,31 @@ def test_a_posture_finding_fails_the_check_but_the_data_slices_still_rotate(
     assert [e["read_data_subset"] for e in evidence] == ["1/3", "2/3", "3/3", "1/3"]
     assert {e["data"]["status"] for e in evidence} == {"passed"}
     assert {e["posture_check"]["status"] for e in evidence} == {"failed"}
+
+
+def test_a_missing_snapshot_fails_every_check_but_the_slices_still_rotate(
+        project: Project) -> None:
+    repo = project.root / "repo"
+    data = project.root / "data"
+    data.mkdir()
+    (data / "x").write_bytes(os.urandom(100_000))
+    project.write_config({
+        "repositories": {"r": {"url": str(repo), "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"t": {"kind": "files", "paths": [str(data)], "repositories": ["r"]}},
+        "checks": {"read_data_subset": "1/3"},
+    })
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    (data / "y").write_bytes(os.urandom(100_000))
+    assert project.run("backup").returncode == 0
+    first = sorted((repo / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime)[0]
+    first.unlink()  # deleted behind drkit's back
+    for _ in range(4):
+        check = project.run("check", "--json")
+        assert check.returncode == 1
+        (run,) = json.loads(check.stdout)["checks"]
+        assert any("is missing from the repository" in e for e in run["errors"])
+    evidence = [json.loads(r["evidence"]) for r in catalog_rows(project, "check")]
+    assert [e["read_data_subset"] for e in evidence] == ["1/3", "2/3", "3/3", "1/3"]
+    assert {e["data"]["status"] for e in evidence} == {"passed"}
+    assert {e["snapshots"]["status"] for e in evidence} == {"failed"}

@@ -302,3 +302,65 @@ def test_an_unreadable_journal_file_is_recorded_once(project: Project) -> None:
     assert (runs / "0d2c1e2a-torn.json.unreadable").exists()
     project.run("status")
     assert len(records(project)) == 1  # reported once, not skipped (or repeated) forever
+
+
+@pytest.mark.every_restic
+def test_ctrl_c_during_a_check_leaves_no_lock(project: Project) -> None:
+    """restic is stopped with SIGINT (0.14 removes its lock on SIGINT, not on SIGTERM)."""
+    data = files_config(project, {"url": str(project.root / "repo"),
+                                  "password": {"env": "DRKIT_TEST_PASSWORD"}})
+    (data / "big").write_bytes(os.urandom(30 * 1024 * 1024))
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    check = subprocess.Popen(
+        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "check",
+         "--read-data-subset", "100%"], env={**os.environ, **project.env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock_dir = project.root / "repo" / "locks"
+    wait_for(lambda: any(lock_dir.iterdir()), "restic check to take its lock")
+    restic = processes_with_env("RESTIC_REPOSITORY", str(project.root / "repo"))
+    for pid in restic:
+        os.kill(pid, signal.SIGSTOP)  # frozen holding its exclusive lock
+    check.send_signal(signal.SIGINT)
+    for pid in restic:
+        os.kill(pid, signal.SIGCONT)
+    _, stderr = check.communicate(timeout=120)
+    assert check.returncode == 130, stderr
+    env = restic_env(str(project.root / "repo"), project.env["DRKIT_TEST_PASSWORD"])
+    assert locks(project.restic_binary, env) == []  # other hosts are not held up 30 minutes
+    assert records(project, "check")[-1]["status"] == "interrupted"
+
+
+@pytest.mark.every_restic
+def test_drill_snapshot_option_across_two_repositories(project: Project) -> None:
+    """--snapshot names one step's snapshot; the step in the other repository takes its
+    newest good backup from the catalog."""
+    for name in ("a", "b"):
+        (project.root / name).mkdir()
+        (project.root / name / f"{name}.txt").write_text(name)
+    project.write_config({
+        "repositories": {repo: {"url": str(project.root / f"repo-{repo}"),
+                                "password": {"env": "DRKIT_TEST_PASSWORD"}}
+                         for repo in ("one", "two")},
+        "targets": {"a": {"kind": "files", "paths": [str(project.root / "a")],
+                          "repositories": ["one"]},
+                    "b": {"kind": "files", "paths": [str(project.root / "b")],
+                          "repositories": ["two"]}},
+        "drills": {"sandbox_dir": str(project.root / "sandboxes")},
+    })
+    plans = project.root / "recovery_plans"
+    plans.mkdir()
+    (plans / "p.yaml").write_text(yaml.safe_dump({
+        "name": "p", "objectives": {"rpo": "1h", "rto": "15m"},
+        "steps": [{"target": "a", "checks": [{"files_exist": ["a.txt"]}]},
+                  {"target": "b", "checks": [{"files_exist": ["b.txt"]}]}]}))
+    assert project.run("repo", "init").returncode == 0
+    first = {r["target"]: r["snapshot_id"] for r in project.run_json("backup")["runs"]}
+    assert project.run("backup").returncode == 0
+    drill = project.run("drill", "p", "--snapshot", first["a"], "--json")
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    steps = {s["target"]: s for s in json.loads(drill.stdout)["steps"]}
+    assert steps["a"]["snapshot_id"].startswith(first["a"])
+    assert steps["a"]["chosen_by"].startswith("--snapshot")
+    assert steps["b"]["chosen_by"].startswith("the catalog's newest good backup")
+    assert not steps["b"]["snapshot_id"].startswith(first["b"])  # the newer one

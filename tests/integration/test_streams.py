@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
+import sys
 import textwrap
 from contextlib import closing
 from pathlib import Path
@@ -24,6 +26,7 @@ from tests.helpers import (
     restic_env,
     restic_holding_lock,
     unique_sleep,
+    wait_for,
 )
 
 pytestmark = pytest.mark.every_restic
@@ -199,3 +202,59 @@ def test_each_child_sees_only_its_own_secrets(project: Project, postgres: Databa
         assert postgres.password not in parent_env
         assert "unrelated-secret-value-99" not in parent_env
     assert os.environ.get("UNRELATED_SECRET") is None
+
+
+def test_ctrl_c_mid_stream_is_recorded_as_interrupted(project: Project) -> None:
+    produced, gate = project.root / "produced", project.root / "gate"
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"stream": {"kind": "command", "repositories": ["r"], "command": [
+            "sh", "-c", f"head -c 2000000 /dev/urandom; touch {produced}; "
+                        f"while [ ! -e {gate} ]; do sleep 0.05; done"]}},
+    })
+    assert project.run("repo", "init").returncode == 0
+    backup = subprocess.Popen(
+        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "backup"],
+        env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    wait_for(produced.exists, "the dump to be streaming")
+    backup.send_signal(signal.SIGINT)
+    _, stderr = backup.communicate(timeout=120)
+    assert backup.returncode == 130, stderr
+    (record,) = records(project, "backup")
+    assert record["status"] == "interrupted", record["error"]
+    assert processes_with_env("RESTIC_REPOSITORY", str(project.root / "repo")) == []
+    env = restic_env(str(project.root / "repo"), project.env["DRKIT_TEST_PASSWORD"])
+    assert locks(project.restic_binary, env) == []
+
+
+def test_a_dump_tool_found_on_path_gets_the_same_environment_with_every_restic(
+        project: Project, mariadb: DatabaseServer) -> None:
+    """A MySQL dump is looked up on PATH and run with the base environment (PATH, HOME...)
+    whether restic runs it (>= 0.17) or drkit pipes it (older)."""
+    tools = project.root / "tools"
+    tools.mkdir()
+    seen = project.root / "dump.env"
+    real = subprocess.run(["which", "mariadb-dump"], capture_output=True, text=True
+                          ).stdout.strip()
+    script(tools / "mariadb-dump", f"""\
+        env > {seen}
+        exec {real} "$@"
+        """)
+    mariadb.sql("drop database if exists pathy; create database pathy; "
+                "create table pathy.t (id int primary key); insert into pathy.t values (1)")
+    project.env["MARIA_DSN"] = mariadb.dsn("pathy")
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"db": {"kind": "mysql", "dsn": {"env": "MARIA_DSN"},
+                           "repositories": ["r"]}},
+    })
+    assert project.run("repo", "init").returncode == 0
+    path = f"{tools}:{os.environ['PATH']}"
+    result = project.run("backup", extra_env={"PATH": path})
+    assert result.returncode == 0, result.stderr
+    dump_env = seen.read_text()  # our wrapper ran: the dump was found on drkit's PATH
+    assert f"PATH={path}" in dump_env and "HOME=" in dump_env
+    assert project.env["DRKIT_TEST_PASSWORD"] not in dump_env

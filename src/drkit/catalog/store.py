@@ -29,6 +29,7 @@ from drkit.catalog.inflight import RunHandle, RunJournal, Unreadable, utcnow
 from drkit.catalog.migrate import ensure_schema
 from drkit.catalog.models import GENESIS_HASH, ChainHead, Record
 from drkit.errors import DrkitError
+from drkit.supervise import MIN_SECRET
 
 log = logging.getLogger("drkit.catalog")
 
@@ -105,7 +106,8 @@ class Catalog:
                  secrets: Sequence[str] = ()) -> None:
         self.engine = engine
         self.hostname = hostname or socket.gethostname()
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len,
+                              reverse=True)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(engine.execution_options(drkit_readonly=True),
                                            expire_on_commit=False)

@@ -196,8 +196,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from drkit.jobs.prune import run_prunes
 
     config = _config(args)
-    catalog = None if args.dry_run else _catalog(config)
-    runs = run_prunes(config, catalog, _journal(config), args.targets, dry_run=args.dry_run)
+    # A dry run records nothing, but reads which snapshots the failed runs left.
+    runs = run_prunes(config, _catalog(config), _journal(config), args.targets,
+                      dry_run=args.dry_run)
     if args.json:
         emit_json({"prunes": [run.to_json() for run in runs]})
     else:

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from drkit.errors import SecretError
+from drkit.supervise import MIN_SECRET
 
 
 class SecretRef(BaseModel):
@@ -81,8 +82,10 @@ class SecretRef(BaseModel):
 
 _known: set[str] = set()
 _known_lock = threading.Lock()
-_EMBEDDED = (re.compile(r"://[^/@:\s]*:([^/@\s]+)@"),            # URL user-info password
-             re.compile(r"(?:^|\s)password\s*=\s*'?([^'\s]+)"))  # libpq key=value
+_EMBEDDED = (re.compile(r"://[^/@:\s]*:([^/@\s]+)@"),                  # URL user-info
+             re.compile(r"(?:^|\s)password\s*=\s*'((?:[^'\\]|\\.)*)'"),  # libpq, quoted
+             re.compile(r"(?:^|\s)password\s*=\s*([^'\s]\S*)"))           # libpq, bare
+_PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
 def remember(value: str) -> None:
@@ -90,9 +93,10 @@ def remember(value: str) -> None:
     found = {value}
     for pattern in _EMBEDDED:
         for match in pattern.finditer(value):
-            found.update({match.group(1), unquote(match.group(1))})
+            part = match.group(1)
+            found.update({part, unquote(part), re.sub(r"\\(.)", r"\1", part)})
     with _known_lock:
-        _known.update(item for item in found if len(item) >= 4)
+        _known.update(item for item in found if len(item) >= MIN_SECRET)
 
 
 def known_secrets() -> list[str]:
@@ -117,6 +121,12 @@ def collect_secrets(*models: Any) -> list[str]:
             ref.resolve()
         except SecretError:
             continue
+    for name in _PROXIES:  # children get the proxies; a password in one is a secret too
+        value = os.environ.get(name)
+        if value and "@" in value:
+            for match in _EMBEDDED[0].finditer(value):
+                remember(unquote(match.group(1)))
+                remember(match.group(1))
     return known_secrets()
 
 

@@ -3,6 +3,7 @@ then compare the restored tree with the snapshot's own listing (paths, types, si
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from drkit.drills.checks import CheckResult
 from drkit.errors import DrkitError
 from drkit.identity import SnapshotIdentity, target_tag
 from drkit.restic.commands import Snapshot
+from drkit.restic.errors import ResticFailed
 from drkit.restic.runner import ResticRepository, run_restic
 from drkit.supervise import NO_LIMITS, Limits
 from drkit.units import human_bytes
@@ -45,6 +47,11 @@ class NotThisTarget(DrillError):
     snapshot)."""
 
 
+class SnapshotNotFound(DrillError):
+    """No snapshot with that id in the repository (``--snapshot`` may name a snapshot of
+    another step's repository)."""
+
+
 def list_snapshot(repo: ResticRepository, identity: SnapshotIdentity, snapshot_id: str, *,
                   limits: Limits = NO_LIMITS) -> tuple[Snapshot, Listing]:
     """Snapshot ``snapshot_id`` of ``identity`` in ``repo`` and every node it holds, in one
@@ -54,13 +61,20 @@ def list_snapshot(repo: ResticRepository, identity: SnapshotIdentity, snapshot_i
     which costs about half a second. Raises :class:`DrillError` when there is no such snapshot
     or it is another host's, :class:`NotThisTarget` when it is another target's.
     """
-    result = run_restic(repo, ("ls", "--json", snapshot_id),
-                        action=f"listing {identity.target}'s snapshot {snapshot_id[:8]} in "
-                               f"'{repo.name}'", limits=limits)
+    missing = SnapshotNotFound(f"target '{identity.target}': snapshot {snapshot_id[:8]} is not "
+                               f"in repository '{repo.name}'")
+    try:
+        result = run_restic(repo, ("ls", "--json", snapshot_id),
+                            action=f"listing {identity.target}'s snapshot {snapshot_id[:8]} in "
+                                   f"'{repo.name}'", limits=limits)
+    except ResticFailed as exc:  # restic >= 0.17 fails on an unknown id; 0.14 prints nothing
+        if re.search(r"no matching ID found|no snapshot|failed to load snapshot", exc.stderr,
+                     re.IGNORECASE):
+            raise missing from None
+        raise
     heads = [m for m in result.messages if m.get("struct_type") == "snapshot"]
     if not heads:
-        raise DrillError(f"target '{identity.target}': snapshot {snapshot_id[:8]} is not in "
-                         f"repository '{repo.name}'")
+        raise missing
     snapshot = Snapshot.from_json(heads[0])
     if target_tag(identity.target) not in snapshot.tags:
         raise NotThisTarget(f"snapshot {snapshot_id[:8]} in '{repo.name}' is not target "

@@ -30,6 +30,7 @@ from drkit.drills.restore import (
     DrillError,
     Listing,
     NotThisTarget,
+    SnapshotNotFound,
     compare_tree,
     data_root,
     ensure_space,
@@ -300,22 +301,22 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int,
 def _snapshot_for(recorder: Recorder, repo: ResticRepository, identity: SnapshotIdentity,
                   wanted: str | None, limits: Limits) -> tuple[Snapshot, Listing, str]:
     """The snapshot a step restores, its listing, and why it was chosen."""
-    from drkit.catalog import queries
+    from drkit.catalog import snapshots as known
 
     if wanted is not None:
         try:
             snapshot, listing = list_snapshot(repo, identity, wanted, limits=limits)
-        except NotThisTarget:
+        except (NotThisTarget, SnapshotNotFound):
             pass  # --snapshot names another step's snapshot: this step takes the catalog's
         else:
             with recorder.catalog.get().read_session() as session:
-                verdict = queries.snapshot_verdict(session, snapshot.id)
+                verdict = known.snapshot_verdict(session, snapshot.id)
             if verdict != "succeeded":
                 log.warning("drill: snapshot %s was asked for; the catalog records its backup "
                             "as %s", snapshot.short_id, verdict or "unknown")
             return snapshot, listing, f"--snapshot (backup recorded as {verdict or 'unknown'})"
     with recorder.catalog.get().read_session() as session:
-        good = queries.newest_good_snapshot(session, target=identity.target,
+        good = known.newest_good_snapshot(session, target=identity.target,
                                             repository=repo.name, host=identity.host)
     if good is None:
         raise DrillError(f"no good backup of {identity.describe()} in repository "

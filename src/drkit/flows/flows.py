@@ -28,6 +28,16 @@ class RunFailed(Exception):
         super().__init__(message)
         self.transient = transient
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Prefect may persist results)
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[RunFailed], message: str, state: dict[str, Any]) -> RunFailed:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 def retry_only_transient(_task: Any, _task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect retry condition: retry a :class:`RunFailed` marked transient, nothing else."""

@@ -247,18 +247,20 @@ def _backup_one(config: Config, runs: _TargetRun, repo_name: str, source: Backup
                     repo, source.paths, tags=identity.tags, host=identity.host,
                     excludes=source.excludes, cwd=source.cwd, dry_run=runs.dry_run,
                     action=action, on_progress=hook, on_start=on_start, limits=limits)
-    except (StreamSourceFailed, SourceIncomplete) as exc:
-        bad = exc.torn_snapshot_id if isinstance(exc, StreamSourceFailed) else exc.snapshot_id
-        if bad:  # a snapshot that is not a backup: never drilled, forgotten by the next prune
-            evidence["snapshot_state"] = "torn" if isinstance(exc, StreamSourceFailed) \
-                else "incomplete"
-        return runs.finish(repo_name, error=str(exc), snapshot_id=bad, evidence=evidence)
     except DrkitError as exc:
+        # A snapshot the failed run left (a torn dump, an incomplete backup, one committed
+        # just as the run was stopped) is recorded with it: never drilled, and the next prune
+        # forgets it.
+        bad, state = _left_behind(exc)
+        if bad:
+            evidence["snapshot_state"] = state
         interrupted = cancel is not None and cancel.is_set()
         return runs.finish(repo_name, error="interrupted by the user" if interrupted
-                           else describe(exc),
+                           else (str(exc) if isinstance(exc, StreamSourceFailed | SourceIncomplete)
+                                 else describe(exc)),
                            status="interrupted" if interrupted else "failed",
-                           evidence=evidence, transient=exc.transient and not interrupted)
+                           snapshot_id=bad, evidence=evidence,
+                           transient=exc.transient and not interrupted)
     except Exception as exc:
         log.debug("unexpected error in %s", action, exc_info=True)
         return runs.finish(repo_name, error=f"internal error: {type(exc).__name__}: {exc}",
@@ -268,3 +270,15 @@ def _backup_one(config: Config, runs: _TargetRun, repo_name: str, source: Backup
              "dry run done" if runs.dry_run else "succeeded", (summary.snapshot_id or "-")[:8],
              human_bytes(summary.data_added), time.monotonic() - clock)
     return runs.finish(repo_name, summary=summary, evidence=evidence, status="succeeded")
+
+
+def _left_behind(exc: DrkitError) -> tuple[str | None, str]:
+    """The snapshot a failed backup left in the repository, and what it is."""
+    if isinstance(exc, StreamSourceFailed):
+        return exc.torn_snapshot_id, "torn"
+    if isinstance(exc, SourceIncomplete):
+        return exc.snapshot_id, "incomplete"
+    result = getattr(exc, "result", None)
+    summary = result.last("summary") if result is not None else None
+    return (str(summary["snapshot_id"]) if summary and summary.get("snapshot_id") else None,
+            "made_by_a_failed_run")

@@ -61,8 +61,9 @@ def slices_of(setting: str) -> int:
 def next_slice(catalog: Catalog, repository: str, slices: int) -> int:
     """The slice (1..slices) to read next: the one after the last slice whose data read
     passed, the same again when its read found damage or could not run, 1 when none was read
-    yet. Only the data read counts: a storage-posture finding fails the check but does not
-    hold the rotation back. State lives in the catalog's check records."""
+    yet. Only the data read counts: a storage-posture finding or a snapshot missing from the
+    repository fails the check but does not hold the rotation back. State lives in the
+    catalog's check records."""
     with catalog.read_session() as session:
         rows = session.execute(
             select(Record.status, Record.evidence)
@@ -95,10 +96,10 @@ def _missing_snapshots(catalog: Catalog, repo: ResticRepository, action: str,
                        limits: Limits) -> list[str]:
     """Snapshots the catalog recorded as backed up (and not pruned) that the repository no
     longer has: restic's own check cannot see a deleted snapshot file."""
-    from drkit.catalog import queries
+    from drkit.catalog import snapshots as known
 
     with catalog.read_session() as session:
-        expected = queries.expected_snapshots(session, repo.name)
+        expected = known.expected_snapshots(session, repo.name)
     if not expected:
         return []
     present = [snap.id for snap in commands.snapshots(repo, action=action, limits=limits)]
@@ -127,13 +128,22 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     evidence["read_data_subset"] = subset
     start = time.monotonic()
     action = f"check {name}"
-    data = _check_data(config, catalog, repo, subset, evidence, action=action)
-    posture = _check_posture(repo)
-    errors = data.errors + posture.errors
+    limits = Limits.after(config.timeouts.check)
+    try:
+        data = _check_data(config, repo, subset, evidence, action=action, limits=limits)
+        listed = _check_snapshots(catalog, repo, data, action=action, limits=limits)
+        posture = _check_posture(repo)
+    except KeyboardInterrupt:  # recorded as such now, not left for the next start to find
+        catalog.finish_run(handle, status="interrupted", error="interrupted by the user",
+                           evidence=evidence)
+        journal.close(handle)
+        raise
+    errors = data.errors + listed.errors + posture.errors
     duration = time.monotonic() - start
     status = "failed" if errors else "passed"
     evidence.update({"errors": errors, "posture": posture.found,
                      "data": {"status": data.status, "errors": data.errors},
+                     "snapshots": {"status": listed.status, "errors": listed.errors},
                      "posture_check": {"status": posture.status, "errors": posture.errors},
                      "duration_s": round(duration, 3)})
     if repo.config.posture is not None:
@@ -148,7 +158,7 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
         log.error("%s: %s", action, error)
     if not errors:
         log.info("%s: passed (read data: %s, %.1f s)", action, subset or "none", duration)
-    stopped_by = data.transient + posture.transient
+    stopped_by = data.transient + listed.transient + posture.transient
     return CheckRun(repository=name, status=status, read_data_subset=subset,
                     duration_s=round(duration, 3), errors=errors, posture=posture.found,
                     record_id=record.id,
@@ -172,11 +182,11 @@ class _Part:
         self.transient.append(transient)
 
 
-def _check_data(config: Config, catalog: Catalog, repo: ResticRepository, subset: str | None,
-                evidence: dict[str, Any], *, action: str) -> _Part:
-    """restic's check (structure and the read-data slice) and the catalog's snapshots."""
+def _check_data(config: Config, repo: ResticRepository, subset: str | None,
+                evidence: dict[str, Any], *, action: str, limits: Limits) -> _Part:
+    """restic's check: the structure and the read-data slice. Its verdict alone moves the
+    slice rotation on."""
     part = _Part()
-    limits = Limits.after(config.timeouts.check)
     try:
         with repository_lock(config.state_dir, repo.name, exclusive=True,
                              timeout=config.lock_timeout, action=action):
@@ -185,6 +195,20 @@ def _check_data(config: Config, catalog: Catalog, repo: ResticRepository, subset
         for error in outcome.errors:
             part.fail(error)
         evidence["restic_output"] = outcome.output_tail[-4000:]
+    except DrkitError as exc:
+        part.fail(describe(exc), transient=exc.transient, ran=False)
+    return part
+
+
+def _check_snapshots(catalog: Catalog, repo: ResticRepository, data: _Part, *, action: str,
+                     limits: Limits) -> _Part:
+    """The snapshots the catalog recorded, against the repository's list (skipped when the
+    repository could not be checked at all)."""
+    part = _Part()
+    if data.status == "not_run":
+        part.status = "not_run"
+        return part
+    try:
         for error in _missing_snapshots(catalog, repo, action, limits):
             part.fail(error)
     except DrkitError as exc:

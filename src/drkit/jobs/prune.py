@@ -75,13 +75,13 @@ def run_prunes(config: Config, catalog: Catalog | None, journal: RunJournal,
 
 
 def _has_unusable(catalog: Catalog | None, config: Config, name: str, repo_name: str) -> bool:
-    from drkit.catalog import queries
+    from drkit.catalog import snapshots as known
 
     if catalog is None:
         return False
     with catalog.read_session() as session:
-        return bool(queries.failed_run_snapshots(session, target=name, repository=repo_name,
-                                                 host=config.host))
+        return bool(known.unusable_snapshots(session, target=name, repository=repo_name,
+                                             host=config.host))
 
 
 def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, name: str,
@@ -102,8 +102,15 @@ def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, nam
         with repository_lock(config.state_dir, repo_name, exclusive=True,
                              timeout=config.lock_timeout, action=action) as locked_at:
             evidence["lock_acquired_at"] = locked_at
-            _forget_and_prune(repo, catalog, identity, target.retention, run, evidence,
-                              action=action, limits=limits)
+            try:
+                _forget_and_prune(repo, catalog, identity, target.retention, run, evidence,
+                                  action=action, limits=limits)
+            except KeyboardInterrupt:  # recorded as such now, with what it had removed
+                if catalog is not None and handle is not None:
+                    catalog.finish_run(handle, status="interrupted", evidence=evidence,
+                                       error="interrupted by the user")
+                    journal.close(handle)
+                raise
         run.status = "succeeded"
         log.info("%s: %s %d snapshot(s), kept %d", action,
                  "would remove" if dry_run else "removed", len(run.removed), len(run.kept))
@@ -128,22 +135,14 @@ def _forget_and_prune(repo: ResticRepository, catalog: Catalog | None,
     """Forget the failed runs' snapshots and those the policy (if any) does not keep, then
     prune.
 
-    The failed runs' snapshots (torn dumps, incomplete backups) go first, so that they never
-    count for retention (``keep_last: 1`` must not keep a torn dump and drop the good one).
+    The failed runs' snapshots (torn dumps, incomplete backups, snapshots of runs cut short)
+    go first, so that they never count for retention (``keep_last: 1`` must not keep a torn
+    dump and drop the good one).
     The policy is evaluated by a dry run, then exactly those snapshots are forgotten: if that
     fails halfway, what is really gone is read back from the repository, and if the storage
     does not answer, the record says which snapshots may be gone (``removal_uncertain``).
     """
-    from drkit.catalog import queries
-
-    bad: list[str] = []
-    unfinished = False  # the last prune forgot snapshots but could not free their data
-    if catalog is not None:
-        with catalog.read_session() as session:
-            bad = queries.failed_run_snapshots(session, target=identity.target,
-                                               repository=repo.name, host=identity.host)
-            unfinished = queries.last_prune_failed(session, target=identity.target,
-                                                   repository=repo.name, host=identity.host)
+    bad, unfinished = _unusable(repo, catalog, identity, limits=limits, action=action)
     if bad and not run.dry_run:
         _forget(repo, identity, bad, [], evidence, action=f"{action}: failed runs' snapshots",
                 limits=limits)
@@ -166,6 +165,31 @@ def _forget_and_prune(repo: ResticRepository, catalog: Catalog | None,
     evidence["removed"] = _listed(removing)
     if bad or removing or unfinished:
         evidence["prune_summary"] = commands.prune(repo, action=action, limits=limits)
+
+
+def _unusable(repo: ResticRepository, catalog: Catalog | None, identity: SnapshotIdentity,
+              *, limits: Limits, action: str) -> tuple[list[str], bool]:
+    """The snapshots to forget before the policy runs (see :mod:`drkit.catalog.snapshots`),
+    and whether the last prune was left unfinished (its data still to be freed)."""
+    from drkit.catalog import snapshots as known
+
+    if catalog is None:
+        return [], False
+    with catalog.read_session() as session:
+        bad = known.unusable_snapshots(session, target=identity.target, repository=repo.name,
+                                       host=identity.host)
+        unfinished = known.last_prune_failed(session, target=identity.target,
+                                             repository=repo.name, host=identity.host)
+        cut_short = known.had_interrupted_runs(session, target=identity.target,
+                                               repository=repo.name, host=identity.host)
+    if cut_short:  # a run killed after restic committed leaves a snapshot nobody recorded
+        present = [(s.id, s.time) for s in commands.snapshots(
+            repo, tags=identity.tags, host=identity.host, action=action, limits=limits)]
+        with catalog.read_session() as session:
+            bad += known.unrecorded_in_interrupted_runs(
+                session, target=identity.target, repository=repo.name, host=identity.host,
+                present=present)
+    return bad, unfinished
 
 
 def _forget(repo: ResticRepository, identity: SnapshotIdentity, bad: list[str],

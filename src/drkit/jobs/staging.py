@@ -1,10 +1,11 @@
 """Staging directories: one private directory per backup run, never shared, always removed.
 
-A run prepares its target under ``state_dir/staging/<target>.<pid>-<start>.<random>/data``
-(the SQLite copy, the MySQL options file) and keeps its stream's producer spec under
-``.../stream``. The name carries the process's id and start time, so a directory left by a
-killed process is recognised (and removed) by the next run on this host, while a live
-process's is never touched.
+A run prepares its target under
+``state_dir/staging/<target>.<machine>.<pid>-<start>.<random>/data`` (the SQLite copy, the
+MySQL options file) and keeps its stream's producer spec under ``.../stream``. The name
+carries the machine, the process's id and its start time, so a directory left by a killed
+process is recognised (and removed) by the next run on that machine, while a live process's,
+or another machine's (a shared state directory), is never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +24,11 @@ from pathlib import Path
 from drkit.catalog.inflight import process_alive, process_start_token
 
 log = logging.getLogger("drkit.backup")
-_OWNER = re.compile(r"\.(\d+)-(\w+)\.[0-9a-f]+$")
+_OWNER = re.compile(r"\.([A-Za-z0-9-]+)\.(\d+)-(\w+)\.[0-9a-f]+$")
+
+
+def _machine() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "unknown"
 
 
 def remove_tree(path: Path) -> None:
@@ -47,7 +53,8 @@ def remove_abandoned(root: Path) -> list[Path]:
         return removed
     for entry in root.iterdir():
         match = _OWNER.search(entry.name)
-        if match is None or process_alive(int(match.group(1)), match.group(2)):
+        if match is None or match.group(1) != _machine() or \
+                process_alive(int(match.group(2)), match.group(3)):
             continue
         try:
             remove_tree(entry)
@@ -68,7 +75,7 @@ def staging_dir(state_dir: Path, target: str) -> Iterator[Path]:
     remove_abandoned(root)
     pid = os.getpid()
     token = process_start_token(pid) or "0"
-    path = root / f"{target}.{pid}-{token}.{secrets.token_hex(4)}"
+    path = root / f"{target}.{_machine()}.{pid}-{token}.{secrets.token_hex(4)}"
     path.mkdir(mode=0o700)  # exclusive: fails if it exists
     (path / "data").mkdir(mode=0o700)
     try:

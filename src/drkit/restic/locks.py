@@ -1,29 +1,34 @@
 """No restic lock outlives the run that took it.
 
-restic removes its lock when it ends normally. It cannot when drkit had to stop it (time limit,
-storage watchdog, Ctrl-C) or when the storage vanished under it (the delete of its lock fails,
-as seen with restic 0.14 on ``rclone serve s3`` stopped for 8 s): the lock then stays for
-restic's 30-minute staleness window, and every exclusive operation of every other host waits
-and fails meanwhile. So after such a run drkit runs ``restic unlock``, which removes exactly
-the locks of processes that no longer run on this host (that run's among them; a live
-process's lock is never touched). When the storage does not answer yet, a marker file
-remembers it, and the next restic run on that repository from this host does it first.
+restic removes its lock when it ends normally. It may not when drkit had to stop it (time
+limit, storage watchdog, Ctrl-C: restic 0.14 leaves the lock of an interrupted backup of
+files, check, forget or restore behind, even on SIGINT) or when the storage vanished under it
+(the delete of its lock fails, as seen with restic 0.14 on ``rclone serve s3`` stopped for
+8 s): the lock then stays for restic's 30-minute staleness window, and every exclusive
+operation of every other host waits and fails meanwhile. So after such a run drkit runs
+``restic unlock``, which removes exactly the locks of processes that no longer run on this
+host (that run's among them; a live process's lock is never touched). When the storage does
+not answer yet, a marker file remembers it, and the next restic run on that repository from
+this host does it first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from drkit.errors import DrkitError
 from drkit.restic.errors import NETWORK
-from drkit.supervise import Limits
+from drkit.supervise import Limits, stopping
 
 if TYPE_CHECKING:
     from drkit.restic.runner import ResticRepository, ResticResult
 
 log = logging.getLogger("drkit.restic")
 UNLOCK_LIMIT_S = 60.0
+STOPPING_LIMIT_S = 15.0  # while drkit stops (Ctrl-C), the clean-up gets this long
 
 
 def _marker(repo: ResticRepository) -> Path | None:
@@ -33,11 +38,8 @@ def _marker(repo: ResticRepository) -> Path | None:
 
 
 def needs_sweep(result: ResticResult, *, failed: bool) -> bool:
-    """Whether the run may have left its lock behind: it was killed, or the storage failed
-    during it. (A restic stopped for a vanished lock file removed its own lock on SIGTERM,
-    unless it had to be killed.)"""
-    if result.watch_kind == "vanished_lock" and result.returncode != -9:
-        return False
+    """Whether the run may have left its lock behind: drkit stopped it, or the storage failed
+    during it."""
     return bool(result.stopped or result.storage_retries
                 or (failed and NETWORK.search(result.stderr)))
 
@@ -54,23 +56,45 @@ def sweep_after(repo: ResticRepository, result: ResticResult, *, failed: bool,
 def clear_pending(repo: ResticRepository) -> None:
     """Before a restic run: finish a lock clean-up an earlier run had to leave for later."""
     marker = _marker(repo)
-    if marker is not None and marker.exists():
-        sweep(repo, reason=f"an earlier run on '{repo.name}' could not remove its lock")
+    if marker is not None and marker.exists() and not stopping():
+        sweep(repo, reason=f"an earlier run on '{repo.name}' may have left its lock")
+
+
+def mark_pending(repo: ResticRepository, reason: str) -> None:
+    """Remember that the next restic run on ``repo`` from this host must run ``unlock`` first."""
+    marker = _marker(repo)
+    if marker is not None:
+        with contextlib.suppress(OSError):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(reason + "\n")
+
+
+def after_interrupt(repo: ResticRepository, reason: str) -> None:
+    """Ctrl-C stopped a restic: remember, then try at once, to remove what it left."""
+    mark_pending(repo, reason)
+    with contextlib.suppress(Exception):
+        sweep(repo, reason=reason)
 
 
 def sweep(repo: ResticRepository, *, reason: str) -> bool:
-    """``restic unlock`` (stale locks of this host only); remember it when the storage does
-    not answer. Returns whether it ran."""
+    """``restic unlock`` (stale locks of this host only), also while drkit is stopping (a
+    clean-up, kept short then); remember it when the storage does not answer. Returns
+    whether it ran."""
     from drkit.restic.runner import _run_once
 
     marker = _marker(repo)
-    for _ in range(3):  # a lock file vanishing while unlock reads it is no failure
-        result, exit_ = _run_once(repo, ("unlock",), action=f"unlock {repo.name}",
-                                  on_json=None, cwd=None, stdin=None,
-                                  limits=Limits.after(min(UNLOCK_LIMIT_S, repo.storage_timeout)))
-        if result.watch_kind != "vanished_lock":
-            break
-    if result.returncode == 0 and exit_.stopped is None:
+    limit = min(STOPPING_LIMIT_S if stopping() else UNLOCK_LIMIT_S, repo.storage_timeout)
+    try:
+        for _ in range(3):  # a lock file vanishing while unlock reads it is no failure
+            result, exit_ = _run_once(
+                repo, ("unlock",), action=f"unlock {repo.name}", on_json=None, cwd=None,
+                stdin=None, limits=Limits.after(limit), cleanup=True)
+            if result.watch_kind != "vanished_lock":
+                break
+        done = result.returncode == 0 and exit_.stopped is None
+    except DrkitError:
+        done = False
+    if done:
         log.info("%s; removed the locks it left in '%s' (restic unlock: %s)", reason,
                  repo.name, " ".join(result.stdout_lines) or "done")
         if marker is not None:
@@ -78,7 +102,5 @@ def sweep(repo: ResticRepository, *, reason: str) -> bool:
         return True
     log.warning("%s; its lock in '%s' cannot be removed yet (the storage does not answer); "
                 "the next run there removes it", reason, repo.name)
-    if marker is not None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(reason + "\n")
+    mark_pending(repo, reason)
     return False

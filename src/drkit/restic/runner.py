@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +46,17 @@ from drkit.restic.errors import (
     classify,
 )
 from drkit.restic.watch import StorageWatch
-from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Exit, Limits, base_env, run
+from drkit.supervise import (
+    NO_LIMITS,
+    ChildError,
+    ChildSpec,
+    Exit,
+    Limits,
+    base_env,
+    pause,
+    run,
+    stopping,
+)
 
 log = logging.getLogger("drkit.restic")
 
@@ -196,7 +207,9 @@ def run_restic(
                 f"{error.message} - still locked after waiting {repo.lock_timeout:.0f} s",
                 stderr=error.stderr, returncode=error.returncode) from None
         log.info("%s: repository is locked by another run; retrying in %.0f s", action, wait)
-        time.sleep(wait)
+        pause(wait)
+        if stopping():
+            raise Interrupted(f"{action}: interrupted while waiting for the lock")
         delay = min(delay * 2, 15.0)
 
 
@@ -247,7 +260,9 @@ def restic_child(repo: ResticRepository, args: Sequence[str], *, action: str,
     argv = [repo.binary, *args]
     log.debug("running %s (repository %s: %s, cwd %s)", " ".join(argv), repo.name,
               mask_url(repo.url), cwd or ".")
-    spec = ChildSpec(argv=argv, what=f"restic ({action})", env=env, cwd=cwd, secrets=secrets)
+    # SIGINT, not SIGTERM: restic 0.14 removes its lock on SIGINT only.
+    spec = ChildSpec(argv=argv, what=f"restic ({action})", env=env, cwd=cwd, secrets=secrets,
+                     stop_signal=signal.SIGINT)
     return spec, StorageWatch(repo.storage_timeout)
 
 
@@ -265,16 +280,24 @@ def finish_result(result: ResticResult, exit_: Exit, watch: StorageWatch) -> Res
 
 def _run_once(repo: ResticRepository, args: Sequence[str], *, action: str,
               on_json: JsonHandler | None, cwd: Path | None, stdin: IO[bytes] | None,
-              limits: Limits, on_start: Callable[[], None] | None = None
-              ) -> tuple[ResticResult, Exit]:
+              limits: Limits, on_start: Callable[[], None] | None = None,
+              cleanup: bool = False) -> tuple[ResticResult, Exit]:
+    from drkit.restic.locks import after_interrupt
+
     spec, watch = restic_child(repo, args, action=action, cwd=cwd)
     result = ResticResult(returncode=-1)
     try:
         exit_ = run(spec, stdin=stdin, limits=limits, watch=watch.verdict,
-                    on_stderr_line=watch.see, on_started=on_start,
+                    on_stderr_line=watch.see, on_started=on_start, cleanup=cleanup,
                     on_stdout_line=lambda raw: take_line(raw, result, on_json))
     except ChildError as exc:
+        if stopping():
+            raise Interrupted(f"{action}: interrupted") from None
         raise not_found(repo.binary) if exc.missing else ResticFailed(str(exc)) from None
+    except BaseException:  # Ctrl-C: restic was stopped; no lock of it may stay
+        if not cleanup:
+            after_interrupt(repo, f"{action}: interrupted")
+        raise
     return finish_result(result, exit_, watch), exit_
 
 

@@ -45,7 +45,7 @@ from drkit.restic.errors import (
     TimedOut,
     WrongPassword,
 )
-from drkit.restic.locks import clear_pending, sweep_after
+from drkit.restic.locks import after_interrupt, clear_pending, sweep_after
 from drkit.restic.runner import (
     ResticRepository,
     ResticResult,
@@ -58,7 +58,18 @@ from drkit.restic.runner import (
     take_line,
     version_tuple,
 )
-from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Exit, Limits, mask, run_pipeline
+from drkit.supervise import (
+    NO_LIMITS,
+    ChildError,
+    ChildSpec,
+    Exit,
+    Limits,
+    base_env,
+    mask,
+    pause,
+    run_pipeline,
+    stopping,
+)
 
 log = logging.getLogger("drkit.restic")
 
@@ -114,7 +125,9 @@ def backup_stream(repo: ResticRepository, producer: ChildSpec, *, filename: str,
                     stderr=locked.stderr, returncode=locked.returncode) from None
             log.info("%s: repository is locked by another run; restarting %s in %.0f s",
                      action, producer.what, wait)
-            time.sleep(wait)
+            pause(wait)
+            if stopping():
+                raise Interrupted(f"{action}: interrupted while waiting for the lock") from None
             delay = min(delay * 2, 15.0)
         finally:
             on_start = None  # the catalog opens once
@@ -136,7 +149,8 @@ def _from_command(repo: ResticRepository, producer: ChildSpec, *, filename: str,
     stderr_path.unlink(missing_ok=True)
     fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"argv": list(producer.argv), "env": dict(producer.env or {}),
+        env = dict(producer.env) if producer.env is not None else base_env()
+        json.dump({"argv": list(producer.argv), "env": env,
                    "cwd": str(producer.cwd) if producer.cwd else None,
                    "stderr": str(stderr_path)}, handle)
     trampoline = (sys.executable, "-I", "-S", exec_child.__file__, str(spec_path))
@@ -179,13 +193,24 @@ def _through_pipe(repo: ResticRepository, producer: ChildSpec, *, filename: str,
                             on_consumer_stderr=watch.see, on_started=on_start,
                             on_consumer_line=lambda raw: take_line(raw, result, handler))
     except ChildError as exc:
+        if stopping():
+            raise Interrupted(f"{action}: interrupted") from None
         raise StreamSourceFailed(f"{action}: {exc}") from None
+    except BaseException:  # Ctrl-C: both were stopped; no lock of restic may stay
+        after_interrupt(repo, f"{action}: interrupted")
+        raise
     finish_result(result, pipe.consumer, watch)
     sweep_after(repo, result, failed=not pipe.consumer.ok, action=action)
+    if "interrupt" in (pipe.producer.stopped, pipe.consumer.stopped):
+        raise Interrupted(f"{action}: interrupted")
     if pipe.producer.stopped == "timeout" or pipe.consumer.stopped == "timeout":
-        raise TimedOut(f"{action}: {limits.message()} ({producer.what} and restic stopped)")
+        torn = _torn_snapshot(result, dry_run=dry_run)
+        raise StreamSourceFailed(
+            f"{action}: {limits.message()} ({producer.what} and restic stopped)"
+            + (f"; restic had stored the stream as snapshot {torn[:8]}, which is not a "
+               "backup (the next prune forgets it)" if torn else ""), torn_snapshot_id=torn)
     if pipe.first_failure == "producer":
-        torn = _torn_snapshot(result, pipe.consumer, action=action, dry_run=dry_run)
+        torn = _torn_snapshot(result, dry_run=dry_run)
         raise StreamSourceFailed(
             f"{action}: {producer.what} failed ({_exit_text(pipe.producer)}): "
             f"{_producer_error(pipe.producer.stderr, producer.secrets)}"
@@ -197,14 +222,12 @@ def _through_pipe(repo: ResticRepository, producer: ChildSpec, *, filename: str,
     return backup_summary(result, action=action, dry_run=dry_run)
 
 
-def _torn_snapshot(result: ResticResult, consumer: Exit, *, action: str,
-                   dry_run: bool) -> str | None:
-    if not consumer.ok or dry_run:
+def _torn_snapshot(result: ResticResult, *, dry_run: bool) -> str | None:
+    """The snapshot restic reported making, even if it was stopped right after."""
+    if dry_run:
         return None
-    try:
-        return backup_summary(result, action=action, dry_run=dry_run).snapshot_id
-    except ResticError:
-        return None
+    summary = result.last("summary")
+    return str(summary["snapshot_id"]) if summary and summary.get("snapshot_id") else None
 
 
 def _exit_text(exit_: Exit) -> str:

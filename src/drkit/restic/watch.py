@@ -11,7 +11,7 @@ retry line once restic's announced back-off has passed) is forgotten.
 One retry is no outage: restic 0.14 lists the lock files, and when one vanishes before it is
 read (another process just finished), it retries reading it for about 45 s. drkit stops such a
 restic at once and starts it again (``vanished_lock``); nothing was written yet but its own
-lock, which it removes on SIGTERM.
+lock, which the clean-up after a stopped run removes.
 """
 
 from __future__ import annotations

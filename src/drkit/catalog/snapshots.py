@@ -1,0 +1,150 @@
+"""What the catalog says about snapshots: which are good backups, which failed runs left
+behind (to be forgotten), which prunes removed. The catalog decides what is true; restic's
+``latest`` is never asked. Each function takes a Session."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from drkit.catalog.models import Record
+
+
+def removed_snapshots(session: Session, repository: str, *, uncertain: bool = True
+                      ) -> set[str]:
+    """Snapshot ids that recorded prunes (finished or failed halfway) removed from
+    ``repository``: what retention removed and the failed runs' snapshots they forgot; with
+    ``uncertain``, also those a forget that failed with the storage gone may have removed."""
+    removed: set[str] = set()
+    for (evidence,) in session.execute(
+            select(Record.evidence).where(Record.kind == "prune",
+                                          Record.repository == repository)):
+        data = json.loads(evidence)
+        if data.get("dry_run"):
+            continue
+        removed.update(item["id"] for item in data.get("removed") or () if item.get("id"))
+        removed.update(data.get("forgotten_failed") or ())
+        if uncertain:
+            removed.update(data.get("removal_uncertain") or ())
+    return removed
+
+
+def _is_removed(snapshot_id: str, removed: set[str]) -> bool:
+    return snapshot_id in removed or any(full.startswith(snapshot_id) for full in removed)
+
+
+def expected_snapshots(session: Session, repository: str) -> dict[str, tuple[str, datetime]]:
+    """Snapshots the catalog says should be in ``repository``: every good backup's snapshot
+    not since removed (or maybe removed) by a recorded prune. Maps snapshot id -> (target,
+    backed up at)."""
+    removed = removed_snapshots(session, repository)
+    return {
+        r.snapshot_id: (r.target or "", r.finished_at)
+        for r in session.execute(
+            select(Record.snapshot_id, Record.target, Record.finished_at)
+            .where(Record.kind == "backup", Record.status == "succeeded",
+                   Record.repository == repository, Record.snapshot_id.is_not(None)))
+        if r.snapshot_id and not _is_removed(r.snapshot_id, removed)
+    }
+
+
+@dataclass(frozen=True)
+class GoodSnapshot:
+    """A snapshot the catalog recorded as a good backup."""
+
+    snapshot_id: str
+    finished_at: datetime
+    record_id: int
+
+
+def newest_good_snapshot(session: Session, *, target: str, repository: str,
+                         host: str) -> GoodSnapshot | None:
+    """The newest snapshot of ``target`` in ``repository`` that ``host``'s backups recorded
+    as ``succeeded`` and no prune has removed: what a drill restores. restic's ``latest``
+    is never asked: it may be a torn dump, an incomplete backup or another host's."""
+    removed = removed_snapshots(session, repository)
+    rows = session.execute(
+        select(Record.id, Record.snapshot_id, Record.finished_at)
+        .where(Record.kind == "backup", Record.status == "succeeded", Record.target == target,
+               Record.repository == repository, Record.hostname == host,
+               Record.snapshot_id.is_not(None))
+        .order_by(Record.seq.desc()).execution_options(yield_per=100))
+    for row in rows:
+        if row.snapshot_id and not _is_removed(row.snapshot_id, removed):
+            return GoodSnapshot(snapshot_id=row.snapshot_id, finished_at=row.finished_at,
+                                record_id=row.id)
+    return None
+
+
+def snapshot_verdict(session: Session, snapshot_id: str) -> str | None:
+    """The status of the backup run that made ``snapshot_id`` (a prefix is enough), if any."""
+    return session.scalar(
+        select(Record.status).where(Record.kind == "backup",
+                                    Record.snapshot_id.startswith(snapshot_id))
+        .order_by(Record.seq.desc()).limit(1))
+
+
+def unusable_snapshots(session: Session, *, target: str, repository: str,
+                       host: str) -> list[str]:
+    """Snapshots that ``host``'s failed backup runs of ``target`` left in ``repository`` and
+    that no prune has surely forgotten yet: torn dumps and snapshots of stopped runs always;
+    an incomplete backup (restic exit 3: unreadable files) only once a later backup of the
+    target succeeded, so that cleaning up never leaves a target with less than it had."""
+    removed = removed_snapshots(session, repository, uncertain=False)
+    mine = (Record.kind == "backup", Record.target == target,
+            Record.repository == repository, Record.hostname == host)
+    last_good = session.scalar(select(Record.seq).where(
+        *mine, Record.status == "succeeded").order_by(Record.seq.desc()).limit(1)) or 0
+    found = set()
+    for snapshot_id, seq, evidence in session.execute(
+            select(Record.snapshot_id, Record.seq, Record.evidence)
+            .where(*mine, Record.status != "succeeded", Record.snapshot_id.is_not(None))):
+        if not snapshot_id or _is_removed(snapshot_id, removed):
+            continue
+        if json.loads(evidence).get("snapshot_state") == "incomplete" and seq > last_good:
+            continue
+        found.add(snapshot_id)
+    return sorted(found)
+
+
+def had_interrupted_runs(session: Session, *, target: str, repository: str, host: str) -> bool:
+    """Whether any of ``host``'s backup runs of ``target`` to ``repository`` was cut short."""
+    return session.scalar(select(Record.id).where(
+        Record.kind == "backup", Record.status == "interrupted", Record.target == target,
+        Record.repository == repository, Record.hostname == host).limit(1)) is not None
+
+
+def unrecorded_in_interrupted_runs(session: Session, *, target: str, repository: str,
+                                   host: str, present: list[tuple[str, datetime]]
+                                   ) -> list[str]:
+    """Of the ``present`` snapshots (id, time) of ``host``'s ``target`` in ``repository``,
+    those the catalog knows nothing of that were made while a backup run of it was cut short
+    (killed, crashed): the run never said whether they are whole."""
+    known = [s for s in session.scalars(select(Record.snapshot_id).where(
+        Record.kind == "backup", Record.repository == repository,
+        Record.snapshot_id.is_not(None))) if s]
+    windows = session.execute(select(Record.started_at, Record.finished_at).where(
+        Record.kind == "backup", Record.status == "interrupted", Record.target == target,
+        Record.repository == repository, Record.hostname == host)).all()
+    found = []
+    for snapshot_id, when in present:
+        naive = when.astimezone(UTC).replace(tzinfo=None)
+        if any(snapshot_id.startswith(k) for k in known):
+            continue
+        if any(start <= naive <= end for start, end in windows):
+            found.append(snapshot_id)
+    return found
+
+
+def last_prune_failed(session: Session, *, target: str, repository: str, host: str) -> bool:
+    """Whether ``host``'s last prune of ``target`` in ``repository`` failed (its prune phase
+    may not have freed the data of what it forgot)."""
+    status = session.scalar(
+        select(Record.status).where(Record.kind == "prune", Record.target == target,
+                                    Record.repository == repository, Record.hostname == host)
+        .order_by(Record.seq.desc()).limit(1))
+    return status is not None and status != "succeeded"
