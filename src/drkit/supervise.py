@@ -349,10 +349,11 @@ class PipelineExit:
 
 
 def first_failure(producer: Exit, consumer: Exit) -> str | None:
-    """Which side failed first. The consumer (restic) never fails because of the producer: a
-    producer that dies only ends restic's input, and restic then makes a snapshot of what it
-    got. So a failed consumer failed first (the producer's broken pipe, or drkit stopping it,
-    only followed); a consumer that finished while the producer failed read a torn stream."""
+    """Which side failed first, judged by cause, not by which exit was seen first. A producer
+    that dies only ends the consumer's input (restic then stores what it got), so a failed
+    consumer failed first (the producer's broken pipe, or drkit stopping it, only followed);
+    a consumer that finished while the producer failed read a torn stream. (The one way a
+    producer makes restic fail, an empty input, is the caller's to recognise.)"""
     if producer.ok and consumer.ok:
         return None
     return "producer" if consumer.ok else "consumer"

@@ -76,6 +76,7 @@ log = logging.getLogger("drkit.restic")
 STDIN_FROM_COMMAND = (0, 17, 0)
 RETRY_LOCK = (0, 16, 0)
 RETRY_LOCK_S = 60.0  # restic >= 0.16 waits this long for a lock before drkit restarts the unit
+_EMPTY_INPUT = re.compile(r"snapshot is empty", re.IGNORECASE)
 _COMMAND_FAILED = re.compile(r"(?:command failed|failed to start command):? ([^\"\n]*)")
 # Failures that are restic's own even when the producer also failed (it was stopped for them).
 _RESTIC_FIRST = (WrongPassword, StorageUnreachable, AccessDenied, RepositoryLocked,
@@ -209,7 +210,11 @@ def _through_pipe(repo: ResticRepository, producer: ChildSpec, *, filename: str,
             f"{action}: {limits.message()} ({producer.what} and restic stopped)"
             + (f"; restic had stored the stream as snapshot {torn[:8]}, which is not a "
                "backup (the next prune forgets it)" if torn else ""), torn_snapshot_id=torn)
-    if pipe.first_failure == "producer":
+    first = pipe.first_failure
+    if first == "consumer" and not pipe.producer.ok and pipe.producer.stopped is None and \
+            _EMPTY_INPUT.search(result.stderr):
+        first = "producer"  # it failed before writing anything; restic refused the empty input
+    if first == "producer":
         torn = _torn_snapshot(result, dry_run=dry_run)
         raise StreamSourceFailed(
             f"{action}: {producer.what} failed ({_exit_text(pipe.producer)}): "
@@ -217,7 +222,7 @@ def _through_pipe(repo: ResticRepository, producer: ChildSpec, *, filename: str,
             + (f"; restic stored the partial stream as snapshot {torn[:8]}, which is not a "
                "backup (the next prune forgets it)" if torn else ""),
             torn_snapshot_id=torn)
-    if pipe.first_failure == "consumer":
+    if first == "consumer":
         raise error_of(pipe.consumer, result, action=action, limits=limits)
     return backup_summary(result, action=action, dry_run=dry_run)
 
