@@ -11,6 +11,7 @@ Standard library only: it runs as ``python -I -S exec_child.py SPEC``, with no s
 
 import json
 import os
+import signal
 import sys
 
 
@@ -23,6 +24,11 @@ def main(argv: list[str]) -> int:
     os.close(fd)
     if spec.get("cwd"):
         os.chdir(spec["cwd"])
+    # Python ignores these; an exec'd program must get them back as a shell would give them
+    # (a dump writing into a closed pipe should die of SIGPIPE, not loop on EPIPE).
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
     program = spec["argv"][0]
     try:
         os.execvpe(program, spec["argv"], spec["env"])

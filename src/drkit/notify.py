@@ -47,8 +47,9 @@ def _notify(config: Config, kind: str, status: str, **details: Any) -> bool:
     except SecretError as exc:
         log.warning("notification not sent: webhook %s", exc)
         return False
-    return _post(url, json.dumps(event, default=str).encode("utf-8"), "application/json",
-                 what=f"notification for {kind} {status}")
+    # The event leaves the machine: no secret may be in it, whatever an error echoed.
+    return _post(url, redact(json.dumps(event, default=str)).encode("utf-8"),
+                 "application/json", what=f"notification for {kind} {status}")
 
 
 def _post(url: str, body: bytes, content_type: str, *, what: str) -> bool:
@@ -78,6 +79,6 @@ def ping(url_ref: SecretRef, *, success: bool, body: str = "") -> bool:
     except Exception as exc:  # never fatal
         log.warning("healthcheck not pinged: %s", type(exc).__name__)
         return False
-    return _post(url if success else f"{url}/fail", body[:10_000].encode("utf-8"),
+    return _post(url if success else f"{url}/fail", redact(body[:10_000]).encode("utf-8"),
                  "text/plain; charset=utf-8",
                  what=f"healthcheck ping ({'success' if success else 'failure'})")

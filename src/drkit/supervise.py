@@ -303,6 +303,9 @@ def start(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None,
                        stdout_is_ours=stdout_is_ours)
     with _live_lock:
         _live.add(child)
+        late = _stopping.is_set() and not cleanup  # terminate_all ran while it started
+    if late:
+        threading.Thread(target=child.stop, args=("interrupt",), daemon=True).start()
     return child
 
 
@@ -322,9 +325,18 @@ def run(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None, limits: Limits
         _follow(child, on_started, on_stdout_line)
         return child.wait()
     except BaseException:
-        child.stop("interrupt")
-        child.wait()
+        _stop_surely(child)
         raise
+
+
+def _stop_surely(child: Supervised) -> None:
+    """Stop ``child`` while an exception unwinds; a second Ctrl-C meanwhile still kills it."""
+    try:
+        child.stop("interrupt")
+    finally:
+        if not child._exited.is_set():
+            child._signal_group(signal.SIGKILL)
+        child.wait()
 
 
 def _follow(child: Supervised, on_started: Callable[[], None] | None,
@@ -389,9 +401,7 @@ def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = N
         producer_exit = source.wait()
     except BaseException:
         for child in (sink, source):
-            child.stop("interrupt")
-        sink.wait()
-        source.wait()
+            _stop_surely(child)
         raise
     return PipelineExit(producer=producer_exit, consumer=consumer_exit,
                         first_failure=first_failure(producer_exit, consumer_exit))
@@ -401,8 +411,8 @@ def terminate_all() -> None:
     """Stop every live child (Ctrl-C or SIGTERM reached drkit): SIGTERM to each group now,
     SIGKILL to those still there :data:`STOP_GRACE_S` later (in the background: the caller
     goes on unwinding)."""
-    _stopping.set()
     with _live_lock:
+        _stopping.set()
         children = list(_live)
     for child in children:
         threading.Thread(target=child.stop, args=("interrupt",), daemon=True).start()

@@ -364,3 +364,110 @@ def test_drill_snapshot_option_across_two_repositories(project: Project) -> None
     assert steps["a"]["chosen_by"].startswith("--snapshot")
     assert steps["b"]["chosen_by"].startswith("the catalog's newest good backup")
     assert not steps["b"]["snapshot_id"].startswith(first["b"])  # the newer one
+
+
+def _snapshot_ids(project: Project, repo: Path) -> list[str]:
+    listed = project.restic(str(repo), "snapshots", "--json")
+    return [s["id"] for s in json.loads(listed.stdout)]
+
+
+@pytest.mark.every_restic
+def test_retention_waits_while_an_incomplete_backup_is_newer_than_the_good_one(
+        project: Project) -> None:
+    """keep_last 1 must not drop the only good snapshot for a newer incomplete one."""
+    from drkit.catalog.inflight import utcnow
+    from drkit.catalog.store import NewRecord, open_catalog
+
+    data = files_config(project, {"url": str(project.root / "repo"),
+                                  "password": {"env": "DRKIT_TEST_PASSWORD"}})
+    assert project.run("repo", "init").returncode == 0
+    (good,) = project.run_json("backup")["runs"]
+    # An incomplete run (restic exit 3): its snapshot exists, its record says so.
+    (data / "more").write_text("more")
+    made = project.restic(str(project.root / "repo"), "backup", "--json", "--host",
+                          socket.gethostname(), "--tag", "drkit", "--tag",
+                          "drkit-target=app", str(data))
+    incomplete = json.loads(made.stdout.splitlines()[-1])["snapshot_id"]
+    now = utcnow()
+    open_catalog(f"sqlite:///{project.catalog_path}", hostname=socket.gethostname()).append(
+        NewRecord(kind="backup", status="failed", target="app", repository="r",
+                  snapshot_id=incomplete, started_at=now, finished_at=now,
+                  error="some files could not be read",
+                  evidence={"snapshot_state": "incomplete"}))
+    (run,) = project.run_json("prune")["prunes"]
+    assert run["status"] == "succeeded" and run["removed"] == []
+    ids = _snapshot_ids(project, project.root / "repo")
+    assert any(i.startswith(good["snapshot_id"]) for i in ids) and len(ids) == 2
+    assert "retention waits" in json.loads(records(project, "prune")[-1]["evidence"])[
+        "retention_deferred"]
+    (later,) = project.run_json("backup")["runs"]  # a good backup: the incomplete one may go
+    assert project.run_json("prune")["prunes"][0]["status"] == "succeeded"
+    assert [i[:8] for i in _snapshot_ids(project, project.root / "repo")] == \
+        [later["snapshot_id"][:8]]
+
+
+@pytest.mark.every_restic
+def test_a_prune_interrupted_right_after_forgetting_leaves_no_phantom(project: Project) -> None:
+    gates = project.root / "gates"
+    gates.mkdir()
+    data = files_config(project, {"url": str(project.root / "repo"),
+                                  "password": {"env": "DRKIT_TEST_PASSWORD"}})
+    assert project.run("repo", "init").returncode == 0
+    for index in range(3):
+        (data / f"n{index}").write_text(str(index))
+        assert project.run("backup").returncode == 0
+    # The forget runs for real, then the wrapper holds on: drkit is interrupted before it
+    # could say what was removed.
+    wrapper = project.root / "forget-then-wait"
+    wrapper.write_text(f"""#!/bin/sh
+case " $* " in *" --dry-run "*) exec {project.restic_binary} "$@";; esac
+if [ "$1" = forget ]; then
+  {project.restic_binary} "$@" || exit $?
+  touch {gates}/forgot
+  while [ ! -e {gates}/go ]; do sleep 0.02; done
+  exit 0
+fi
+exec {project.restic_binary} "$@"
+""")
+    wrapper.chmod(0o755)
+    config = yaml.safe_load(project.config_path.read_text())
+    config["restic_binary"] = str(wrapper)
+    project.write_config(config)
+    prune = subprocess.Popen(
+        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "prune"],
+        env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    wait_for((gates / "forgot").exists, "the forget to have run")
+    prune.send_signal(signal.SIGINT)
+    _, stderr = prune.communicate(timeout=120)
+    assert prune.returncode == 130, stderr
+    record = records(project, "prune")[-1]
+    assert record["status"] == "interrupted"
+    assert len(json.loads(record["evidence"])["removal_uncertain"]) == 2
+    check = project.run("check", "--json")
+    assert check.returncode == 0, check.stdout  # nothing reported missing
+    assert json.loads(check.stdout)["checks"][0]["errors"] == []
+
+
+def test_deployments_sharing_a_catalog_check_only_their_own_snapshots(
+        project: Project, tmp_path_factory: pytest.TempPathFactory) -> None:
+    catalog = f"sqlite:///{project.root / 'shared-catalog.db'}"
+    sites = []
+    for host in ("alpha", "beta"):
+        site = Project(root=tmp_path_factory.mktemp(host), env=dict(project.env),
+                       restic_binary=project.restic_binary)
+        (site.root / "data").mkdir()
+        (site.root / "data" / "f").write_text(host)
+        site.write_config({
+            "host": host, "catalog": catalog,
+            "repositories": {"primary": {"url": str(site.root / "repo"),
+                                         "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+            "targets": {"app": {"kind": "files", "paths": [str(site.root / "data")],
+                                "repositories": ["primary"]}},
+        })
+        assert site.run("repo", "init").returncode == 0
+        assert site.run("backup").returncode == 0
+        sites.append(site)
+    for site in sites:  # the other's "primary" is another repository
+        check = site.run("check", "--json")
+        assert check.returncode == 0, check.stdout

@@ -258,3 +258,27 @@ def test_a_dump_tool_found_on_path_gets_the_same_environment_with_every_restic(
     dump_env = seen.read_text()  # our wrapper ran: the dump was found on drkit's PATH
     assert f"PATH={path}" in dump_env and "HOME=" in dump_env
     assert project.env["DRKIT_TEST_PASSWORD"] not in dump_env
+
+
+def test_a_producer_gets_default_signals_and_an_empty_one_is_named(project: Project) -> None:
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {
+            "signals": {"kind": "command", "repositories": ["r"], "filename": "sig.txt",
+                        "command": ["sh", "-c", "grep SigIgn /proc/$$/status"]},
+            "empty": {"kind": "command", "repositories": ["r"], "command": ["true"]},
+        },
+    })
+    assert project.run("repo", "init").returncode == 0
+    result = project.run("backup", "--json")
+    runs = {r["target"]: r for r in json.loads(result.stdout)["runs"]}
+    assert runs["signals"]["status"] == "succeeded", runs["signals"]["error"]
+    dumped = project.restic(str(project.root / "repo"), "dump", "--tag",
+                            "drkit-target=signals", "latest", "/sig.txt")
+    ignored = int(dumped.stdout.split()[1], 16)
+    # A dump must die of SIGPIPE when its reader is gone, whoever started it.
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), dumped.stdout
+    assert not ignored & (1 << (signal.SIGXFSZ - 1)), dumped.stdout
+    assert runs["empty"]["status"] == "failed"
+    assert "command true succeeded but wrote nothing" in runs["empty"]["error"]

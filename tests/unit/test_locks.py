@@ -73,3 +73,23 @@ def test_live_lock_is_waited_for_then_fails_clearly(
     assert 1.0 <= time.monotonic() - start < 10
     calls = (state / "calls").read_text().split()
     assert "unlock" not in calls and calls.count("backup") >= 2  # retried, never unlocked
+
+
+def test_no_unlock_when_the_repository_holds_no_lock(fake: tuple[ResticRepository, Path]
+                                                     ) -> None:
+    """restic's unlock sends SIGHUP to the pid of every lock of this host: drkit runs it only
+    when there is a lock to remove."""
+    from dataclasses import replace
+
+    from drkit.restic.locks import sweep
+
+    repo, state = fake
+    local = state / "local-repo"
+    (local / "locks").mkdir(parents=True)
+    repo = replace(repo, config=Repository(url=str(local), password=SecretRef(env="FAKE_PW")),
+                   state_dir=state)
+    assert sweep(repo, reason="test")
+    assert not (state / "calls").exists()  # restic never started
+    (local / "locks" / "0123abcd").write_text("a lock")
+    assert sweep(repo, reason="test")
+    assert (state / "calls").read_text().split() == ["unlock"]

@@ -51,11 +51,11 @@ def test_a_torn_snapshot_whose_removal_is_uncertain_is_forgotten_again(tmp_path:
     with cat.read_session() as session:
         # Forgetting a snapshot that is already gone is harmless; keeping a torn one is not.
         assert known.unusable_snapshots(session, target="t", repository="r",
-                                        host="alpha") == ["torn1111"]
+                                        host="alpha").forget == ["torn1111"]
     prune(cat, 2, forgotten_failed=["torn1111"])
     with cat.read_session() as session:
         assert known.unusable_snapshots(session, target="t", repository="r",
-                                        host="alpha") == []
+                                        host="alpha").forget == []
 
 
 def test_an_incomplete_backup_is_forgotten_only_once_a_later_one_succeeded(
@@ -65,12 +65,12 @@ def test_an_incomplete_backup_is_forgotten_only_once_a_later_one_succeeded(
     backup(cat, "failed", "torn2222", 1, snapshot_state="torn")
     with cat.read_session() as session:
         # One unreadable file in every run must not leave the target with no snapshot at all.
-        assert known.unusable_snapshots(session, target="t", repository="r",
-                                        host="alpha") == ["torn2222"]
+        held = known.unusable_snapshots(session, target="t", repository="r", host="alpha")
+    assert held.forget == ["torn2222"] and held.held_back == ["part1111"]
     backup(cat, "succeeded", "good3333", 2)
     with cat.read_session() as session:
-        assert known.unusable_snapshots(session, target="t", repository="r",
-                                        host="alpha") == ["part1111", "torn2222"]
+        later = known.unusable_snapshots(session, target="t", repository="r", host="alpha")
+    assert later.forget == ["part1111", "torn2222"] and later.held_back == []
 
 
 def test_a_snapshot_nobody_recorded_during_a_run_cut_short_is_unusable(tmp_path: Path) -> None:
@@ -79,11 +79,24 @@ def test_a_snapshot_nobody_recorded_during_a_run_cut_short_is_unusable(tmp_path:
     cat.append(NewRecord(kind="backup", status="interrupted", target="t", repository="r",
                          started_at=T0 + timedelta(minutes=10),
                          finished_at=T0 + timedelta(minutes=40)))
+    cat.append(NewRecord(kind="backup", status="failed", target="t", repository="r",
+                         started_at=T0 + timedelta(minutes=60),
+                         finished_at=T0 + timedelta(minutes=70), error="timed out"))
     present = [("good1111ffff", (T0 + timedelta(minutes=0, seconds=5)).replace(tzinfo=UTC)),
                ("lost2222ffff", (T0 + timedelta(minutes=11)).replace(tzinfo=UTC)),
-               ("later333ffff", (T0 + timedelta(minutes=50)).replace(tzinfo=UTC))]
+               ("other333ffff", (T0 + timedelta(minutes=50)).replace(tzinfo=UTC)),
+               ("stopped4ffff", (T0 + timedelta(minutes=61)).replace(tzinfo=UTC))]
     with cat.read_session() as session:
-        assert known.had_interrupted_runs(session, target="t", repository="r", host="alpha")
-        assert known.unrecorded_in_interrupted_runs(
+        assert known.had_runs_cut_short(session, target="t", repository="r", host="alpha")
+        assert known.unrecorded_in_runs_cut_short(
             session, target="t", repository="r", host="alpha",
-            present=present) == ["lost2222ffff"]
+            present=present) == ["lost2222ffff", "stopped4ffff"]
+
+
+def test_expected_snapshots_are_this_hosts_own(tmp_path: Path) -> None:
+    """Two deployments sharing one catalog, each with a repository called "r" of its own."""
+    alpha, beta = catalog(tmp_path, "alpha"), catalog(tmp_path, "beta")
+    backup(alpha, "succeeded", "alpha111", 0)
+    backup(beta, "succeeded", "beta2222", 1)
+    with alpha.read_session() as session:
+        assert set(known.expected_snapshots(session, "r", "alpha")) == {"alpha111"}

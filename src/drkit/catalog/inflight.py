@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,6 +85,7 @@ class RunHandle:
     repository: str | None = None
     plan: str | None = None
     restic_version: str | None = None
+    note: dict[str, object] | None = None  # what the run was about to do (see RunJournal.note)
 
 
 class RunJournal:
@@ -103,6 +104,15 @@ class RunJournal:
                            target=target, repository=repository, plan=plan,
                            restic_version=restic_version)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._write(handle)
+        return handle
+
+    def note(self, handle: RunHandle, note: dict[str, object]) -> None:
+        """Write down what the run is about to do (a prune: the snapshots it is about to
+        forget), so that a run that dies meanwhile is recorded with it."""
+        self._write(replace(handle, note=note))
+
+    def _write(self, handle: RunHandle) -> None:
         data = asdict(handle)
         data["started_at"] = handle.started_at.isoformat()
         path = self.directory / f"{handle.run_id}.json"
@@ -113,7 +123,6 @@ class RunJournal:
             os.fsync(out.fileno())  # the entry survives a power cut once the run starts
         temporary.replace(path)  # atomic: a reader never sees half a file
         _fsync_directory(self.directory)
-        return handle
 
     def close(self, handle: RunHandle) -> None:
         """Forget a run whose record is in the catalog."""

@@ -37,17 +37,20 @@ def _is_removed(snapshot_id: str, removed: set[str]) -> bool:
     return snapshot_id in removed or any(full.startswith(snapshot_id) for full in removed)
 
 
-def expected_snapshots(session: Session, repository: str) -> dict[str, tuple[str, datetime]]:
-    """Snapshots the catalog says should be in ``repository``: every good backup's snapshot
-    not since removed (or maybe removed) by a recorded prune. Maps snapshot id -> (target,
-    backed up at)."""
+def expected_snapshots(session: Session, repository: str, host: str
+                       ) -> dict[str, tuple[str, datetime]]:
+    """Snapshots the catalog says ``host``'s backups put in ``repository``: every good
+    backup's snapshot not since removed (or maybe removed) by a recorded prune. (A catalog
+    shared by deployments may hold another's repository of the same name.) Maps snapshot id
+    -> (target, backed up at)."""
     removed = removed_snapshots(session, repository)
     return {
         r.snapshot_id: (r.target or "", r.finished_at)
         for r in session.execute(
             select(Record.snapshot_id, Record.target, Record.finished_at)
             .where(Record.kind == "backup", Record.status == "succeeded",
-                   Record.repository == repository, Record.snapshot_id.is_not(None)))
+                   Record.repository == repository, Record.hostname == host,
+                   Record.snapshot_id.is_not(None)))
         if r.snapshot_id and not _is_removed(r.snapshot_id, removed)
     }
 
@@ -88,48 +91,65 @@ def snapshot_verdict(session: Session, snapshot_id: str) -> str | None:
         .order_by(Record.seq.desc()).limit(1))
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """What a prune must do before retention: ``forget`` these snapshots of failed runs;
+    ``held_back``: incomplete backups (restic exit 3) newer than the last good one, kept
+    until a backup succeeds, and while there are any, retention waits (restic would count them
+    as snapshots to keep and drop a good one instead)."""
+
+    forget: list[str]
+    held_back: list[str]
+
+
 def unusable_snapshots(session: Session, *, target: str, repository: str,
-                       host: str) -> list[str]:
-    """Snapshots that ``host``'s failed backup runs of ``target`` left in ``repository`` and
-    that no prune has surely forgotten yet: torn dumps and snapshots of stopped runs always;
-    an incomplete backup (restic exit 3: unreadable files) only once a later backup of the
-    target succeeded, so that cleaning up never leaves a target with less than it had."""
+                       host: str) -> Unusable:
+    """The snapshots that ``host``'s failed backup runs of ``target`` left in ``repository``
+    and that no prune has surely forgotten yet: torn dumps and snapshots of stopped runs are
+    to be forgotten; an incomplete backup only once a later backup of the target succeeded,
+    so that cleaning up never leaves a target with less than it had."""
     removed = removed_snapshots(session, repository, uncertain=False)
     mine = (Record.kind == "backup", Record.target == target,
             Record.repository == repository, Record.hostname == host)
     last_good = session.scalar(select(Record.seq).where(
         *mine, Record.status == "succeeded").order_by(Record.seq.desc()).limit(1)) or 0
-    found = set()
+    forget, held = set(), set()
     for snapshot_id, seq, evidence in session.execute(
             select(Record.snapshot_id, Record.seq, Record.evidence)
             .where(*mine, Record.status != "succeeded", Record.snapshot_id.is_not(None))):
         if not snapshot_id or _is_removed(snapshot_id, removed):
             continue
         if json.loads(evidence).get("snapshot_state") == "incomplete" and seq > last_good:
-            continue
-        found.add(snapshot_id)
-    return sorted(found)
+            held.add(snapshot_id)
+        else:
+            forget.add(snapshot_id)
+    return Unusable(forget=sorted(forget), held_back=sorted(held))
 
 
-def had_interrupted_runs(session: Session, *, target: str, repository: str, host: str) -> bool:
-    """Whether any of ``host``'s backup runs of ``target`` to ``repository`` was cut short."""
+def had_runs_cut_short(session: Session, *, target: str, repository: str, host: str) -> bool:
+    """Whether any of ``host``'s backup runs of ``target`` to ``repository`` failed or was
+    cut short without naming a snapshot (restic may still have committed one)."""
     return session.scalar(select(Record.id).where(
-        Record.kind == "backup", Record.status == "interrupted", Record.target == target,
-        Record.repository == repository, Record.hostname == host).limit(1)) is not None
+        Record.kind == "backup", Record.status != "succeeded", Record.target == target,
+        Record.repository == repository, Record.hostname == host,
+        Record.snapshot_id.is_(None)).limit(1)) is not None
 
 
-def unrecorded_in_interrupted_runs(session: Session, *, target: str, repository: str,
-                                   host: str, present: list[tuple[str, datetime]]
-                                   ) -> list[str]:
+def unrecorded_in_runs_cut_short(session: Session, *, target: str, repository: str,
+                                 host: str, present: list[tuple[str, datetime]]
+                                 ) -> list[str]:
     """Of the ``present`` snapshots (id, time) of ``host``'s ``target`` in ``repository``,
-    those the catalog knows nothing of that were made while a backup run of it was cut short
-    (killed, crashed): the run never said whether they are whole."""
+    those the catalog knows nothing of that were made during a backup run of it that failed
+    or was cut short (killed, crashed, stopped just after restic committed): the run never
+    said they are whole. A run still in flight has no record yet and its snapshot is not
+    inside any finished run's time span."""
     known = [s for s in session.scalars(select(Record.snapshot_id).where(
         Record.kind == "backup", Record.repository == repository,
         Record.snapshot_id.is_not(None))) if s]
     windows = session.execute(select(Record.started_at, Record.finished_at).where(
-        Record.kind == "backup", Record.status == "interrupted", Record.target == target,
-        Record.repository == repository, Record.hostname == host)).all()
+        Record.kind == "backup", Record.status != "succeeded", Record.target == target,
+        Record.repository == repository, Record.hostname == host,
+        Record.snapshot_id.is_(None))).all()
     found = []
     for snapshot_id, when in present:
         naive = when.astimezone(UTC).replace(tzinfo=None)

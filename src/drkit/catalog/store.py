@@ -151,6 +151,13 @@ class Catalog:
         head = session.execute(
             select(ChainHead).where(ChainHead.id == 1).with_for_update()
         ).scalar_one()
+        if new.run_id is not None:  # a run is recorded once, whatever happens after its commit
+            known = session.scalars(select(Record).where(Record.run_id == new.run_id)
+                                    .limit(1)).first()
+            if known is not None:
+                log.warning("the %s run %s is already recorded (record %d); not again",
+                            known.kind, new.run_id, known.id)
+                return known
         fields: dict[str, Any] = {
             "seq": head.seq + 1,
             "run_id": new.run_id or str(uuid.uuid4()),
@@ -222,7 +229,7 @@ class Catalog:
                         run_id=handle.run_id,
                         error=(f"process {handle.pid} on {handle.hostname} stopped before the "
                                "run finished (killed, crashed or host restarted)"),
-                        evidence={"detected_at": now, "pid": handle.pid},
+                        evidence={"detected_at": now, "pid": handle.pid, **(handle.note or {})},
                     )))
             claimed.unlink(missing_ok=True)
         for record in recovered:

@@ -72,6 +72,7 @@ def _to_seconds(value: object) -> float:
 
 Duration = Annotated[float, BeforeValidator(_to_seconds)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 def resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -133,6 +134,10 @@ class Repository(Strict):
     s3: S3Settings | None = None
     posture: Posture | None = None
     compression: Literal["auto", "off", "max"] | None = None  # restic's; default: auto
+    # Variables of drkit's environment restic needs for this repository beyond its password
+    # and S3 keys (restic gets a minimal environment); the usual ones of the URL's backend
+    # (SSH_AUTH_SOCK for sftp:, B2_*, AZURE_*, GOOGLE_*, OS_*/ST_*, RCLONE_*) pass anyway.
+    env: list[EnvName] = Field(default_factory=list)
 
     @property
     def is_s3(self) -> bool:
@@ -187,7 +192,6 @@ def _positive(value: float) -> float:
 
 
 Limit = Annotated[Duration, AfterValidator(_positive)]
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class TargetConfig(Strict):

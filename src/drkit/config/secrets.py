@@ -85,6 +85,8 @@ _known_lock = threading.Lock()
 _EMBEDDED = (re.compile(r"://[^/@:\s]*:([^/@\s]+)@"),                  # URL user-info
              re.compile(r"(?:^|\s)password\s*=\s*'((?:[^'\\]|\\.)*)'"),  # libpq, quoted
              re.compile(r"(?:^|\s)password\s*=\s*([^'\s]\S*)"))           # libpq, bare
+_AMBIENT = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RESTIC_PASSWORD",
+            "B2_ACCOUNT_KEY", "AZURE_ACCOUNT_KEY", "AZURE_ACCOUNT_SAS", "OS_PASSWORD")
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -121,6 +123,9 @@ def collect_secrets(*models: Any) -> list[str]:
             ref.resolve()
         except SecretError:
             continue
+    for name in _AMBIENT:  # credentials restic or boto3 may take from the environment
+        if os.environ.get(name):
+            remember(os.environ[name])
     for name in _PROXIES:  # children get the proxies; a password in one is a secret too
         value = os.environ.get(name)
         if value and "@" in value:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from drkit.catalog.chain import canonical_time
@@ -24,7 +25,7 @@ from drkit.config.models import Config
 from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.identity import SnapshotIdentity
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository, select_names
-from drkit.jobs.locks import repository_lock
+from drkit.jobs.locks import RepositoryBusy, repository_lock
 from drkit.jobs.staging import staging_dir
 from drkit.notify import notify_failure, ping
 from drkit.restic import commands
@@ -95,15 +96,21 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
         futures = [pool.submit(backup_target, config, recorder, name, dry_run=dry_run,
                                restic_version=version, on_progress=on_progress, cancel=cancel)
                    for name in selected]
+        failure: BaseException | None = None
         try:
             for future in futures:
-                runs.extend(future.result())
-        except BaseException:
+                try:
+                    runs.extend(future.result())
+                except Exception as exc:  # one target broke (the catalog?): the rest go on
+                    failure = failure or exc
+        except BaseException:  # Ctrl-C or SIGTERM: every run still going stops now
             cancel.set()
             terminate_all()
             for future in futures:
                 future.cancel()
             raise
+    if failure is not None:
+        raise failure
     return runs
 
 
@@ -213,8 +220,28 @@ class _TargetRun:
 
 
 def _backup_one(config: Config, runs: _TargetRun, repo_name: str, source: BackupSource,
-                workdir: Any, on_progress: ProgressHook | None,
+                workdir: Path, on_progress: ProgressHook | None,
                 cancel: threading.Event | None) -> BackupRun:
+    action = f"backup {runs.name} -> {repo_name}"
+    evidence: dict[str, Any] = {"source": source.description, **source.evidence,
+                                "host": config.host}
+    try:
+        # Shared with other backups, never beside a check or prune of the same repository;
+        # held until the run is recorded, so that a prune never sees its snapshot unrecorded.
+        with repository_lock(config.state_dir, repo_name, exclusive=False,
+                             timeout=config.lock_timeout, action=action) as locked_at:
+            evidence["lock_acquired_at"] = locked_at
+            return _back_up_and_record(config, runs, repo_name, source, workdir, on_progress,
+                                       cancel, evidence)
+    except RepositoryBusy as exc:  # the lock could not be had
+        return runs.finish(repo_name, error=describe(exc), evidence=evidence,
+                           transient=exc.transient)
+
+
+def _back_up_and_record(config: Config, runs: _TargetRun, repo_name: str,
+                        source: BackupSource, workdir: Path,
+                        on_progress: ProgressHook | None, cancel: threading.Event | None,
+                        evidence: dict[str, Any]) -> BackupRun:
     name = runs.name
     repo = restic_repository(config, repo_name)
     action = f"backup {name} -> {repo_name}"
@@ -226,27 +253,20 @@ def _backup_one(config: Config, runs: _TargetRun, repo_name: str, source: Backup
     # Once restic runs, open the catalog meanwhile (see CatalogOpener).
     on_start = runs.recorder.catalog.start if runs.recorder is not None else None
     limit = config.targets[name].timeout or config.timeouts.backup
+    evidence.update({"repository_url": mask_url(repo.url), "timeout_s": limit})
     clock = time.monotonic()
-    evidence: dict[str, Any] = {"source": source.description, **source.evidence,
-                                "repository_url": mask_url(repo.url), "host": config.host,
-                                "timeout_s": limit}
+    limits = Limits.after(limit)
     try:
-        # Shared with other backups, never beside a check or prune of the same repository.
-        with repository_lock(config.state_dir, repo_name, exclusive=False,
-                             timeout=config.lock_timeout, action=action) as locked_at:
-            evidence["lock_acquired_at"] = locked_at
-            limits = Limits.after(limit)
-            if source.stream is not None:
-                summary = backup_stream(
-                    repo, source.stream.producer, filename=source.stream.filename,
-                    tags=identity.tags, host=identity.host, dry_run=runs.dry_run,
-                    action=action, workdir=workdir, on_progress=hook, on_start=on_start,
-                    limits=limits)
-            else:
-                summary = commands.backup(
-                    repo, source.paths, tags=identity.tags, host=identity.host,
-                    excludes=source.excludes, cwd=source.cwd, dry_run=runs.dry_run,
-                    action=action, on_progress=hook, on_start=on_start, limits=limits)
+        if source.stream is not None:
+            summary = backup_stream(
+                repo, source.stream.producer, filename=source.stream.filename,
+                tags=identity.tags, host=identity.host, dry_run=runs.dry_run, action=action,
+                workdir=workdir, on_progress=hook, on_start=on_start, limits=limits)
+        else:
+            summary = commands.backup(
+                repo, source.paths, tags=identity.tags, host=identity.host,
+                excludes=source.excludes, cwd=source.cwd, dry_run=runs.dry_run, action=action,
+                on_progress=hook, on_start=on_start, limits=limits)
     except DrkitError as exc:
         # A snapshot the failed run left (a torn dump, an incomplete backup, one committed
         # just as the run was stopped) is recorded with it: never drilled, and the next prune
@@ -255,9 +275,9 @@ def _backup_one(config: Config, runs: _TargetRun, repo_name: str, source: Backup
         if bad:
             evidence["snapshot_state"] = state
         interrupted = cancel is not None and cancel.is_set()
+        plain = isinstance(exc, StreamSourceFailed | SourceIncomplete)
         return runs.finish(repo_name, error="interrupted by the user" if interrupted
-                           else (str(exc) if isinstance(exc, StreamSourceFailed | SourceIncomplete)
-                                 else describe(exc)),
+                           else (str(exc) if plain else describe(exc)),
                            status="interrupted" if interrupted else "failed",
                            snapshot_id=bad, evidence=evidence,
                            transient=exc.transient and not interrupted)

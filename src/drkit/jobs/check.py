@@ -67,7 +67,8 @@ def next_slice(catalog: Catalog, repository: str, slices: int) -> int:
     with catalog.read_session() as session:
         rows = session.execute(
             select(Record.status, Record.evidence)
-            .where(Record.kind == "check", Record.repository == repository)
+            .where(Record.kind == "check", Record.repository == repository,
+                   Record.hostname == catalog.hostname)
             .order_by(Record.seq.desc()).limit(50)).all()
     for status, evidence in rows:
         data = json.loads(evidence)
@@ -99,7 +100,7 @@ def _missing_snapshots(catalog: Catalog, repo: ResticRepository, action: str,
     from drkit.catalog import snapshots as known
 
     with catalog.read_session() as session:
-        expected = known.expected_snapshots(session, repo.name)
+        expected = known.expected_snapshots(session, repo.name, catalog.hostname)
     if not expected:
         return []
     present = [snap.id for snap in commands.snapshots(repo, action=action, limits=limits)]

@@ -5,7 +5,7 @@ forgotten first; what each prune removed is recorded, also when it fails halfway
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,9 @@ def _has_unusable(catalog: Catalog | None, config: Config, name: str, repo_name:
         return False
     with catalog.read_session() as session:
         return bool(known.unusable_snapshots(session, target=name, repository=repo_name,
-                                             host=config.host))
+                                             host=config.host).forget
+                    or known.had_runs_cut_short(session, target=name, repository=repo_name,
+                                                host=config.host))
 
 
 def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, name: str,
@@ -103,8 +105,10 @@ def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, nam
                              timeout=config.lock_timeout, action=action) as locked_at:
             evidence["lock_acquired_at"] = locked_at
             try:
-                _forget_and_prune(repo, catalog, identity, target.retention, run, evidence,
-                                  action=action, limits=limits)
+                _forget_and_prune(
+                    repo, catalog, identity, target.retention, run, evidence, action=action,
+                    limits=limits, intend=lambda ids: journal.note(handle, {
+                        "removal_uncertain": ids}) if handle is not None else None)
             except KeyboardInterrupt:  # recorded as such now, with what it had removed
                 if catalog is not None and handle is not None:
                     catalog.finish_run(handle, status="interrupted", evidence=evidence,
@@ -131,24 +135,34 @@ def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, nam
 
 def _forget_and_prune(repo: ResticRepository, catalog: Catalog | None,
                       identity: SnapshotIdentity, policy: Retention | None, run: PruneRun,
-                      evidence: dict[str, Any], *, action: str, limits: Limits) -> None:
+                      evidence: dict[str, Any], *, action: str, limits: Limits,
+                      intend: Callable[[list[str]], None]) -> None:
     """Forget the failed runs' snapshots and those the policy (if any) does not keep, then
     prune.
 
-    The failed runs' snapshots (torn dumps, incomplete backups, snapshots of runs cut short)
-    go first, so that they never count for retention (``keep_last: 1`` must not keep a torn
-    dump and drop the good one).
-    The policy is evaluated by a dry run, then exactly those snapshots are forgotten: if that
-    fails halfway, what is really gone is read back from the repository, and if the storage
-    does not answer, the record says which snapshots may be gone (``removal_uncertain``).
+    The failed runs' snapshots (torn dumps, snapshots of runs cut short) go first, so that
+    they never count for retention (``keep_last: 1`` must not keep a torn dump and drop the
+    good one); while incomplete backups newer than the last good one are held back, retention
+    waits. The policy is evaluated by a dry run, then exactly those snapshots are forgotten;
+    ``intend`` is told which, first (the run's journal keeps it, should drkit die meanwhile).
+    If forgetting fails halfway, what is really gone is read back from the repository; if
+    the storage does not answer or drkit is interrupted, the record says which snapshots may
+    be gone (``removal_uncertain``).
     """
-    bad, unfinished = _unusable(repo, catalog, identity, limits=limits, action=action)
+    bad, held_back, unfinished = _unusable(repo, catalog, identity, limits=limits,
+                                           action=action)
     if bad and not run.dry_run:
+        intend(bad)
         _forget(repo, identity, bad, [], evidence, action=f"{action}: failed runs' snapshots",
                 limits=limits)
     evidence["forgotten_failed" if not run.dry_run else "would_forget_failed"] = bad
     plan = commands.ForgetOutcome(kept=(), removed=())
-    if policy is not None:
+    if held_back:
+        evidence["retention_deferred"] = (
+            f"{len(held_back)} incomplete backup(s) newer than the last good one are kept "
+            "until a backup succeeds; retention waits until then")
+        log.warning("%s: retention waits: %s", action, evidence["retention_deferred"])
+    elif policy is not None:
         plan = commands.forget(repo, tags=identity.tags, host=identity.host,
                                keep=retention_flags(policy), dry_run=True, action=action,
                                limits=limits)
@@ -160,6 +174,7 @@ def _forget_and_prune(repo: ResticRepository, catalog: Catalog | None,
         evidence["removed"] = _listed(removing)
         return
     if removing:
+        intend(bad + [s.id for s in removing])
         _forget(repo, identity, [], removing, evidence, action=action, limits=limits)
     run.removed = [s.id for s in removing]
     evidence["removed"] = _listed(removing)
@@ -168,28 +183,26 @@ def _forget_and_prune(repo: ResticRepository, catalog: Catalog | None,
 
 
 def _unusable(repo: ResticRepository, catalog: Catalog | None, identity: SnapshotIdentity,
-              *, limits: Limits, action: str) -> tuple[list[str], bool]:
-    """The snapshots to forget before the policy runs (see :mod:`drkit.catalog.snapshots`),
-    and whether the last prune was left unfinished (its data still to be freed)."""
+              *, limits: Limits, action: str) -> tuple[list[str], list[str], bool]:
+    """The snapshots to forget before the policy runs, those held back (see
+    :mod:`drkit.catalog.snapshots`), and whether the last prune was left unfinished (its data
+    still to be freed)."""
     from drkit.catalog import snapshots as known
 
     if catalog is None:
-        return [], False
+        return [], [], False
+    where = {"target": identity.target, "repository": repo.name, "host": identity.host}
     with catalog.read_session() as session:
-        bad = known.unusable_snapshots(session, target=identity.target, repository=repo.name,
-                                       host=identity.host)
-        unfinished = known.last_prune_failed(session, target=identity.target,
-                                             repository=repo.name, host=identity.host)
-        cut_short = known.had_interrupted_runs(session, target=identity.target,
-                                               repository=repo.name, host=identity.host)
-    if cut_short:  # a run killed after restic committed leaves a snapshot nobody recorded
+        unusable = known.unusable_snapshots(session, **where)
+        unfinished = known.last_prune_failed(session, **where)
+        cut_short = known.had_runs_cut_short(session, **where)
+    bad = list(unusable.forget)
+    if cut_short:  # a run stopped after restic committed leaves a snapshot nobody recorded
         present = [(s.id, s.time) for s in commands.snapshots(
             repo, tags=identity.tags, host=identity.host, action=action, limits=limits)]
         with catalog.read_session() as session:
-            bad += known.unrecorded_in_interrupted_runs(
-                session, target=identity.target, repository=repo.name, host=identity.host,
-                present=present)
-    return bad, unfinished
+            bad += known.unrecorded_in_runs_cut_short(session, present=present, **where)
+    return bad, unusable.held_back, unfinished
 
 
 def _forget(repo: ResticRepository, identity: SnapshotIdentity, bad: list[str],
@@ -201,6 +214,9 @@ def _forget(repo: ResticRepository, identity: SnapshotIdentity, bad: list[str],
                                   limits=limits)
     except DrkitError:
         _record_partial_forget(repo, identity, bad, removing, evidence, action=action)
+        raise
+    except BaseException:  # interrupted: no time to read the repository back
+        evidence.setdefault("removal_uncertain", []).extend(bad + [s.id for s in removing])
         raise
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,12 @@ def sweep(repo: ResticRepository, *, reason: str) -> bool:
     marker = _marker(repo)
     limit = min(STOPPING_LIMIT_S if stopping() else UNLOCK_LIMIT_S, repo.storage_timeout)
     try:
+        # restic's unlock sends SIGHUP to the pid of every lock of this host (younger than
+        # 30 minutes) to see whether it still runs: never run it when there is no lock.
+        if not _has_locks(repo, limit):
+            if marker is not None:
+                marker.unlink(missing_ok=True)
+            return True
         for _ in range(3):  # a lock file vanishing while unlock reads it is no failure
             result, exit_ = _run_once(
                 repo, ("unlock",), action=f"unlock {repo.name}", on_json=None, cwd=None,
@@ -104,3 +111,20 @@ def sweep(repo: ResticRepository, *, reason: str) -> bool:
                 "the next run there removes it", reason, repo.name)
     mark_pending(repo, reason)
     return False
+
+
+def _has_locks(repo: ResticRepository, limit: float) -> bool:
+    """Whether the repository holds any lock file (a local one is looked at directly).
+    Raises :class:`DrkitError` when the storage cannot be read."""
+    from drkit.restic.runner import _run_once, error_of
+
+    url = repo.url.removeprefix("local:")
+    if not re.match(r"^[a-z0-9]+:", url):
+        locks = Path(url) / "locks"
+        return locks.is_dir() and any(locks.iterdir())
+    result, exit_ = _run_once(repo, ("--no-lock", "list", "locks"), action=f"locks of "
+                              f"{repo.name}", on_json=None, cwd=None, stdin=None,
+                              limits=Limits.after(limit), cleanup=True)
+    if result.returncode != 0 or exit_.stopped is not None:
+        raise error_of(exit_, result, action=f"locks of {repo.name}", limits=Limits.after(limit))
+    return bool(result.stdout_lines)

@@ -67,6 +67,12 @@ _NOT_INHERITED = ("RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE", "RESTIC_PASSWOR
                   "RESTIC_HOST", "RESTIC_FROM_REPOSITORY", "RESTIC_FROM_PASSWORD",
                   "RESTIC_FROM_PASSWORD_FILE", "RESTIC_FROM_PASSWORD_COMMAND")
 _TUNING = ("GOMAXPROCS", "GOGC", "GODEBUG")
+# What each backend's credentials are called in the environment (restic's documentation):
+# they belong to the repository, so restic gets them.
+_BACKEND_VARS: dict[str, tuple[str, ...]] = {
+    "sftp": ("SSH_AUTH_SOCK", "SSH_AGENT_PID"), "b2": ("B2_",), "azure": ("AZURE_",),
+    "gs": ("GOOGLE_",), "swift": ("OS_", "ST_", "SWIFT_"), "rclone": ("RCLONE_",),
+}
 
 JsonHandler = Callable[[dict[str, Any]], None]
 
@@ -92,9 +98,10 @@ class ResticRepository:
 
         Raises :class:`drkit.errors.SecretError` when a secret cannot be resolved.
         """
+        backend = _BACKEND_VARS.get(self.config.url.partition(":")[0], ())
         inherited = [name for name in os.environ
                      if (name.startswith("RESTIC_") and name not in _NOT_INHERITED)
-                     or name in _TUNING]
+                     or name in _TUNING or name.startswith(backend)] + self.config.env
         s3 = self.config.s3
         if self.config.is_s3 and (s3 is None or s3.access_key is None):
             # No keys in the config: restic uses the ambient AWS credentials, as boto3 does.

@@ -28,6 +28,7 @@ from pathlib import Path
 from drkit import exec_child
 from drkit.errors import DrkitError
 from drkit.restic.commands import (
+    EXIT_INCOMPLETE,
     BackupProgress,
     BackupSummary,
     backup_args,
@@ -41,6 +42,7 @@ from drkit.restic.errors import (
     RepositoryLocked,
     RepositoryNotFound,
     ResticError,
+    SourceIncomplete,
     StorageUnreachable,
     TimedOut,
     WrongPassword,
@@ -160,7 +162,7 @@ def _from_command(repo: ResticRepository, producer: ChildSpec, *, filename: str,
                        command=trampoline, retry_lock=retry_lock)
     try:
         result = run_restic(repo, args, action=action, on_json=progress_handler(on_progress),
-                            on_start=on_start, limits=limits)
+                            on_start=on_start, limits=limits, ok_codes=(0, EXIT_INCOMPLETE))
     except ResticError as exc:
         stderr = stderr_path.read_text("utf-8", "replace") if stderr_path.exists() else ""
         how = _COMMAND_FAILED.search(exc.stderr)
@@ -174,7 +176,10 @@ def _from_command(repo: ResticRepository, producer: ChildSpec, *, filename: str,
             "(restic made no snapshot)") from None
     finally:
         spec_path.unlink(missing_ok=True)
-    return backup_summary(result, action=action, dry_run=dry_run)
+    try:
+        return backup_summary(result, action=action, dry_run=dry_run)
+    except SourceIncomplete as exc:  # restic >= 0.17 on an empty stream: exit 3
+        raise _wrote_nothing(action, producer, exc.snapshot_id) from None
 
 
 def _through_pipe(repo: ResticRepository, producer: ChildSpec, *, filename: str,
@@ -211,8 +216,10 @@ def _through_pipe(repo: ResticRepository, producer: ChildSpec, *, filename: str,
             + (f"; restic had stored the stream as snapshot {torn[:8]}, which is not a "
                "backup (the next prune forgets it)" if torn else ""), torn_snapshot_id=torn)
     first = pipe.first_failure
-    if first == "consumer" and not pipe.producer.ok and pipe.producer.stopped is None and \
+    if first == "consumer" and pipe.producer.stopped is None and \
             _EMPTY_INPUT.search(result.stderr):
+        if pipe.producer.ok:  # restic 0.14 refuses an empty stream
+            raise _wrote_nothing(action, producer, None)
         first = "producer"  # it failed before writing anything; restic refused the empty input
     if first == "producer":
         torn = _torn_snapshot(result, dry_run=dry_run)
@@ -239,3 +246,12 @@ def _exit_text(exit_: Exit) -> str:
     if exit_.returncode < 0:
         return f"killed by signal {-exit_.returncode}"
     return f"exit {exit_.returncode}"
+
+
+def _wrote_nothing(action: str, producer: ChildSpec, snapshot_id: str | None
+                   ) -> StreamSourceFailed:
+    return StreamSourceFailed(
+        f"{action}: {producer.what} succeeded but wrote nothing"
+        + (f"; restic stored the empty stream as snapshot {snapshot_id[:8]}, which is not a "
+           "backup (the next prune forgets it)" if snapshot_id else
+           " (restic stores no empty stream)"), torn_snapshot_id=snapshot_id)
