@@ -9,7 +9,7 @@ callback names a reason (restic's storage watchdog), by terminating its whole pr
 its group is killed too. :func:`terminate_all` stops every live child (Ctrl-C, SIGTERM).
 
 A producer piped into a consumer (a dump into ``restic backup --stdin``) is watched as one unit
-by :func:`run_pipeline`, which also tells which of the two failed first.
+by :func:`drkit.pipeline.run_pipeline`, built on this module.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -322,14 +322,14 @@ def run(spec: ChildSpec, *, stdin: int | IO[bytes] | None = None, limits: Limits
     child = start(spec, stdin=stdin, capture_stdout=on_stdout_line is None, limits=limits,
                   watch=watch, on_stderr_line=on_stderr_line, cleanup=cleanup)
     try:
-        _follow(child, on_started, on_stdout_line)
+        follow_output(child, on_started, on_stdout_line)
         return child.wait()
     except BaseException:
-        _stop_surely(child)
+        stop_surely(child)
         raise
 
 
-def _stop_surely(child: Supervised) -> None:
+def stop_surely(child: Supervised) -> None:
     """Stop ``child`` while an exception unwinds; a second Ctrl-C meanwhile still kills it."""
     try:
         child.stop("interrupt")
@@ -339,8 +339,8 @@ def _stop_surely(child: Supervised) -> None:
         child.wait()
 
 
-def _follow(child: Supervised, on_started: Callable[[], None] | None,
-            on_line: Callable[[bytes], None] | None) -> None:
+def follow_output(child: Supervised, on_started: Callable[[], None] | None,
+                  on_line: Callable[[bytes], None] | None) -> None:
     """Run ``on_started``, then hand each line of the child's stdout to ``on_line``."""
     if on_started is not None:
         on_started()
@@ -349,62 +349,6 @@ def _follow(child: Supervised, on_started: Callable[[], None] | None,
         for raw in child.proc.stdout:
             on_line(raw)
         child.stdout_done.set()
-
-
-@dataclass
-class PipelineExit:
-    """How a producer piped into a consumer ended, and which of them failed first."""
-
-    producer: Exit
-    consumer: Exit
-    first_failure: str | None = field(default=None)  # "producer" | "consumer" | None
-
-
-def first_failure(producer: Exit, consumer: Exit) -> str | None:
-    """Which side failed first, judged by cause, not by which exit was seen first. A producer
-    that dies only ends the consumer's input (restic then stores what it got), so a failed
-    consumer failed first (the producer's broken pipe, or drkit stopping it, only followed);
-    a consumer that finished while the producer failed read a torn stream. (The one way a
-    producer makes restic fail, an empty input, is the caller's to recognise.)"""
-    if producer.ok and consumer.ok:
-        return None
-    return "producer" if consumer.ok else "consumer"
-
-
-def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = NO_LIMITS,
-                 on_consumer_line: Callable[[bytes], None] | None = None,
-                 watch: Callable[[], str | None] | None = None,
-                 on_consumer_stderr: Callable[[str], None] | None = None,
-                 on_started: Callable[[], None] | None = None) -> PipelineExit:
-    """Pipe ``producer``'s stdout into ``consumer``'s stdin, watched as one unit: one deadline
-    for both, both stopped when either is stopped or on Ctrl-C, the producer stopped when the
-    consumer ends first. Raises :class:`ChildError` if either cannot start."""
-    source = start(producer, stdout=subprocess.PIPE, capture_stdout=False, limits=limits,
-                   stdout_is_ours=False)
-    assert source.proc.stdout is not None
-    try:
-        sink = start(consumer, stdin=source.proc.stdout, limits=limits, watch=watch,
-                     capture_stdout=on_consumer_line is None,
-                     on_stderr_line=on_consumer_stderr)
-    except BaseException:
-        source.stop("interrupt", grace=0)
-        source.wait()
-        raise
-    source.proc.stdout.close()  # the consumer holds the read end now
-    try:
-        _follow(sink, on_started, on_consumer_line)
-        consumer_exit = sink.wait()
-        if not consumer_exit.ok:  # nobody reads the producer's output any more
-            source.stop("consumer ended")
-        # Otherwise the consumer read the stream to its end: the producer closed its output
-        # and is exiting (its own watchdog holds it to the deadline).
-        producer_exit = source.wait()
-    except BaseException:
-        for child in (sink, source):
-            _stop_surely(child)
-        raise
-    return PipelineExit(producer=producer_exit, consumer=consumer_exit,
-                        first_failure=first_failure(producer_exit, consumer_exit))
 
 
 def terminate_all() -> None:
@@ -458,5 +402,5 @@ def _kill_holders(inodes: set[int]) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
 
 
-__all__ = ["ChildError", "ChildSpec", "Exit", "Limits", "PipelineExit", "base_env", "mask",
-           "run", "run_pipeline", "start", "terminate_all"]
+__all__ = ["ChildError", "ChildSpec", "Exit", "Limits", "base_env", "mask", "run", "start",
+           "terminate_all"]

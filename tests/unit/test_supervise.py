@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from drkit import supervise
-from drkit.supervise import ChildError, ChildSpec, Exit, Limits, first_failure, run, start
+from drkit.pipeline import first_failure
+from drkit.supervise import ChildError, ChildSpec, Exit, Limits, run, start
 from tests.helpers import unique_sleep, wait_for
 
 

@@ -3,7 +3,7 @@
 restic >= 0.17: ``restic backup --stdin-from-command`` runs the producer itself (through
 :mod:`drkit.exec_child`, so the producer gets its own environment, not restic's) and makes no
 snapshot when the producer fails. restic 0.14 to 0.16: the producer is piped into ``restic
-backup --stdin``, both watched together (:func:`drkit.supervise.run_pipeline`); a producer that
+backup --stdin``, both watched together (:func:`drkit.pipeline.run_pipeline`); a producer that
 dies halfway still gives restic an end of input, so restic makes a snapshot of a torn stream:
 its id is returned in the error, for the run's record (the next prune forgets it).
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from drkit import exec_child
 from drkit.errors import DrkitError
+from drkit.pipeline import run_pipeline
 from drkit.restic.commands import (
     EXIT_INCOMPLETE,
     BackupProgress,
@@ -69,7 +70,6 @@ from drkit.supervise import (
     base_env,
     mask,
     pause,
-    run_pipeline,
     stopping,
 )
 
