@@ -238,6 +238,25 @@ def mariadb() -> Iterator[Any]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def postgres_scratch() -> Iterator[Any]:
+    """A second PostgreSQL server, where drills create their scratch databases (a drill
+    refuses the production server itself)."""
+    from tests.databases import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_scratch() -> Iterator[Any]:
+    """A second MariaDB server for drills' scratch databases."""
+    from tests.databases import mariadb_server
+
+    with mariadb_server() as server:
+        yield server
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The same catalog tests on SQLite (the default) and on PostgreSQL (production)."""

@@ -17,10 +17,14 @@ from tests.databases import DatabaseServer
 
 
 def configure(project: Project, server: DatabaseServer, database: str,
-              checks: list[dict[str, Any]], *, scratch_env: str = "SCRATCH_DSN") -> None:
+              checks: list[dict[str, Any]], *, scratch: DatabaseServer | None = None,
+              scratch_env: str = "SCRATCH_DSN", step: dict[str, Any] | None = None) -> None:
+    """A target ``db`` on ``server`` and a plan ``db`` drilling it into ``scratch`` (default:
+    ``server`` itself, which a drill refuses unless the step allows it)."""
     kind = server.kind
+    scratch = scratch or server
     project.env.update({"TARGET_DSN": server.dsn(database),
-                        "SCRATCH_DSN": server.dsn("postgres" if kind == "postgres" else "")})
+                        "SCRATCH_DSN": scratch.dsn("postgres" if kind == "postgres" else "")})
     project.write_config({
         "repositories": {"r": {"url": str(project.root / "repo"),
                                "password": {"env": "DRKIT_TEST_PASSWORD"}}},
@@ -31,7 +35,7 @@ def configure(project: Project, server: DatabaseServer, database: str,
     (plans / "db.yaml").write_text(yaml.safe_dump({
         "name": "db", "objectives": {"rpo": "1h", "rto": "15m"},
         "steps": [{"target": "db", "restore_into": {kind: {"dsn": {"env": scratch_env}}},
-                   "checks": checks}]}))
+                   "checks": checks, **(step or {})}]}))
 
 
 def records(project: Project, kind: str) -> list[dict[str, Any]]:
@@ -46,8 +50,8 @@ def snapshot_count(project: Project) -> int:
     return len(json.loads(listed.stdout))
 
 
-def test_postgres_backup_and_drill_into_scratch(project: Project, postgres: DatabaseServer
-                                                ) -> None:
+def test_postgres_backup_and_drill_into_scratch(project: Project, postgres: DatabaseServer,
+                                                postgres_scratch: DatabaseServer) -> None:
     postgres.sql("drop database if exists shop")
     postgres.sql("create database shop")
     postgres.sql(
@@ -69,7 +73,7 @@ def test_postgres_backup_and_drill_into_scratch(project: Project, postgres: Data
         {"sql": "select count(*) from big_orders", "expect": f"== {big}"},
         {"sql": "select last_value from invoice_no", "expect": "== 1041"},
         {"sql": "select max(created_at) from orders", "expect": "within 1h of snapshot"},
-    ])
+    ], scratch=postgres_scratch)
     assert project.run("validate").returncode == 0
     assert project.run("repo", "init").returncode == 0
     backup = project.run("backup", "--json")
@@ -83,8 +87,9 @@ def test_postgres_backup_and_drill_into_scratch(project: Project, postgres: Data
     checks = report["steps"][0]["checks"]
     assert [c["status"] for c in checks] == ["passed"] * 7, checks
     assert checks[1]["name"] == "restored into a scratch database"
-    leftover = postgres.sql("select count(*) from pg_database where datname like 'drkit_drill%'")
-    assert leftover == "0"
+    for server in (postgres, postgres_scratch):
+        assert server.sql("select count(*) from pg_database where datname like "
+                          "'drkit_drill%'") == "0"
     assert postgres.sql("select count(*) from orders", "shop") == str(int(count) // 2)
     outputs = backup.stdout + backup.stderr + drill.stdout + drill.stderr
     assert postgres.password not in outputs
@@ -128,8 +133,8 @@ def test_scratch_dsn_equal_to_target_is_rejected(project: Project, postgres: Dat
     assert "the scratch DSN names the target's own database" in result.stderr
 
 
-def test_mariadb_backup_and_drill_into_scratch(project: Project, mariadb: DatabaseServer
-                                               ) -> None:
+def test_mariadb_backup_and_drill_into_scratch(project: Project, mariadb: DatabaseServer,
+                                               mariadb_scratch: DatabaseServer) -> None:
     mariadb.sql("drop database if exists shop; create database shop")
     mariadb.sql(
         "create table orders (id int auto_increment primary key, amount int not null,"
@@ -142,7 +147,7 @@ def test_mariadb_backup_and_drill_into_scratch(project: Project, mariadb: Databa
         {"sql": "select count(*) from orders", "expect": f"== {count}"},
         {"sql": "select sum(id * amount) from orders", "expect": f"== {checksum}"},
         {"sql": "select count(*) from small", "expect": "== 99"},
-    ])
+    ], scratch=mariadb_scratch)
     assert project.run("repo", "init").returncode == 0
     backup = project.run("backup")
     assert backup.returncode == 0, backup.stderr
@@ -151,8 +156,9 @@ def test_mariadb_backup_and_drill_into_scratch(project: Project, mariadb: Databa
     assert drill.returncode == 0, drill.stdout + drill.stderr
     checks = json.loads(drill.stdout)["steps"][0]["checks"]
     assert all(c["status"] == "passed" for c in checks), checks
-    assert mariadb.sql("select count(*) from information_schema.schemata where schema_name "
-                       "like 'drkit_drill%'") == "0"
+    for server in (mariadb, mariadb_scratch):
+        assert server.sql("select count(*) from information_schema.schemata where "
+                          "schema_name like 'drkit_drill%'") == "0"
     assert mariadb.password not in backup.stderr + drill.stdout + drill.stderr
 
 
@@ -193,9 +199,13 @@ def test_mariadb_password_with_quotes_hash_backslash_and_spaces(
     odd = DatabaseServer(kind="mysql", host=mariadb.host, port=mariadb.port, user="odd",
                          password=quote(password, safe=""), admin=mariadb.admin,
                          data_dir=mariadb.data_dir)
-    configure(project, odd, "oddshop", [{"sql": "select max(id) from t", "expect": "== 7"}])
+    configure(project, odd, "oddshop", [{"sql": "select max(id) from t", "expect": "== 7"}],
+              step={"allow_production_server": True})
     assert project.run("repo", "init").returncode == 0
     backup = project.run("backup")
     assert backup.returncode == 0, backup.stderr
     drill = project.run("drill", "db", "--json")
     assert drill.returncode == 0, drill.stdout + drill.stderr
+    step = json.loads(drill.stdout)["steps"][0]
+    assert step["production_server"] is True  # allowed, and said so in the evidence
+    assert "on the production server" in step["checks"][1]["detail"]

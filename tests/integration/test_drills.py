@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,14 @@ def test_false_sql_expectation_fails(project: Project, rclone_endpoint: S3Endpoi
     assert result.returncode == 1
     drill = json.loads(result.stdout)
     assert drill["status"] == "failed" and drill["rto_achieved_s"] is None
+    # The snapshot was restored: the RPO it proves is recorded although a check failed.
+    step = drill["steps"][0]
+    snapshot_age = (datetime.fromisoformat(drill["started_at"].replace("Z", "+00:00"))
+                    - datetime.fromisoformat(step["snapshot_time"].replace("Z", "+00:00")))
+    assert drill["rpo_achieved_s"] == pytest.approx(snapshot_age.total_seconds(), abs=0.01)
+    assert drill["rpo_complete"] is True
+    assert set(drill["rto_stages"]) == {"restore", "verify", "database_load", "checks"}
+    assert drill["rto_stages"]["restore"] == pytest.approx(step["restore_s"], abs=0.002)
     failed = drill["steps"][0]["checks"][1]
     assert failed["status"] == "failed" and "1200" in failed["detail"]
     assert drill_records(project)[0]["status"] == "failed"

@@ -82,6 +82,7 @@ def pg_project(project: Project, postgres: DatabaseServer, database: str, *,
     (plans / "db.yaml").write_text(yaml.safe_dump({
         "name": "db", "objectives": {"rpo": "1h", "rto": "15m"},
         "steps": [{"target": "db", "restore_into": {"postgres": {"dsn": {"env": "SCRATCH_DSN"}}},
+                   "allow_production_server": True,  # one server here: not what is tested
                    "checks": [{"sql": "select count(*) from items", "expect": f"== {rows}"}]}]}))
     assert project.run("repo", "init").returncode == 0
     return str(project.root / "repo")

@@ -42,10 +42,14 @@ def _journal(config: Any) -> Any:
 
 
 def _catalog(config: Any) -> Any:
-    """Open the catalog and record runs that a crash cut short as interrupted."""
+    """Open the catalog, record runs that a crash cut short as interrupted, and clean up
+    (and record) what drills that were killed left behind."""
+    from drkit.drills.sandbox import sweep
     from drkit.jobs.common import open_config_catalog
 
-    return open_config_catalog(config, recover=_journal(config))
+    catalog = open_config_catalog(config, recover=_journal(config))
+    sweep(config, catalog)
+    return catalog
 
 
 def cmd_init(args: argparse.Namespace) -> int:

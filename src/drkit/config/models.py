@@ -213,8 +213,9 @@ class TargetConfig(Strict):
 
 
 class DrillSettings(Strict):
-    sandbox_dir: Annotated[Path, AfterValidator(resolve_path)] = Field(
-        default=Path("/var/tmp/drkit-drills"), validate_default=True)
+    # Where drills restore; default STATE_DIR/drills. Must be owned by drkit's user and
+    # writable by nobody else (drkit creates it 0700; see drkit.drills.sandbox).
+    sandbox_dir: Annotated[Path, AfterValidator(resolve_path)] | None = None
 
 
 class CheckSettings(Strict):

@@ -82,7 +82,8 @@ class StepContext:
     snapshot_time: datetime
     default_database: Path | None = None   # a sqlite target's own file
     database: SqlDatabase | None = None    # set by database steps (postgres, mysql)
-    substitutions: dict[str, str] = field(default_factory=dict)
+    substitutions: dict[str, str] = field(default_factory=dict)  # {dsn}: the scratch database
+    dsn_env: dict[str, str] = field(default_factory=dict)  # what reaches it (its password)
     limits: Limits = NO_LIMITS             # the drill's own time limit
 
 
@@ -148,7 +149,10 @@ def _sqlite_path(value: str | bool | None, context: StepContext) -> Path:
         return inside(context.data_dir, value)
     if context.default_database is None:
         raise ValueError("no database given and the step's target is not a sqlite target")
-    return context.default_database
+    # Through ``inside`` too: a symlink in the restored data must not lead a check to a file
+    # outside the sandbox (the production database itself).
+    return inside(context.data_dir,
+                  str(context.default_database.relative_to(context.data_dir)))
 
 
 def _sqlite_integrity(check: SqliteIntegrityCheck, context: StepContext
@@ -176,12 +180,17 @@ def _sql(check: SqlCheck, context: StepContext) -> tuple[bool, str, dict[str, st
 
 def _command(check: CommandCheck, context: StepContext) -> tuple[bool, str, dict[str, str]]:
     subs = {"restore_dir": str(context.data_dir), **context.substitutions}
+    if any("{dsn}" in arg for arg in check.command) and "dsn" not in subs:
+        return False, "{dsn} is only known in a step restored into a scratch database", {}
     argv = [_substitute(arg, subs) for arg in check.command]
     tmp = context.sandbox / "tmp"
-    tmp.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True, mode=0o700)
     # A minimal environment: no repository password, S3 key or production DSN of drkit's;
-    # the check's own ``env:`` list names what it needs from drkit's environment.
-    env = base_env(check.env, TMPDIR=str(tmp), DRKIT_RESTORE_DIR=str(context.data_dir))
+    # the check's own ``env:`` list names what it needs from drkit's environment. A check
+    # that uses {dsn} gets the scratch database's password in the environment (never argv).
+    extra = context.dsn_env if any("{dsn}" in arg for arg in check.command) else {}
+    env = {**base_env(check.env, TMPDIR=str(tmp), DRKIT_RESTORE_DIR=str(context.data_dir)),
+           **{key: value for key, value in extra.items() if key not in ("PATH", "HOME")}}
     remaining = context.limits.remaining()
     limits = Limits.after(check.timeout if remaining is None else min(check.timeout, remaining))
     spec = ChildSpec(argv=argv, what=f"check command {argv[0]}", env=env, cwd=context.data_dir)

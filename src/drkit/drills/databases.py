@@ -3,6 +3,12 @@ scratch server, restored from the dump in the sandbox, queried by ``sql`` checks
 
 Both kinds use the servers' own command-line clients (psql/pg_restore, mariadb/mysql), so no
 database driver is needed; credentials go through the environment or a private options file.
+
+A drill must never touch production: the scratch server is compared with the target's own
+server by identity (PostgreSQL's ``system_identifier``, MySQL's ``@@server_uuid``, MariaDB's
+host, port, data directory and server id), not by name, and refused when they are the same
+unless the plan step says ``allow_production_server: true``. A MySQL dump is restored with its
+events disabled, so that no restored event runs against anything.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drkit.errors import DrkitError
-from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Limits, run
+from drkit.pipeline import run_pipeline
+from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Limits, base_env, run
 from drkit.targets.dsn import Dsn, mysql_defaults_file, pg_env
 
 TIMEOUT = 3600.0
@@ -25,11 +32,14 @@ class ScratchError(DrkitError):
 
 class ScratchDatabase(Protocol):
     name: str
+    kind: str
 
+    def identity(self) -> str: ...
     def create(self) -> None: ...
     def restore(self, dump: Path) -> None: ...
     def scalar(self, sql: str) -> Any: ...
     def drop(self) -> None: ...
+    def check_access(self) -> tuple[str, dict[str, str]]: ...
 
 
 def scratch_name(plan: str) -> str:
@@ -38,12 +48,16 @@ def scratch_name(plan: str) -> str:
     return f"drkit_drill_{safe}_{secrets.token_hex(4)}"
 
 
+def _bound(limits: Limits) -> Limits:
+    remaining = limits.remaining()
+    return Limits.after(TIMEOUT if remaining is None else min(TIMEOUT, remaining))
+
+
 def _run(argv: list[str], *, env: dict[str, str] | None, what: str, hidden: list[str],
          limits: Limits, stdin: Any = None) -> str:
     if shutil.which(argv[0]) is None:
         raise ScratchError(f"{what}: {argv[0]} not found (install the database client tools)")
-    remaining = limits.remaining()
-    bound = Limits.after(TIMEOUT if remaining is None else min(TIMEOUT, remaining))
+    bound = _bound(limits)
     try:
         exit_ = run(ChildSpec(argv=argv, what=what, env=env, secrets=hidden), stdin=stdin,
                     limits=bound)
@@ -60,11 +74,20 @@ def _run(argv: list[str], *, env: dict[str, str] | None, what: str, hidden: list
 class PostgresScratch:
     """A scratch database on a PostgreSQL server (the DSN's database is only connected to)."""
 
+    kind = "postgres"
+
     def __init__(self, server: Dsn, name: str, limits: Limits) -> None:
         self.server = server
         self.name = name
         self.limits = limits
         self._hidden = [server.password or ""]
+
+    def identity(self) -> str:
+        """The server's ``system_identifier`` (set by initdb, the same on every database of
+        the cluster and readable by any role)."""
+        out = self._psql("SELECT system_identifier FROM pg_control_system()",
+                         self.server.database or "postgres").strip()
+        return f"postgres:{out}"
 
     def _psql(self, sql: str, database: str) -> str:
         env = pg_env(self.server.with_database(database))
@@ -90,9 +113,17 @@ class PostgresScratch:
         self._psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)',
                    self.server.database or "postgres")
 
+    def check_access(self) -> tuple[str, dict[str, str]]:
+        """``{dsn}`` for a check command (no password in it) and the environment that
+        carries the password and the rest (libpq variables)."""
+        return _url("postgresql", self.server, self.name), pg_env(
+            self.server.with_database(self.name))
+
 
 class MysqlScratch:
     """A scratch database on a MySQL/MariaDB server."""
+
+    kind = "mysql"
 
     def __init__(self, server: Dsn, name: str, workdir: Path, limits: Limits) -> None:
         self.server = server
@@ -101,6 +132,17 @@ class MysqlScratch:
         self._options = mysql_defaults_file(server, workdir)
         self._hidden = [server.password or ""]
         self._client = "mariadb" if shutil.which("mariadb") else "mysql"
+
+    def identity(self) -> str:
+        """MySQL's ``@@server_uuid``; MariaDB has none: its host name, port, data directory
+        and server id together."""
+        try:
+            return "mysql:" + self._mysql("SELECT @@server_uuid").strip()
+        except ScratchError as exc:
+            if "server_uuid" not in str(exc):
+                raise
+        out = self._mysql("SELECT CONCAT_WS(':', @@hostname, @@port, @@datadir, @@server_id)")
+        return "mariadb:" + out.strip()
 
     def _mysql(self, sql: str, database: str | None = None) -> str:
         argv = [self._client, f"--defaults-extra-file={self._options}", "-N", "-B",
@@ -112,10 +154,33 @@ class MysqlScratch:
         self._mysql(f"CREATE DATABASE `{self.name}`")
 
     def restore(self, dump: Path) -> None:
-        with open(dump, "rb") as handle:
-            _run([self._client, f"--defaults-extra-file={self._options}", self.name],
-                 env=None, what=f"restore into {self.name}", hidden=self._hidden,
-                 limits=self.limits, stdin=handle)
+        """Load ``dump`` with every event it creates disabled (an event restored enabled
+        would run on the scratch server's scheduler, and its body may name production's
+        tables); then make sure none is enabled."""
+        what = f"restore into {self.name}"
+        if shutil.which(self._client) is None:
+            raise ScratchError(f"{what}: {self._client} not found (install the database "
+                               "client tools)")
+        bound = _bound(self.limits)
+        try:
+            piped = run_pipeline(
+                ChildSpec(argv=["sed", "-E", _DISABLE_EVENTS, str(dump)],
+                          what="event filter", env=base_env()),
+                ChildSpec(argv=[self._client, f"--defaults-extra-file={self._options}",
+                                self.name], what=what, env=base_env(), secrets=self._hidden),
+                limits=bound)
+        except ChildError as exc:
+            raise ScratchError(str(exc)) from None
+        for exit_ in (piped.consumer, piped.producer):
+            if exit_.stopped == "timeout":
+                raise ScratchError(f"{what}: {bound.message()}")
+            if exit_.returncode != 0:
+                lines = exit_.stderr.strip().splitlines() or ["no error output"]
+                raise ScratchError(f"{what}: {lines[-1]}")
+        enabled = self.scalar("SELECT COUNT(*) FROM information_schema.EVENTS WHERE "
+                              f"EVENT_SCHEMA = '{self.name}' AND STATUS = 'ENABLED'")
+        if str(enabled) != "0":
+            raise ScratchError(f"{what}: {enabled} restored event(s) are enabled")
 
     def scalar(self, sql: str) -> Any:
         out = self._mysql(sql, self.name)
@@ -125,11 +190,47 @@ class MysqlScratch:
     def drop(self) -> None:
         self._mysql(f"DROP DATABASE IF EXISTS `{self.name}`")
 
+    def check_access(self) -> tuple[str, dict[str, str]]:
+        """``{dsn}`` for a check command (no password in it) and the environment that
+        carries the password (``MYSQL_PWD``)."""
+        env = base_env()
+        if self.server.password is not None:
+            env["MYSQL_PWD"] = self.server.password
+        return _url("mysql", self.server, self.name), env
+
+
+# mysqldump/mariadb-dump write an event's header on the line that creates it, always with its
+# ON COMPLETION clause right before the status: the first such status on the line is the
+# header's, whatever the body says.
+_DISABLE_EVENTS = (r"/^\/\*!50106 CREATE\*\/.*\/\*!50106 EVENT /"
+                   r"s/ ON COMPLETION (NOT )?PRESERVE ENABLE / ON COMPLETION \1PRESERVE DISABLE /")
+
+
+def _url(scheme: str, server: Dsn, database: str) -> str:
+    """A URL for ``database`` on ``server`` without the password."""
+    from urllib.parse import quote
+
+    user = quote(server.user, safe="") + "@" if server.user else ""
+    host = server.host or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    port = f":{server.port}" if server.port else ""
+    return f"{scheme}://{user}{host}{port}/{quote(database, safe='')}"
+
+
+def scratch_for(kind: str, server: Dsn, name: str, workdir: Path, *,
+                limits: Limits = NO_LIMITS) -> ScratchDatabase:
+    """The scratch database ``name`` of ``kind`` on ``server``."""
+    if kind == "postgres":
+        return PostgresScratch(server, name, limits)
+    return MysqlScratch(server, name, workdir, limits)
+
 
 def open_scratch(restore_into: Any, target: Any, plan: str, workdir: Path, *,
-                 limits: Limits = NO_LIMITS) -> ScratchDatabase:
-    """The scratch database for a step (not yet created). Refuses a scratch server DSN that
-    names the target's own database: a drill must never touch production."""
+                 allow_production_server: bool = False,
+                 limits: Limits = NO_LIMITS) -> tuple[ScratchDatabase, bool]:
+    """The scratch database for a step (not yet created), and whether its server is the
+    target's own (production) server. Refuses a scratch DSN that names the target's own
+    database, and the production server itself unless ``allow_production_server``."""
     from drkit.targets.dsn import parse_dsn
 
     kind = "postgres" if restore_into.postgres is not None else "mysql"
@@ -141,7 +242,27 @@ def open_scratch(restore_into: Any, target: Any, plan: str, workdir: Path, *,
     if server.same_database(own):
         raise ScratchError(f"refusing to drill: the scratch DSN names the target's own "
                            f"database ({own.describe()})")
-    name = scratch_name(plan)
-    if kind == "postgres":
-        return PostgresScratch(server, name, limits)
-    return MysqlScratch(server, name, workdir, limits)
+    scratch = scratch_for(kind, server, scratch_name(plan), workdir, limits=limits)
+    try:
+        theirs = scratch.identity()
+    except ScratchError as exc:
+        raise ScratchError(f"cannot tell which server the scratch DSN reaches: {exc}") from None
+    production = scratch_for(kind, own, "", workdir / "production", limits=limits)
+    try:
+        ours = production.identity()
+    except ScratchError as exc:
+        if allow_production_server:
+            return scratch, False
+        raise ScratchError(
+            f"refusing to drill: cannot read the production server's identity to make sure "
+            f"the scratch server ({server.describe()}) is another one: {exc}",
+            hint="the step may say allow_production_server: true to drill anyway") from None
+    same = theirs == ours
+    if same and not allow_production_server:
+        raise ScratchError(
+            f"refusing to drill: the scratch DSN ({server.describe()}) reaches the target's "
+            f"own production server ({own.describe()}: same {theirs.split(':', 1)[0]} "
+            "server identity)",
+            hint="point restore_into at another server, or set allow_production_server: "
+                 "true on the step to restore into a new database on production itself")
+    return scratch, same

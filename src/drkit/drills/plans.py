@@ -123,6 +123,9 @@ class PlanStep(Strict):
     target: Name
     repository: Name | None = None  # default: the target's first repository
     restore_into: RestoreInto | None = None  # database targets: a scratch server
+    # Restore into a new database on the target's own server (recorded in the evidence);
+    # without it a scratch server that is the production server is refused.
+    allow_production_server: bool = False
     checks: list[Check] = Field(default_factory=list)
 
 

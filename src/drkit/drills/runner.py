@@ -10,14 +10,9 @@ The sandbox is removed afterwards in every case (unless ``keep_sandbox``), also 
 from __future__ import annotations
 
 import logging
-import secrets
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from drkit.catalog.chain import canonical_time
@@ -37,6 +32,7 @@ from drkit.drills.restore import (
     list_snapshot,
     restore,
 )
+from drkit.drills.sandbox import Sandbox, sandbox, sweep
 from drkit.errors import DrkitError, describe
 from drkit.identity import SnapshotIdentity
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
@@ -57,8 +53,11 @@ class StepResult:
     snapshot_time: datetime | None = None
     chosen_by: str | None = None  # why this snapshot: the catalog's newest good backup, or asked
     restore_s: float | None = None
-    verify_s: float | None = None
+    verify_s: float | None = None      # the restored tree against the snapshot's listing
+    load_s: float | None = None        # database steps: loading the dump into scratch
+    checks_s: float | None = None      # the plan's checks
     bytes_restored: int | None = None
+    production_server: bool = False    # restored into a new database on production's server
     checks: list[CheckResult] = field(default_factory=list)
     error: str | None = None
 
@@ -72,8 +71,10 @@ class StepResult:
             "snapshot_id": self.snapshot_id,
             "snapshot_time": canonical_time(self.snapshot_time) if self.snapshot_time else None,
             "chosen_by": self.chosen_by, "restore_s": _round(self.restore_s),
-            "verify_s": _round(self.verify_s),
+            "verify_s": _round(self.verify_s), "load_s": _round(self.load_s),
+            "checks_s": _round(self.checks_s),
             "bytes_restored": self.bytes_restored, "error": self.error,
+            **({"production_server": True} if self.production_server else {}),
             "checks": [check.to_json() for check in self.checks],
         }
 
@@ -104,6 +105,8 @@ class DrillResult:
             "rto_objective_s": self.rto_objective_s, "rto_achieved_s": _round(self.rto_achieved_s),
             "rpo_met": _met(self.rpo_achieved_s, self.rpo_objective_s),
             "rto_met": _met(self.rto_achieved_s, self.rto_objective_s),
+            "rpo_complete": all(step.snapshot_time is not None for step in self.steps),
+            "rto_stages": rto_stages(self.steps),
             "steps": [step.to_json() for step in self.steps], "error": self.error,
             "sandbox": self.sandbox, "sandbox_kept": self.sandbox_kept,
             "record_id": self.record_id, "record_hash": self.record_hash,
@@ -118,6 +121,17 @@ def _met(achieved: float | None, objective: float) -> bool | None:
     return None if achieved is None else achieved <= objective
 
 
+STAGES = (("restore", "restore_s"), ("verify", "verify_s"), ("database_load", "load_s"),
+          ("checks", "checks_s"))
+
+
+def rto_stages(steps: list[StepResult]) -> dict[str, float]:
+    """Where the recovery time went, summed over the steps: restore, verify (the tree against
+    the snapshot), database load, checks."""
+    return {stage: round(sum(getattr(step, key) or 0.0 for step in steps), 3)
+            for stage, key in STAGES}
+
+
 def score(steps: list[StepResult], *, failed: bool, rpo_achieved: float | None,
           rto_achieved: float | None, rpo: float, rto: float) -> str:
     """``passed`` / ``breached`` / ``failed``, exactly as the spec defines them."""
@@ -129,21 +143,6 @@ def score(steps: list[StepResult], *, failed: bool, rpo_achieved: float | None,
     return "passed"
 
 
-@contextmanager
-def sandbox(config: Config, plan: str, *, keep: bool) -> Iterator[Path]:
-    """A fresh private directory for one drill, removed on exit (unless ``keep``)."""
-    root = config.drills.sandbox_dir
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = root / f"{plan}-{stamp}-{secrets.token_hex(3)}"
-    path.mkdir(mode=0o700)
-    try:
-        yield path
-    finally:
-        if not keep:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
               snapshot: str | None = None, keep_sandbox: bool = False) -> DrillResult:
     """Rehearse ``plan``; record the drill in the catalog and return its result.
@@ -151,7 +150,8 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     Each step restores the newest snapshot that the catalog recorded as a good backup of its
     target (by this deployment's host) in its repository; ``snapshot`` (an id prefix) picks
     that snapshot instead for the step whose target has it. The whole drill is bounded by
-    the plan's ``timeout`` (default ``timeouts.drill``). Interrupts (Ctrl-C, SIGTERM) are
+    the plan's ``timeout`` (default ``timeouts.drill``). Every step is tried, also after one
+    failed, so that the evidence covers all of them. Interrupts (Ctrl-C, SIGTERM) are
     recorded as ``interrupted`` and re-raised after the sandbox is removed.
     """
     version = detect_restic_version(config)
@@ -163,15 +163,13 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     error: str | None = None
     interrupted = False
     last_pass: float | None = None
-    sandbox_path: Path | None = None
+    box: Sandbox | None = None
     try:
-        with sandbox(config, plan.name, keep=keep_sandbox) as sandbox_path:
+        sweep(config, recorder.catalog.get())  # what drills killed earlier left behind
+        with sandbox(config, plan.name, keep=keep_sandbox) as box:
             for index, step in enumerate(plan.steps):
-                step_result = _run_step(config, recorder, step, index, sandbox_path,
-                                        snapshot, plan.name, limits)
-                steps.append(step_result)
-                if not step_result.passed:
-                    break
+                steps.append(_run_step(config, recorder, step, index, box, snapshot,
+                                       plan.name, limits))
             if steps and all(s.passed for s in steps) and len(steps) == len(plan.steps):
                 last_pass = time.monotonic()
     except KeyboardInterrupt:
@@ -179,10 +177,15 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
         error = "interrupted by the user"
     except DrkitError as exc:
         error = describe(exc)
+    if box is not None and box.removal_error is not None and error is None:
+        error = box.removal_error  # restored data left behind is a failure, never silent
     finished = utcnow()
-    snapshot_times = [s.snapshot_time for s in steps if s.snapshot_time is not None]
+    # RPO is what restoring the snapshots actually restored proved, also when a check
+    # failed afterwards: the oldest snapshot that was restored.
+    snapshot_times = [s.snapshot_time for s in steps
+                      if s.snapshot_time is not None and s.restore_s is not None]
     rpo_achieved = None
-    if snapshot_times and len(snapshot_times) == len(plan.steps):
+    if snapshot_times:
         started_aware = handle.started_at.replace(tzinfo=UTC)
         rpo_achieved = max(0.0, (started_aware - min(snapshot_times)).total_seconds())
     rto_achieved = (last_pass - clock) if last_pass is not None else None
@@ -199,7 +202,7 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
         plan=plan.name, status=status, started_at=handle.started_at, finished_at=finished,
         rpo_objective_s=plan.objectives.rpo, rto_objective_s=plan.objectives.rto,
         rpo_achieved_s=rpo_achieved, rto_achieved_s=rto_achieved, steps=steps, error=error,
-        sandbox=str(sandbox_path) if sandbox_path else None, sandbox_kept=keep_sandbox)
+        sandbox=str(box.path) if box else None, sandbox_kept=keep_sandbox)
     _record(recorder, handle, result)
     if interrupted:
         raise KeyboardInterrupt
@@ -232,9 +235,8 @@ def _record(recorder: Recorder, handle: RunHandle, result: DrillResult) -> None:
                        record_id=record.id)
 
 
-def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int,
-              sandbox_path: Path, wanted: str | None, plan_name: str,
-              limits: Limits) -> StepResult:
+def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int, box: Sandbox,
+              wanted: str | None, plan_name: str, limits: Limits) -> StepResult:
     target = config.targets[step.target]
     repo_name = step.repository or target.repositories[0]
     repo = restic_repository(config, repo_name)
@@ -243,8 +245,8 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int,
         snap, listing, result.chosen_by = _snapshot_for(
             recorder, repo, SnapshotIdentity(config.host, step.target), wanted, limits)
         result.snapshot_id, result.snapshot_time = snap.id, snap.time
-        into = sandbox_path / f"{index:02d}-{step.target}"
-        into.mkdir()
+        into = box.path / f"{index:02d}-{step.target}"
+        into.mkdir(mode=0o700)
         ensure_space(into, listing.total_bytes)
         result.bytes_restored = listing.total_bytes
         log.info("drill step %s: restoring snapshot %s of %s from %s (%s)", step.target,
@@ -255,38 +257,50 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int,
         result.error = describe(exc)
         log.error("drill step %s: %s", step.target, result.error)
         return result
-    verify_start = time.monotonic()
+    stage = time.monotonic()
     result.checks.append(compare_tree(listing, into))
+    result.verify_s = time.monotonic() - stage
     root = data_root(snap, into)
     default_db = root / target.path.name if isinstance(target, SqliteTarget) else None
-    context = StepContext(data_dir=root, sandbox=sandbox_path, snapshot_time=snap.time,
+    context = StepContext(data_dir=root, sandbox=box.path, snapshot_time=snap.time,
                           default_database=default_db, limits=limits)
     scratch: ScratchDatabase | None = None
-    created = False
     try:
         if result.checks[0].passed and step.restore_into is not None:
+            stage = time.monotonic()
             try:
-                scratch = open_scratch(step.restore_into, target, plan_name, sandbox_path,
-                                       limits=limits)
+                scratch, result.production_server = open_scratch(
+                    step.restore_into, target, plan_name, box.path / f"{index:02d}-scratch",
+                    allow_production_server=step.allow_production_server, limits=limits)
                 dump = into / listing.files[0]["path"].lstrip("/")
+                ref = step.restore_into.postgres or step.restore_into.mysql
+                assert ref is not None
+                box.will_create(scratch.kind, scratch.name,
+                                ref.dsn.model_dump(mode="json", exclude_none=True))
                 scratch.create()
-                created = True
                 scratch.restore(dump)
+                where = " (on the production server: allow_production_server)" \
+                    if result.production_server else ""
                 result.checks.append(CheckResult(
                     name="restored into a scratch database", status="passed",
-                    detail=f"{dump.name} -> {scratch.name}"))
-                context = replace(context, database=scratch)
+                    detail=f"{dump.name} -> {scratch.name}{where}"))
+                dsn, env = scratch.check_access()
+                context = replace(context, database=scratch, substitutions={"dsn": dsn},
+                                  dsn_env=env)
             except DrkitError as exc:
                 result.checks.append(CheckResult(name="restored into a scratch database",
                                                  status="failed", detail=describe(exc)))
+            result.load_s = time.monotonic() - stage
         if all(check.passed for check in result.checks):
+            stage = time.monotonic()
             for check in step.checks:
                 outcome = run_check(check, context)
                 result.checks.append(outcome)
                 log.info("drill step %s: %s: %s (%s)", step.target, outcome.name,
                          outcome.status, outcome.detail)
+            result.checks_s = time.monotonic() - stage
     finally:
-        if scratch is not None and created:
+        if scratch is not None and box.scratch:
             try:
                 scratch.drop()
                 log.info("drill step %s: dropped scratch database %s", step.target,
@@ -294,7 +308,6 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int,
             except DrkitError as exc:
                 result.checks.append(CheckResult(name="scratch database dropped",
                                                  status="failed", detail=describe(exc)))
-    result.verify_s = time.monotonic() - verify_start
     return result
 
 
