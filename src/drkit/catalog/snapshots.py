@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -89,6 +90,20 @@ def snapshot_verdict(session: Session, snapshot_id: str) -> str | None:
         select(Record.status).where(Record.kind == "backup",
                                     Record.snapshot_id.startswith(snapshot_id))
         .order_by(Record.seq.desc()).limit(1))
+
+
+def backup_evidence(session: Session, snapshot_id: str, repository: str) -> dict[str, Any]:
+    """The evidence of the backup run that made ``snapshot_id`` in ``repository`` (empty when
+    the catalog has no such run). Backup records keep the short id."""
+    evidence = session.scalar(
+        select(Record.evidence).where(Record.kind == "backup", Record.repository == repository,
+                                      Record.snapshot_id.in_({snapshot_id, snapshot_id[:8]}))
+        .order_by(Record.seq.desc()).limit(1))
+    try:
+        loaded = json.loads(evidence) if evidence else {}
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from drkit.drills.plans import (
     Check,
     CommandCheck,
     FilesExistCheck,
+    FingerprintsCheck,
     SqlCheck,
     SqliteIntegrityCheck,
 )
@@ -84,6 +85,8 @@ class StepContext:
     database: SqlDatabase | None = None    # set by database steps (postgres, mysql)
     substitutions: dict[str, str] = field(default_factory=dict)  # {dsn}: the scratch database
     dsn_env: dict[str, str] = field(default_factory=dict)  # what reaches it (its password)
+    # The fingerprints recorded with the restored snapshot's backup: name -> {sql, value}.
+    fingerprints: dict[str, dict[str, Any]] | None = None
     limits: Limits = NO_LIMITS             # the drill's own time limit
 
 
@@ -102,6 +105,8 @@ def check_name(check: Check) -> str:
         return "files_exist: " + ", ".join(check.files_exist)
     if isinstance(check, CommandCheck):
         return "command: " + " ".join(check.command)
+    if isinstance(check, FingerprintsCheck):
+        return "fingerprints equal to the backup's"
     if isinstance(check, SqliteIntegrityCheck):
         return "sqlite_integrity" + (f": {check.sqlite_integrity}"
                                      if isinstance(check.sqlite_integrity, str) else "")
@@ -178,6 +183,31 @@ def _sql(check: SqlCheck, context: StepContext) -> tuple[bool, str, dict[str, st
     return ok, detail, {}
 
 
+def _fingerprints(check: FingerprintsCheck, context: StepContext
+                  ) -> tuple[bool, str, dict[str, str]]:
+    from drkit.targets.fingerprints import as_text
+
+    recorded = context.fingerprints
+    if not recorded:
+        return False, ("the backup of the restored snapshot recorded no fingerprints (made "
+                       "before the target declared them?)"), {}
+    database = context.database
+    if database is None:
+        path = _sqlite_path(None, context)
+        if not path.is_file():
+            return False, f"{path.name} was not restored", {}
+        database = SqliteDatabase(path)
+    differ = []
+    for name, taken in recorded.items():
+        value = as_text(database.scalar(str(taken["sql"])))
+        if value != taken.get("value"):
+            differ.append(f"{name}: restored {value!r}, at backup {taken.get('value')!r}")
+    if differ:
+        return False, "; ".join(differ), {}
+    return True, (f"{len(recorded)} fingerprint{'' if len(recorded) == 1 else 's'} "
+                  f"({', '.join(recorded)}) equal to the backup's"), {}
+
+
 def _command(check: CommandCheck, context: StepContext) -> tuple[bool, str, dict[str, str]]:
     subs = {"restore_dir": str(context.data_dir), **context.substitutions}
     if any("{dsn}" in arg for arg in check.command) and "dsn" not in subs:
@@ -224,4 +254,5 @@ _RUNNERS: dict[type, Callable[[Any, StepContext], tuple[bool, str, dict[str, str
     CommandCheck: _command,
     SqliteIntegrityCheck: _sqlite_integrity,
     SqlCheck: _sql,
+    FingerprintsCheck: _fingerprints,
 }

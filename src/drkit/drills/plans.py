@@ -12,7 +12,7 @@ from drkit.config.models import Config, CronExpr, Duration, EnvName, Limit, Name
 from drkit.config.secrets import SecretRef
 from drkit.errors import BadRequestError, ConfigError
 
-CHECK_KINDS = ("files_exist", "command", "sqlite_integrity", "sql")
+CHECK_KINDS = ("files_exist", "command", "sqlite_integrity", "sql", "fingerprints")
 
 
 class FilesExistCheck(Strict):
@@ -65,6 +65,14 @@ class SqlCheck(Strict):
         return value
 
 
+class FingerprintsCheck(Strict):
+    """The target's fingerprints, run on the restored database, must equal the values taken
+    at backup time (recorded with the backup of the snapshot that was restored)."""
+
+    fingerprints: Literal[True]
+    name: str | None = None
+
+
 def _check_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         found = [kind for kind in CHECK_KINDS if kind in value]
@@ -78,6 +86,7 @@ Check = Annotated[
         Annotated[CommandCheck, Tag("command")],
         Annotated[SqliteIntegrityCheck, Tag("sqlite_integrity")],
         Annotated[SqlCheck, Tag("sql")],
+        Annotated[FingerprintsCheck, Tag("fingerprints")],
     ],
     Discriminator(_check_kind, custom_error_type="unknown_check",
                   custom_error_message="unknown check kind: give exactly one of "
@@ -208,6 +217,14 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
             out.append((("steps", index),
                         f"a {kind} target is checked in a scratch database: add restore_into: "
                         f"{{{kind}: {{dsn: ...}}}}"))
+        checks = step.get("checks")
+        if isinstance(checks, list) and isinstance(target, str) and not getattr(
+                config.targets[target], "fingerprints", None):
+            out += [(("steps", index, "checks", number),
+                     f"target {target!r} declares no fingerprints (a postgres or sqlite "
+                     "target's `fingerprints:` queries)")
+                    for number, check in enumerate(checks)
+                    if isinstance(check, dict) and "fingerprints" in check]
         repo = step.get("repository")
         if isinstance(repo, str) and isinstance(target, str) and \
                 repo not in config.targets[target].repositories:

@@ -263,7 +263,8 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int, bo
     root = data_root(snap, into)
     default_db = root / target.path.name if isinstance(target, SqliteTarget) else None
     context = StepContext(data_dir=root, sandbox=box.path, snapshot_time=snap.time,
-                          default_database=default_db, limits=limits)
+                          default_database=default_db, limits=limits,
+                          fingerprints=_recorded_fingerprints(recorder, snap.id, repo_name))
     scratch: ScratchDatabase | None = None
     try:
         if result.checks[0].passed and step.restore_into is not None:
@@ -309,6 +310,16 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int, bo
                 result.checks.append(CheckResult(name="scratch database dropped",
                                                  status="failed", detail=describe(exc)))
     return result
+
+
+def _recorded_fingerprints(recorder: Recorder, snapshot_id: str, repository: str
+                           ) -> dict[str, dict[str, Any]] | None:
+    """The fingerprints taken when ``snapshot_id`` was backed up, if any were."""
+    from drkit.catalog.snapshots import backup_evidence
+
+    with recorder.catalog.get().read_session() as session:
+        found = backup_evidence(session, snapshot_id, repository).get("fingerprints")
+    return found if isinstance(found, dict) else None
 
 
 def _snapshot_for(recorder: Recorder, repo: ResticRepository, identity: SnapshotIdentity,

@@ -14,10 +14,11 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
-from drkit.config.models import TargetConfig, resolve_path
+from drkit.config.models import Name, TargetConfig, resolve_path
 from drkit.targets.base import BackupSource, TargetError
+from drkit.targets.fingerprints import recorded, sqlite_fingerprints
 
 
 class SqliteTarget(TargetConfig):
@@ -25,6 +26,9 @@ class SqliteTarget(TargetConfig):
 
     kind: Literal["sqlite"]
     path: Annotated[Path, AfterValidator(resolve_path)]
+    # Named queries run on the consistent copy that is backed up; their values are recorded
+    # with the backup and compared by a drill's `fingerprints: true` check.
+    fingerprints: dict[Name, str] = Field(default_factory=dict)
 
 
 def online_copy(source: Path, destination: Path) -> int:
@@ -59,11 +63,13 @@ class SqliteKind:
             pages = online_copy(config.path, copy)
         except sqlite3.Error as exc:
             raise TargetError(f"target '{name}': cannot copy {config.path}: {exc}") from None
+        evidence: dict[str, object] = {"source_path": str(config.path), "pages": pages,
+                                       "copy_bytes": copy.stat().st_size}
+        if config.fingerprints:
+            values = sqlite_fingerprints(copy, config.fingerprints)
+            evidence["fingerprints"] = recorded(config.fingerprints, values)
         try:
-            yield BackupSource(
-                paths=[copy.name], cwd=staging, description=str(config.path),
-                evidence={"source_path": str(config.path), "pages": pages,
-                          "copy_bytes": copy.stat().st_size},
-            )
+            yield BackupSource(paths=[copy.name], cwd=staging, description=str(config.path),
+                               evidence=evidence)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
