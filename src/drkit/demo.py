@@ -50,6 +50,9 @@ targets:
     path: ../app/invoices.sqlite
     repositories: [primary]
     schedule: "*/15 * * * *"
+    fingerprints:                    # taken on the backed-up copy; drills compare them
+      invoices: "select count(*) from invoices"
+      total_cents: "select sum(amount_cents) from invoices"
 """
 
 
