@@ -87,6 +87,14 @@ def last_drills(session: Session) -> dict[str, LastRun]:
     return _latest_by(session, "drill", Record.plan)
 
 
+def last_passed_drills(session: Session) -> dict[str, datetime]:
+    """When each plan's newest passed drill finished."""
+    rows = session.execute(
+        select(Record.plan, func.max(Record.finished_at))
+        .where(Record.kind == "drill", Record.status == "passed").group_by(Record.plan))
+    return {plan: finished for plan, finished in rows if plan}
+
+
 def last_checks(session: Session) -> dict[str, LastRun]:
     """The newest check record of each repository."""
     return _latest_by(session, "check", Record.repository)

@@ -65,30 +65,53 @@ class GoodSnapshot:
     record_id: int
 
 
+def good_snapshots(session: Session, *, target: str, repository: str, host: str,
+                   since: datetime | None = None, limit: int | None = None
+                   ) -> list[GoodSnapshot]:
+    """Snapshots of ``target`` in ``repository`` that ``host``'s backups recorded as
+    ``succeeded`` (finished after ``since``) and no prune has removed, newest first."""
+    removed = removed_snapshots(session, repository)
+    query = (select(Record.id, Record.snapshot_id, Record.finished_at)
+             .where(Record.kind == "backup", Record.status == "succeeded",
+                    Record.target == target, Record.repository == repository,
+                    Record.hostname == host, Record.snapshot_id.is_not(None))
+             .order_by(Record.seq.desc()).execution_options(yield_per=100))
+    if since is not None:
+        query = query.where(Record.finished_at >= since)
+    found: list[GoodSnapshot] = []
+    for row in session.execute(query):
+        if row.snapshot_id and not _is_removed(row.snapshot_id, removed):
+            found.append(GoodSnapshot(snapshot_id=row.snapshot_id, finished_at=row.finished_at,
+                                      record_id=row.id))
+            if limit is not None and len(found) >= limit:
+                break
+    return found
+
+
 def newest_good_snapshot(session: Session, *, target: str, repository: str,
                          host: str) -> GoodSnapshot | None:
     """The newest snapshot of ``target`` in ``repository`` that ``host``'s backups recorded
     as ``succeeded`` and no prune has removed: what a drill restores. restic's ``latest``
     is never asked: it may be a torn dump, an incomplete backup or another host's."""
-    removed = removed_snapshots(session, repository)
-    rows = session.execute(
-        select(Record.id, Record.snapshot_id, Record.finished_at)
-        .where(Record.kind == "backup", Record.status == "succeeded", Record.target == target,
-               Record.repository == repository, Record.hostname == host,
-               Record.snapshot_id.is_not(None))
-        .order_by(Record.seq.desc()).execution_options(yield_per=100))
-    for row in rows:
-        if row.snapshot_id and not _is_removed(row.snapshot_id, removed):
-            return GoodSnapshot(snapshot_id=row.snapshot_id, finished_at=row.finished_at,
-                                record_id=row.id)
-    return None
+    found = good_snapshots(session, target=target, repository=repository, host=host, limit=1)
+    return found[0] if found else None
+
+
+def drill_count(session: Session, plan: str) -> int:
+    """How many drills of ``plan`` the catalog holds (drives ``repository: rotate``)."""
+    from sqlalchemy import func
+
+    return int(session.scalar(select(func.count()).select_from(Record)
+                              .where(Record.kind == "drill", Record.plan == plan)) or 0)
 
 
 def snapshot_verdict(session: Session, snapshot_id: str) -> str | None:
-    """The status of the backup run that made ``snapshot_id`` (a prefix is enough), if any."""
+    """The status of the backup run that made ``snapshot_id`` (a prefix, or the full id of
+    a snapshot whose record keeps the short one), if any."""
     return session.scalar(
         select(Record.status).where(Record.kind == "backup",
-                                    Record.snapshot_id.startswith(snapshot_id))
+                                    Record.snapshot_id.startswith(snapshot_id)
+                                    | (Record.snapshot_id == snapshot_id[:8]))
         .order_by(Record.seq.desc()).limit(1))
 
 

@@ -119,22 +119,21 @@ def snapshots_table(rows: Sequence[SnapshotRow]) -> None:
 
 
 def status_table(statuses: Sequence[TargetStatus]) -> None:
+    """One row per copy (target x repository): each copy's own age against the RPO."""
     table = Table(title="status", title_justify="left")
-    for column in ("target", "last good backup", "age", "RPO", "repository", "last run",
+    for column in ("target", "repository", "last good backup", "age", "RPO", "last run",
                    "last drill", "error"):
         table.add_column(column)
     for status in statuses:
-        rpo = "-" if status.rpo_objective_s is None else (
-            ("[green]ok[/]" if status.rpo_ok else "[red]breached[/]")
-            + f" ({human_age(status.rpo_objective_s)})")
         for index, repo in enumerate(status.repositories):
             first = index == 0
+            rpo = "-" if status.rpo_objective_s is None else (
+                ("[green]ok[/]" if repo.rpo_ok else "[red]breached[/]")
+                + f" ({human_age(status.rpo_objective_s)})")
             table.add_row(
-                status.target if first else "",
-                _when(status.last_success_at) if first else "",
-                human_age(status.age_s) if first else "",
-                rpo if first else "",
-                repo.repository, _status(repo.last_status or "never run"),
+                status.target if first else "", repo.repository,
+                _when(repo.last_success_at) if repo.last_success_at else "never",
+                _age(repo.age_s), rpo, _status(repo.last_status or "never run"),
                 _status(status.last_drill_status) if first else "",
                 (repo.last_error or "")[:80])
     _console().print(table)
@@ -146,8 +145,10 @@ def plans_table(plans: Sequence[PlanStatus]) -> None:
                    "RTO achieved / objective"):
         table.add_column(column)
     for plan in plans:
-        table.add_row(plan.plan, _when(plan.last_drill_at) if plan.last_drill_at else "never",
-                      _status(plan.last_drill_status),
+        drilled = _when(plan.last_drill_at) if plan.last_drill_at else "never"
+        if plan.overdue and plan.drill_every_s is not None:
+            drilled += f" [red](overdue: every {human_age(plan.drill_every_s)})[/]"
+        table.add_row(plan.plan, drilled, _status(plan.last_drill_status),
                       f"{_age(plan.rpo_achieved_s)} / {human_age(plan.rpo_objective_s)}",
                       f"{_age(plan.rto_achieved_s)} / {human_age(plan.rto_objective_s)}")
     _console().print(table)

@@ -128,9 +128,22 @@ class RestoreInto(Strict):
 DATABASE_KINDS = ("postgres", "mysql")
 
 
+class RandomPick(Strict):
+    """Restore a good backup chosen at random among those of the last ``random_within``
+    (as AWS Backup restore testing does), so that older recovery points are proven too."""
+
+    random_within: Duration
+
+
+REPOSITORY_MODES = ("all", "rotate")
+
+
 class PlanStep(Strict):
     target: Name
-    repository: Name | None = None  # default: the target's first repository
+    # default: the target's first repository; "all": restore from each of the target's
+    # repositories; "rotate": a different one each drill (counted in the catalog).
+    repository: Name | None = None
+    pick: Literal["newest"] | RandomPick = "newest"
     restore_into: RestoreInto | None = None  # database targets: a scratch server
     # Restore into a new database on the target's own server (recorded in the evidence);
     # without it a scratch server that is the production server is refused.
@@ -146,6 +159,7 @@ class RecoveryPlan(Strict):
     objectives: Objectives
     schedule: CronExpr | None = None
     timeout: Limit | None = None  # the whole drill; default: timeouts.drill
+    drill_every: Duration | None = None  # overdue (status exit 1) without a passed drill
     steps: list[PlanStep] = Field(min_length=1)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -227,6 +241,7 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
                     if isinstance(check, dict) and "fingerprints" in check]
         repo = step.get("repository")
         if isinstance(repo, str) and isinstance(target, str) and \
+                repo not in REPOSITORY_MODES and \
                 repo not in config.targets[target].repositories:
             out.append((("steps", index, "repository"),
                         f"target {target!r} is not backed up to repository {repo!r}"))

@@ -19,17 +19,13 @@ from drkit.catalog.chain import canonical_time
 from drkit.catalog.inflight import RunHandle, utcnow
 from drkit.config.models import Config
 from drkit.drills.checks import CheckResult, StepContext, run_check
+from drkit.drills.choose import choose_snapshot, recorded_fingerprints, step_repositories
 from drkit.drills.databases import ScratchDatabase, open_scratch
 from drkit.drills.plans import PlanStep, RecoveryPlan
 from drkit.drills.restore import (
-    DrillError,
-    Listing,
-    NotThisTarget,
-    SnapshotNotFound,
     compare_tree,
     data_root,
     ensure_space,
-    list_snapshot,
     restore,
 )
 from drkit.drills.sandbox import Sandbox, sandbox, sweep
@@ -37,8 +33,6 @@ from drkit.errors import DrkitError, describe
 from drkit.identity import SnapshotIdentity
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
 from drkit.notify import notify_failure
-from drkit.restic.commands import Snapshot
-from drkit.restic.runner import ResticRepository
 from drkit.supervise import Limits
 from drkit.targets.sqlite import SqliteTarget
 
@@ -167,10 +161,13 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     try:
         sweep(config, recorder.catalog.get())  # what drills killed earlier left behind
         with sandbox(config, plan.name, keep=keep_sandbox) as box:
-            for index, step in enumerate(plan.steps):
-                steps.append(_run_step(config, recorder, step, index, box, snapshot,
-                                       plan.name, limits))
-            if steps and all(s.passed for s in steps) and len(steps) == len(plan.steps):
+            with recorder.catalog.get().read_session() as session:
+                runs = [(step, repo, why) for step in plan.steps
+                        for repo, why in step_repositories(config, session, plan, step)]
+            for index, (step, repo_name, why) in enumerate(runs):
+                steps.append(_run_step(config, recorder, step, repo_name, why, index, box,
+                                       snapshot, plan.name, limits))
+            if steps and all(s.passed for s in steps) and len(steps) == len(runs):
                 last_pass = time.monotonic()
     except KeyboardInterrupt:
         interrupted = True
@@ -235,15 +232,17 @@ def _record(recorder: Recorder, handle: RunHandle, result: DrillResult) -> None:
                        record_id=record.id)
 
 
-def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int, box: Sandbox,
-              wanted: str | None, plan_name: str, limits: Limits) -> StepResult:
+def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str, why: str,
+              index: int, box: Sandbox, wanted: str | None, plan_name: str,
+              limits: Limits) -> StepResult:
     target = config.targets[step.target]
-    repo_name = step.repository or target.repositories[0]
     repo = restic_repository(config, repo_name)
     result = StepResult(target=step.target, repository=repo_name)
     try:
-        snap, listing, result.chosen_by = _snapshot_for(
-            recorder, repo, SnapshotIdentity(config.host, step.target), wanted, limits)
+        snap, listing, chosen_by = choose_snapshot(
+            recorder, repo, SnapshotIdentity(config.host, step.target), wanted, step.pick,
+            limits)
+        result.chosen_by = f"{chosen_by}; {why}" if why else chosen_by
         result.snapshot_id, result.snapshot_time = snap.id, snap.time
         into = box.path / f"{index:02d}-{step.target}"
         into.mkdir(mode=0o700)
@@ -264,7 +263,7 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int, bo
     default_db = root / target.path.name if isinstance(target, SqliteTarget) else None
     context = StepContext(data_dir=root, sandbox=box.path, snapshot_time=snap.time,
                           default_database=default_db, limits=limits,
-                          fingerprints=_recorded_fingerprints(recorder, snap.id, repo_name))
+                          fingerprints=recorded_fingerprints(recorder, snap.id, repo_name))
     scratch: ScratchDatabase | None = None
     try:
         if result.checks[0].passed and step.restore_into is not None:
@@ -310,40 +309,3 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, index: int, bo
                 result.checks.append(CheckResult(name="scratch database dropped",
                                                  status="failed", detail=describe(exc)))
     return result
-
-
-def _recorded_fingerprints(recorder: Recorder, snapshot_id: str, repository: str
-                           ) -> dict[str, dict[str, Any]] | None:
-    """The fingerprints taken when ``snapshot_id`` was backed up, if any were."""
-    from drkit.catalog.snapshots import backup_evidence
-
-    with recorder.catalog.get().read_session() as session:
-        found = backup_evidence(session, snapshot_id, repository).get("fingerprints")
-    return found if isinstance(found, dict) else None
-
-
-def _snapshot_for(recorder: Recorder, repo: ResticRepository, identity: SnapshotIdentity,
-                  wanted: str | None, limits: Limits) -> tuple[Snapshot, Listing, str]:
-    """The snapshot a step restores, its listing, and why it was chosen."""
-    from drkit.catalog import snapshots as known
-
-    if wanted is not None:
-        try:
-            snapshot, listing = list_snapshot(repo, identity, wanted, limits=limits)
-        except (NotThisTarget, SnapshotNotFound):
-            pass  # --snapshot names another step's snapshot: this step takes the catalog's
-        else:
-            with recorder.catalog.get().read_session() as session:
-                verdict = known.snapshot_verdict(session, snapshot.id)
-            if verdict != "succeeded":
-                log.warning("drill: snapshot %s was asked for; the catalog records its backup "
-                            "as %s", snapshot.short_id, verdict or "unknown")
-            return snapshot, listing, f"--snapshot (backup recorded as {verdict or 'unknown'})"
-    with recorder.catalog.get().read_session() as session:
-        good = known.newest_good_snapshot(session, target=identity.target,
-                                            repository=repo.name, host=identity.host)
-    if good is None:
-        raise DrillError(f"no good backup of {identity.describe()} in repository "
-                         f"'{repo.name}' is recorded in the catalog (has it been backed up?)")
-    snapshot, listing = list_snapshot(repo, identity, good.snapshot_id, limits=limits)
-    return snapshot, listing, f"the catalog's newest good backup, record {good.record_id}"

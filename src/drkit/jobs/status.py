@@ -21,10 +21,13 @@ class RepositoryStatus:
     last_success_at: datetime | None
     last_status: str | None
     last_error: str | None
+    age_s: float | None = None       # this copy's age: now - its last good backup
+    rpo_ok: bool | None = None       # this copy within the target's RPO objective
 
     def to_json(self) -> dict[str, Any]:
         return {"repository": self.repository,
-                "last_success_at": _time(self.last_success_at),
+                "last_success_at": _time(self.last_success_at), "age_s": self.age_s,
+                "rpo_ok": self.rpo_ok,
                 "last_status": self.last_status, "last_error": self.last_error}
 
 
@@ -63,28 +66,40 @@ class PlanStatus:
     last_drill_status: str | None = None
     rpo_achieved_s: float | None = None
     rto_achieved_s: float | None = None
+    drill_every_s: float | None = None   # the plan's drill_every
+    overdue: bool = False                # no passed drill within drill_every
 
     @property
     def healthy(self) -> bool:
-        """Never drilled, or the last drill passed."""
-        return self.last_drill_status in (None, "passed")
+        """Never drilled or the last drill passed, and not overdue."""
+        return self.last_drill_status in (None, "passed") and not self.overdue
 
     def to_json(self) -> dict[str, Any]:
         return {"plan": self.plan, "rpo_objective_s": self.rpo_objective_s,
                 "rto_objective_s": self.rto_objective_s,
+                "drill_every_s": self.drill_every_s, "overdue": self.overdue,
                 "last_drill_at": _time(self.last_drill_at),
                 "last_drill_status": self.last_drill_status,
                 "rpo_achieved_s": self.rpo_achieved_s, "rto_achieved_s": self.rto_achieved_s}
 
 
-def plan_statuses(plans: dict[str, RecoveryPlan], catalog: Catalog) -> list[PlanStatus]:
-    """Each plan's objectives and its last drill."""
+def plan_statuses(plans: dict[str, RecoveryPlan], catalog: Catalog,
+                  now: datetime | None = None) -> list[PlanStatus]:
+    """Each plan's objectives and its last drill; a plan with ``drill_every`` is overdue when
+    no drill of it passed within that time (never drilled counts)."""
+    now = now or utcnow()
     with catalog.read_session() as session:
         drills = queries.last_drills(session)
+        passed = queries.last_passed_drills(session)
     out = []
     for name, plan in plans.items():
         status = PlanStatus(plan=name, rpo_objective_s=plan.objectives.rpo,
-                            rto_objective_s=plan.objectives.rto)
+                            rto_objective_s=plan.objectives.rto,
+                            drill_every_s=plan.drill_every)
+        if plan.drill_every is not None:
+            good = passed.get(name)
+            status.overdue = good is None or \
+                (now - good).total_seconds() > plan.drill_every
         last = drills.get(name)
         if last is not None:
             evidence = json.loads(last.evidence)
@@ -122,20 +137,29 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
                 last_error=state.last_error if state else None,
             ))
         successes = [r.last_success_at for r in repos if r.last_success_at is not None]
-        newest = max(successes) if successes else None
-        age = round((now - newest).total_seconds(), 3) if newest is not None else None
+        stalest = min(successes) if successes else None
         covering = [plan for plan in plans.values()
                     if any(step.target == name for step in plan.steps)]
         rpo = min((plan.objectives.rpo for plan in covering), default=None)
+        # Every copy counts: an off-site copy that stopped working breaches the RPO although
+        # the primary is fresh. The target's age is its stalest copy's.
+        for repo in repos:
+            if repo.last_success_at is not None:
+                repo.age_s = round((now - repo.last_success_at).total_seconds(), 3)
+            repo.rpo_ok = None if rpo is None else (
+                repo.age_s is not None and repo.age_s <= rpo)
+        ages = [r.age_s for r in repos]
+        age = None if not ages or any(a is None for a in ages) else \
+            max(a for a in ages if a is not None)
         drilled = [drills[plan.name] for plan in covering if plan.name in drills]
         last_drill = max(drilled, key=lambda d: d.finished_at) if drilled else None
         checked = [checks[r].status for r in target.repositories if r in checks]
         last_check = None if not checked else (
             "failed" if "failed" in checked else checked[-1])
         out.append(TargetStatus(
-            target=name, last_success_at=newest, age_s=age, repositories=repos,
+            target=name, last_success_at=stalest, age_s=age, repositories=repos,
             rpo_objective_s=rpo,
-            rpo_ok=None if rpo is None else (age is not None and age <= rpo),
+            rpo_ok=None if rpo is None else all(r.rpo_ok for r in repos),
             last_check_status=last_check,
             last_drill_status=last_drill.status if last_drill else None))
     return out
