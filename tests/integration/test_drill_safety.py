@@ -90,6 +90,17 @@ def test_sandbox_root_controlled_by_someone_else_is_refused(project: Project, ca
         assert list(root.iterdir()) == []
     (record,) = records(project, "drill")
     assert record["status"] == "failed" and expected in record["error"]
+    # A "killed drill's" sandbox planted there, naming a production secret as its scratch
+    # server: the sweep of the next command does not even read it.
+    from drkit.owned import machine
+
+    planted = (theirs if root.is_symlink() else root) / f"files.{machine()}.999999-1.abcd"
+    planted.mkdir()
+    (planted / "scratch.json").write_text(json.dumps({"plan": "files", "scratch": [
+        {"kind": "postgres", "database": "drkit_drill_x", "server": {"env": "TARGET_DSN"}}]}))
+    status = project.run("status")
+    assert "not cleaning up drill sandboxes" in status.stderr
+    assert planted.is_dir() and records(project, "cleanup") == []
 
 
 def test_default_sandbox_is_private_under_the_state_dir(project: Project) -> None:

@@ -97,3 +97,47 @@ def _remove_as_nobody(tree: Path) -> None:
                             capture_output=True, text=True, env={**os.environ, "HOME": "/"})
     assert result.returncode == 0, result.stderr
     assert not tree.exists()
+
+
+def test_mysql_dump_filter_disables_events_and_keeps_to_the_loaded_database() -> None:
+    from drkit.drills.databases import _DISABLE_EVENTS, _OWN_DATABASE
+
+    dump = "\n".join([
+        "/*!50106 CREATE*/ /*!50117 DEFINER=`root`@`localhost`*/ /*!50106 EVENT `tick` ON "
+        "SCHEDULE EVERY 1 SECOND STARTS '2026-11-26 21:18:07' ON COMPLETION NOT PRESERVE "
+        "ENABLE DO insert into shop.t values ('ON COMPLETION PRESERVE ENABLE ') */ ;;",
+        "/*!50106 CREATE*/ /*!50117 DEFINER=`root`@`%`*/ /*!50106 EVENT `keep` ON SCHEDULE AT "
+        "'2027-01-01 00:00:00' ON COMPLETION PRESERVE ENABLE DO delete from shop.t */ ;;",
+        "ALTER DATABASE `shop` CHARACTER SET latin1 COLLATE latin1_swedish_ci ;",
+        "/*!50003 ALTER DATABASE `we``ird` CHARACTER SET utf8mb4 */ ;;",
+        "insert into t values ('ALTER DATABASE `shop` stays text');",
+    ])
+    out = subprocess.run(["sed", "-E", "-e", _DISABLE_EVENTS, "-e", _OWN_DATABASE],
+                         input=dump, capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert "ON COMPLETION NOT PRESERVE DISABLE DO insert" in lines[0]
+    assert lines[0].endswith("values ('ON COMPLETION PRESERVE ENABLE ') */ ;;")  # body kept
+    assert "ON COMPLETION PRESERVE DISABLE DO delete" in lines[1]
+    assert lines[2] == "ALTER DATABASE CHARACTER SET latin1 COLLATE latin1_swedish_ci ;"
+    assert lines[3] == "/*!50003 ALTER DATABASE CHARACTER SET utf8mb4 */ ;;"
+    assert lines[4] == "insert into t values ('ALTER DATABASE `shop` stays text');"
+
+
+def test_restored_data_is_never_reached_through_a_symlink(tmp_path: Path) -> None:
+    """A files target whose path is a symlink to production's directory: restic stores the
+    link; the checks must look at the restore directory, not follow it to production."""
+    from drkit.drills.restore import data_root
+    from drkit.restic.commands import Snapshot
+
+    production = tmp_path / "data" / "app-release-42"
+    production.mkdir(parents=True)
+    into = tmp_path / "sandbox" / "00-files"
+    (into / "srv").mkdir(parents=True)
+    (into / "srv" / "app").symlink_to(production)
+    snapshot = Snapshot.from_json({"id": "ab" * 32, "short_id": "abababab",
+                                   "time": "2026-11-26T12:00:00Z", "paths": ["/srv/app"],
+                                   "hostname": "h", "tags": []})
+    assert data_root(snapshot, into) == into
+    (into / "srv" / "app").unlink()
+    (into / "srv" / "app").mkdir()
+    assert data_root(snapshot, into) == into / "srv" / "app"

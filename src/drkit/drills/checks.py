@@ -220,7 +220,8 @@ def _command(check: CommandCheck, context: StepContext) -> tuple[bool, str, dict
     # that uses {dsn} gets the scratch database's password in the environment (never argv).
     extra = context.dsn_env if any("{dsn}" in arg for arg in check.command) else {}
     env = {**base_env(check.env, TMPDIR=str(tmp), DRKIT_RESTORE_DIR=str(context.data_dir)),
-           **{key: value for key, value in extra.items() if key not in ("PATH", "HOME")}}
+           **{key: value for key, value in extra.items()
+              if key.startswith("PG") or key == "MYSQL_PWD"}}
     remaining = context.limits.remaining()
     limits = Limits.after(check.timeout if remaining is None else min(check.timeout, remaining))
     spec = ChildSpec(argv=argv, what=f"check command {argv[0]}", env=env, cwd=context.data_dir)

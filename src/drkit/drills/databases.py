@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drkit.errors import DrkitError
+from drkit.owned import remove_tree
 from drkit.pipeline import run_pipeline
 from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Limits, base_env, run
 from drkit.targets.dsn import Dsn, mysql_defaults_file, pg_env
@@ -164,7 +165,8 @@ class MysqlScratch:
         bound = _bound(self.limits)
         try:
             piped = run_pipeline(
-                ChildSpec(argv=["sed", "-E", _DISABLE_EVENTS, str(dump)],
+                ChildSpec(argv=["sed", "-E", "-e", _DISABLE_EVENTS, "-e", _OWN_DATABASE,
+                                str(dump)],
                           what="event filter", env=base_env()),
                 ChildSpec(argv=[self._client, f"--defaults-extra-file={self._options}",
                                 self.name], what=what, env=base_env(), secrets=self._hidden),
@@ -204,6 +206,12 @@ class MysqlScratch:
 # header's, whatever the body says.
 _DISABLE_EVENTS = (r"/^\/\*!50106 CREATE\*\/.*\/\*!50106 EVENT /"
                    r"s/ ON COMPLETION (NOT )?PRESERVE ENABLE / ON COMPLETION \1PRESERVE DISABLE /")
+
+
+# Around routines, triggers and events whose collation differs from their database's, the dump
+# switches the *original* database's default collation (ALTER DATABASE `shop` ...) and back:
+# without its name, the statement applies to the database being loaded, the scratch one.
+_OWN_DATABASE = r"s/^(\/\*![0-9]+ )?ALTER DATABASE `([^`]|``)*` /\1ALTER DATABASE /"
 
 
 def _url(scheme: str, server: Dsn, database: str) -> str:
@@ -251,11 +259,16 @@ def open_scratch(restore_into: Any, target: Any, plan: str, workdir: Path, *,
     try:
         ours = production.identity()
     except ScratchError as exc:
+        ours = None
+        unreadable = exc
+    finally:
+        remove_tree(workdir / "production")  # production's options file: not kept a moment
+    if ours is None:
         if allow_production_server:
             return scratch, False
         raise ScratchError(
             f"refusing to drill: cannot read the production server's identity to make sure "
-            f"the scratch server ({server.describe()}) is another one: {exc}",
+            f"the scratch server ({server.describe()}) is another one: {unreadable}",
             hint="the step may say allow_production_server: true to drill anyway") from None
     same = theirs == ours
     if same and not allow_production_server:

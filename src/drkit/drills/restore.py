@@ -156,6 +156,9 @@ def data_root(snapshot: Snapshot, into: Path) -> Path:
     restore directory itself (several paths, or a staged copy stored under its own name)."""
     if len(snapshot.paths) == 1:
         candidate = into / snapshot.paths[0].lstrip("/")
-        if candidate.is_dir():
+        # Never through a symlink (a backed-up path that is a link to production's data):
+        # the data a drill checks is the restored data, inside the sandbox.
+        if candidate.is_dir() and not candidate.is_symlink() and \
+                into.resolve() in candidate.resolve().parents:
             return candidate
     return into

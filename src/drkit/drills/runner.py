@@ -97,9 +97,11 @@ class DrillResult:
             "finished_at": canonical_time(self.finished_at),
             "rpo_objective_s": self.rpo_objective_s, "rpo_achieved_s": _round(self.rpo_achieved_s),
             "rto_objective_s": self.rto_objective_s, "rto_achieved_s": _round(self.rto_achieved_s),
-            "rpo_met": _met(self.rpo_achieved_s, self.rpo_objective_s),
+            "rpo_met": _met(self.rpo_achieved_s, self.rpo_objective_s) and all(
+                step.restore_s is not None for step in self.steps),
             "rto_met": _met(self.rto_achieved_s, self.rto_objective_s),
-            "rpo_complete": all(step.snapshot_time is not None for step in self.steps),
+            "rpo_complete": bool(self.steps) and all(
+                step.restore_s is not None for step in self.steps),
             "rto_stages": rto_stages(self.steps),
             "steps": [step.to_json() for step in self.steps], "error": self.error,
             "sandbox": self.sandbox, "sandbox_kept": self.sandbox_kept,
@@ -174,6 +176,8 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
         error = "interrupted by the user"
     except DrkitError as exc:
         error = describe(exc)
+    except OSError as exc:  # the sandbox's disk or permissions: recorded, never a traceback
+        error = f"drill stopped: {exc}"
     if box is not None and box.removal_error is not None and error is None:
         error = box.removal_error  # restored data left behind is a failure, never silent
     finished = utcnow()
@@ -306,6 +310,7 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str
                 log.info("drill step %s: dropped scratch database %s", step.target,
                          scratch.name)
             except DrkitError as exc:
+                box.drop_failed = True  # its marker stays: the next command drops it
                 result.checks.append(CheckResult(name="scratch database dropped",
                                                  status="failed", detail=describe(exc)))
     return result

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from drkit.drills.restore import DrillError
 from drkit.owned import abandoned, owned_name, remove_tree
+from drkit.supervise import Limits
 
 if TYPE_CHECKING:
     from drkit.catalog.store import Catalog
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drkit.drill")
 MARKER = "scratch.json"
+SWEEP_LIMIT_S = 60.0  # dropping one leftover scratch database, server unreachable included
 
 
 def sandbox_root(config: Config) -> Path:
@@ -75,6 +77,7 @@ class Sandbox:
     plan: str
     scratch: list[dict[str, Any]] = field(default_factory=list)
     removal_error: str | None = None
+    drop_failed: bool = False  # a scratch database could not be dropped: keep its marker
 
     def will_create(self, kind: str, database: str, server_source: dict[str, str]) -> None:
         """Write down, before creating it, a scratch database this drill makes."""
@@ -86,6 +89,7 @@ class Sandbox:
             out.flush()
             os.fsync(out.fileno())
         temporary.replace(self.path / MARKER)
+        _fsync_directory(self.path)
 
 
 @contextmanager
@@ -102,6 +106,15 @@ def sandbox(config: Config, plan: str, *, keep: bool) -> Iterator[Sandbox]:
     finally:
         if keep:  # renamed so that no later sweep takes it for a killed drill's
             box.path = path.rename(path.with_name(path.name + ".kept"))
+        elif box.drop_failed:
+            # The restored data goes; the marker stays, so that the next drkit command
+            # (once this process is gone) drops the scratch database and records it.
+            try:
+                for entry in path.iterdir():
+                    if entry.name != MARKER:
+                        remove_tree(entry)
+            except OSError as exc:
+                box.removal_error = f"sandbox {path} could not be emptied: {exc}"
         else:
             try:
                 remove_tree(path)
@@ -112,33 +125,50 @@ def sandbox(config: Config, plan: str, *, keep: bool) -> Iterator[Sandbox]:
 
 def sweep(config: Config, catalog: Catalog) -> list[dict[str, Any]]:
     """Drop the scratch databases and remove the sandboxes of drills on this machine whose
-    process is gone; record each as a ``cleanup`` record. Returns what was cleaned."""
+    process is gone; record each as a ``cleanup`` record. Returns what was cleaned. Never
+    raises: a command's own work does not depend on it (problems are logged)."""
     root = sandbox_root(config)
+    if not root.is_symlink() and not root.exists():
+        return []
     try:
+        checked_root(root)  # a root someone else controls is not read, let alone trusted
         entries = [entry for entry in root.iterdir() if abandoned(entry.name)]
-    except OSError:
-        return []  # no root yet (or not ours to list): nothing of ours is there
+    except (DrillError, OSError) as exc:
+        log.error("not cleaning up drill sandboxes: %s", exc)
+        return []
     cleaned = []
     for entry in entries:
         if entry.is_symlink() or not entry.is_dir():
             continue
-        cleaned.append(_clean(config, catalog, entry))
+        try:
+            cleaned.append(_clean(catalog, entry))
+        except Exception as exc:
+            log.error("cannot clean up after a killed drill (sandbox %s): %s: %s", entry,
+                      type(exc).__name__, exc)
     return cleaned
 
 
-def _clean(config: Config, catalog: Catalog, path: Path) -> dict[str, Any]:
+def _read_marker(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The sandbox's marker and, when it cannot be trusted, why."""
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, None  # killed before it created any scratch database
+    except (OSError, ValueError) as exc:
+        return {}, f"{MARKER} unreadable ({type(exc).__name__})"
+    items = marker.get("scratch") if isinstance(marker, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return {}, f"{MARKER} is not what drkit writes"
+    return marker, None
+
+
+def _clean(catalog: Catalog, path: Path) -> dict[str, Any]:
     from drkit.catalog.inflight import utcnow
     from drkit.catalog.store import NewRecord
 
     started = utcnow()
-    marker: dict[str, Any] = {}
-    try:
-        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:
-        log.error("drill sandbox %s: unreadable %s: %s", path, MARKER, exc)
-    problems: list[str] = []
+    marker, unreadable = _read_marker(path)
+    problems: list[str] = [unreadable] if unreadable else []
     dropped: list[str] = []
     for item in marker.get("scratch", []):
         try:
@@ -149,21 +179,24 @@ def _clean(config: Config, catalog: Catalog, path: Path) -> dict[str, Any]:
     if not problems:
         try:
             remove_tree(path)
+        except FileNotFoundError:
+            pass  # another command cleaned it meanwhile
         except OSError as exc:
             problems.append(f"sandbox {path} could not be removed: {exc}")
     else:
-        problems.append(f"sandbox {path} kept until its scratch databases are dropped "
-                        "(the next drkit command tries again)")
+        problems.append(f"sandbox {path} kept (the next drkit command tries again)")
+    if problems:
         if marker.get("failure_recorded"):
             log.error("still cannot clean up after a killed drill: %s", "; ".join(problems))
             return {"sandbox": str(path), "problems": problems}
-        _rewrite(path, {**marker, "failure_recorded": True})
+        if not unreadable:
+            _rewrite(path, {**marker, "failure_recorded": True})
     evidence = {"sandbox": str(path), "sandbox_removed": not path.exists(),
                 "scratch_databases_dropped": dropped, "problems": problems,
                 "left_by": "a drill whose process is gone (killed, crashed or host restarted)"}
     record = catalog.append(NewRecord(
         kind="cleanup", status="failed" if problems else "succeeded", started_at=started,
-        finished_at=utcnow(), plan=marker.get("plan") or path.name.split(".", 1)[0],
+        finished_at=utcnow(), plan=str(marker.get("plan") or path.name.split(".", 1)[0]),
         error="; ".join(problems) or None, evidence=evidence))
     log.warning("cleaned up after a drill that was killed: sandbox %s%s (record %s)%s", path,
                 f", scratch databases {', '.join(dropped)}" if dropped else "", record.id,
@@ -172,10 +205,23 @@ def _clean(config: Config, catalog: Catalog, path: Path) -> dict[str, Any]:
 
 
 def _rewrite(path: Path, marker: dict[str, Any]) -> None:
+    temporary = path / (MARKER + ".tmp")
     try:
-        (path / MARKER).write_text(json.dumps(marker), encoding="utf-8")
+        temporary.unlink(missing_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(marker, out)
+        temporary.replace(path / MARKER)
     except OSError as exc:
         log.error("drill sandbox %s: cannot update %s: %s", path, MARKER, exc)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DrillErrorLike(Exception):
@@ -192,10 +238,14 @@ def _drop(item: dict[str, Any], workdir: Path) -> None:
     if not name.startswith("drkit_drill_"):
         raise DrillErrorLike(f"not a drill database name: {name!r}; left alone")
     try:
-        server = parse_dsn(SecretRef.model_validate(item["server"]).resolve(),
-                           what="scratch server")
-        scratch_for(str(item.get("kind")), server, name, workdir / "cleanup").drop()
+        source = SecretRef.model_validate(item["server"])
+    except (KeyError, ValueError):  # never echo what was there: it may be a secret
+        raise DrillErrorLike("the scratch server's source is not valid") from None
+    try:
+        server = parse_dsn(source.resolve(), what="scratch server")
+        scratch_for(str(item.get("kind")), server, name, workdir / "cleanup",
+                    limits=Limits.after(SWEEP_LIMIT_S)).drop()
     except DrkitError as exc:
         raise DrillErrorLike(describe(exc)) from None
-    except (KeyError, ValueError, OSError) as exc:
-        raise DrillErrorLike(f"{type(exc).__name__}: {exc}") from None
+    except OSError as exc:
+        raise DrillErrorLike(f"{type(exc).__name__}: {exc.strerror}") from None

@@ -227,7 +227,9 @@ def _plan_summaries(session: Session, plans: dict[str, RecoveryPlan],
                 summary.failed += 1
             if rpo is not None:
                 rpos.append(rpo)
-                rpo_met += rpo_goal is not None and rpo <= rpo_goal
+                # A drill that restored only some steps measured a lower bound: not met.
+                rpo_met += rpo_goal is not None and rpo <= rpo_goal and \
+                    evidence.get("rpo_complete", True) is not False
             if rto is not None:
                 rtos.append(rto)
                 rto_met += rto_goal is not None and rto <= rto_goal
