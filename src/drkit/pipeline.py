@@ -6,9 +6,20 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from drkit.supervise import NO_LIMITS, ChildSpec, Exit, Limits, follow_output, start, stop_surely
+from drkit.supervise import (
+    NO_LIMITS,
+    STOP_GRACE_S,
+    ChildSpec,
+    Exit,
+    Limits,
+    follow_output,
+    start,
+    stop_surely,
+)
+
+PRODUCER_LAG_S = 2.0  # past the consumer's deadline and its stop's grace
 
 
 @dataclass
@@ -38,8 +49,14 @@ def run_pipeline(producer: ChildSpec, consumer: ChildSpec, *, limits: Limits = N
                  on_started: Callable[[], None] | None = None) -> PipelineExit:
     """Pipe ``producer``'s stdout into ``consumer``'s stdin, watched as one unit: one deadline
     for both, both stopped when either is stopped or on Ctrl-C, the producer stopped when the
-    consumer ends first. Raises :class:`ChildError` if either cannot start."""
-    source = start(producer, stdout=subprocess.PIPE, capture_stdout=False, limits=limits,
+    consumer ends first. Raises :class:`ChildError` if either cannot start.
+
+    At the deadline the consumer is stopped first and the producer only once the consumer
+    has ended: a producer stopped first would end the consumer's input, and restic would
+    store the torn stream as a snapshot before its own stop arrives."""
+    behind = limits if limits.deadline is None else \
+        replace(limits, deadline=limits.deadline + STOP_GRACE_S + PRODUCER_LAG_S)
+    source = start(producer, stdout=subprocess.PIPE, capture_stdout=False, limits=behind,
                    stdout_is_ours=False)
     assert source.proc.stdout is not None
     try:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,23 @@ def test_a_restic_style_child_gets_its_own_stop_signal() -> None:
 ])
 def test_which_side_failed_first(producer: Exit, consumer: Exit, first: str | None) -> None:
     assert first_failure(producer, consumer) == first
+
+
+def test_at_the_deadline_the_consumer_stops_before_its_input_ends(tmp_path: Path) -> None:
+    """A hung producer piped into a consumer that stores what it read once its input ends
+    (as restic stores a stream): at the deadline the consumer must be stopped before the
+    producer, or it stores a torn stream. This consumer even ignores SIGTERM (SIGKILLed after
+    the grace): the producer is still not stopped before it is gone."""
+    from drkit.pipeline import run_pipeline
+
+    stored = tmp_path / "stored"
+    sleep = unique_sleep()
+    piped = run_pipeline(
+        ChildSpec(argv=["sh", "-c", f"echo partial; exec {sleep}"], what="hung producer"),
+        ChildSpec(argv=["sh", "-c", f"trap '' TERM; cat > {tmp_path}/got; echo yes > {stored}"],
+                  what="consumer"),
+        limits=Limits.after(1.0))
+    assert piped.consumer.stopped == "timeout"
+    assert piped.producer.stopped == "consumer ended"
+    assert not stored.exists(), "the consumer saw its input end and stored a torn stream"
+    assert subprocess.run(["pgrep", "-f", sleep], capture_output=True).returncode == 1
