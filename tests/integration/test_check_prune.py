@@ -255,15 +255,7 @@ def test_a_posture_finding_fails_the_check_but_the_data_slices_still_rotate(
                           extra_env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
                           ).returncode == 0
     assert project.run("backup").returncode == 0
-    for _ in range(4):
-        check = project.run("check", "--json")
-        assert check.returncode == 1
-        (run,) = json.loads(check.stdout)["checks"]
-        assert any("versioning is 'Off'" in e for e in run["errors"])
-    evidence = [json.loads(r["evidence"]) for r in catalog_rows(project, "check")]
-    assert [e["read_data_subset"] for e in evidence] == ["1/3", "2/3", "3/3", "1/3"]
-    assert {e["data"]["status"] for e in evidence} == {"passed"}
-    assert {e["posture_check"]["status"] for e in evidence} == {"failed"}
+    assert_checks_fail_and_rotate(project, "versioning is 'Off'", "posture_check")
 
 
 def test_a_missing_snapshot_fails_every_check_but_the_slices_still_rotate(
@@ -283,12 +275,18 @@ def test_a_missing_snapshot_fails_every_check_but_the_slices_still_rotate(
     assert project.run("backup").returncode == 0
     first = sorted((repo / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime)[0]
     first.unlink()  # deleted behind drkit's back
+    assert_checks_fail_and_rotate(project, "is missing from the repository", "snapshots")
+
+
+def assert_checks_fail_and_rotate(project: Project, error: str, failing_part: str) -> None:
+    """Four checks in a row: each fails with ``error`` in its ``failing_part``, while the
+    read-data slices, which pass, still rotate 1/3, 2/3, 3/3, 1/3."""
     for _ in range(4):
         check = project.run("check", "--json")
         assert check.returncode == 1
         (run,) = json.loads(check.stdout)["checks"]
-        assert any("is missing from the repository" in e for e in run["errors"])
+        assert any(error in e for e in run["errors"])
     evidence = [json.loads(r["evidence"]) for r in catalog_rows(project, "check")]
     assert [e["read_data_subset"] for e in evidence] == ["1/3", "2/3", "3/3", "1/3"]
     assert {e["data"]["status"] for e in evidence} == {"passed"}
-    assert {e["snapshots"]["status"] for e in evidence} == {"failed"}
+    assert {e[failing_part]["status"] for e in evidence} == {"failed"}

@@ -63,7 +63,7 @@ def _parse(name: str, raw: bytes) -> RunHandle | Unreadable:
         return Unreadable(name, f"{type(exc).__name__}: {exc}", raw[:512])
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -122,7 +122,7 @@ class RunJournal:
             out.flush()
             os.fsync(out.fileno())  # the entry survives a power cut once the run starts
         temporary.replace(path)  # atomic: a reader never sees half a file
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def close(self, handle: RunHandle) -> None:
         """Forget a run whose record is in the catalog."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drkit.catalog.inflight import fsync_directory
 from drkit.drills.restore import DrillError
 from drkit.owned import abandoned, owned_name, remove_tree
 from drkit.supervise import Limits
@@ -89,7 +90,7 @@ class Sandbox:
             out.flush()
             os.fsync(out.fileno())
         temporary.replace(self.path / MARKER)
-        _fsync_directory(self.path)
+        fsync_directory(self.path)
 
 
 @contextmanager
@@ -214,14 +215,6 @@ def _rewrite(path: Path, marker: dict[str, Any]) -> None:
         temporary.replace(path / MARKER)
     except OSError as exc:
         log.error("drill sandbox %s: cannot update %s: %s", path, MARKER, exc)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DrillErrorLike(Exception):
