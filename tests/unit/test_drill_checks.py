@@ -141,3 +141,19 @@ def test_restored_data_is_never_reached_through_a_symlink(tmp_path: Path) -> Non
     (into / "srv" / "app").unlink()
     (into / "srv" / "app").mkdir()
     assert data_root(snapshot, into) == into / "srv" / "app"
+
+
+def test_pick_is_newest_or_a_random_window_with_one_clear_error() -> None:
+    from pydantic import ValidationError
+
+    from drkit.drills.plans import PlanStep, RandomPick
+
+    assert PlanStep(target="t").pick == "newest"
+    assert PlanStep.model_validate({"target": "t", "pick": {"random_within": "30d"}}).pick \
+        == RandomPick(random_within=30 * 86400)
+    with pytest.raises(ValidationError) as caught:
+        PlanStep.model_validate({"target": "t", "pick": {"random_within": "soon"}})
+    (error,) = caught.value.errors()
+    assert "not a duration: 'soon'" in error["msg"]
+    with pytest.raises(ValidationError):
+        PlanStep.model_validate({"target": "t", "pick": "oldest"})

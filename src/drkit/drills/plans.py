@@ -143,7 +143,13 @@ class PlanStep(Strict):
     # default: the target's first repository; "all": restore from each of the target's
     # repositories; "rotate": a different one each drill (counted in the catalog).
     repository: Name | None = None
-    pick: Literal["newest"] | RandomPick = "newest"
+    pick: Annotated[
+        Union[  # noqa: UP007 - tagged members need the Union spelling
+            Annotated[Literal["newest"], Tag("newest")],
+            Annotated[RandomPick, Tag("random")],
+        ],
+        Discriminator(lambda v: "random" if isinstance(v, dict | RandomPick) else "newest"),
+    ] = "newest"
     restore_into: RestoreInto | None = None  # database targets: a scratch server
     # Restore into a new database on the target's own server (recorded in the evidence);
     # without it a scratch server that is the production server is refused.
@@ -244,7 +250,9 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
                 repo not in REPOSITORY_MODES and \
                 repo not in config.targets[target].repositories:
             out.append((("steps", index, "repository"),
-                        f"target {target!r} is not backed up to repository {repo!r}"))
+                        f"target {target!r} is not backed up to repository {repo!r} (its "
+                        f"repositories: {', '.join(config.targets[target].repositories)}; "
+                        "or all, rotate)"))
     return out
 
 
