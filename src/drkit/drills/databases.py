@@ -23,6 +23,7 @@ from drkit.owned import remove_tree
 from drkit.pipeline import run_pipeline
 from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Limits, base_env, run
 from drkit.targets.dsn import Dsn, mysql_defaults_file, pg_env
+from drkit.targets.fingerprints import first_field
 
 TIMEOUT = 3600.0
 
@@ -106,9 +107,8 @@ class PostgresScratch:
              what=f"pg_restore into {self.name}", hidden=self._hidden, limits=self.limits)
 
     def scalar(self, sql: str) -> Any:
-        out = self._psql(sql, self.name)
-        first = out.splitlines()[0].split("|")[0] if out.strip() else ""
-        return first if first != "" else None
+        # Read exactly as fingerprints are read at backup time, so that values compare.
+        return first_field(self._psql(sql, self.name))
 
     def drop(self) -> None:
         self._psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)',
