@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "for the step whose target has it; the others use their newest")
     p.add_argument("--keep-sandbox", action="store_true",
                    help="leave the restored data in the sandbox to look at")
+    p.add_argument("--prove-checks", action="store_true",
+                   help="after the checks pass, damage the restored copy (flip bytes in a "
+                        "file, delete rows) and require them to fail; if they still pass the "
+                        "drill is checks_too_weak")
 
     sub.add_parser("status", parents=[common, as_json],
                    help="per target: last good backup, its age against the RPO, last drill")

@@ -223,7 +223,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     plan = find_plan(load_plans(config), args.plan)
     recorder = Recorder.for_config(config)
     result = run_drill(config, plan, recorder, snapshot=args.snapshot,
-                       keep_sandbox=args.keep_sandbox)
+                       keep_sandbox=args.keep_sandbox, prove_checks=args.prove_checks)
     if args.json:
         emit_json(result.to_json())
     else:

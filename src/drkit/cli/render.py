@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from drkit.jobs.status import PlanStatus, RepositoryCheckStatus, TargetStatus
 
 _STYLE = {"succeeded": "green", "created": "green", "exists": "green", "failed": "red",
-          "interrupted": "yellow", "passed": "green", "breached": "yellow"}
+          "interrupted": "yellow", "passed": "green", "breached": "yellow",
+          "checks_too_weak": "red"}
 
 
 _MARKUP = re.compile(r"\[/?(?:green|red|yellow)?\]")
@@ -181,6 +182,10 @@ def drill_summary(result: DrillResult) -> None:
             table.add_row(step.target if first else "", snap if first else "",
                           restore if first else "", check.name, _status(check.status),
                           check.detail[:100])
+        if step.proof is not None:
+            table.add_row("", "", "", "checks on a damaged copy",
+                          _status("passed" if step.proof.detected else "checks_too_weak"),
+                          step.proof.describe()[:160])
     console = _console()
     console.print(table)
     console.print(f"RPO achieved {_vs(result.rpo_achieved_s, result.rpo_objective_s)}   "

@@ -40,6 +40,8 @@ class ScratchDatabase(Protocol):
     def create(self) -> None: ...
     def restore(self, dump: Path) -> None: ...
     def scalar(self, sql: str) -> Any: ...
+    def tables(self) -> list[str]: ...
+    def delete_one_row(self, table: str) -> bool: ...
     def drop(self) -> None: ...
     def check_access(self) -> tuple[str, dict[str, str]]: ...
 
@@ -109,6 +111,22 @@ class PostgresScratch:
     def scalar(self, sql: str) -> Any:
         # Read exactly as fingerprints are read at backup time, so that values compare.
         return first_field(self._psql(sql, self.name))
+
+    def tables(self) -> list[str]:
+        """The restored database's own tables, quoted (``"schema"."t"``)."""
+        out = self._psql(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN "
+            "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
+            "ORDER BY 1", self.name)
+        return [line for line in out.splitlines() if line.strip()]
+
+    def delete_one_row(self, table: str) -> bool:
+        """Delete one row of ``table`` (as :meth:`tables` names it) in the scratch database;
+        False when it had none."""
+        out = self._psql(f"WITH gone AS (DELETE FROM {table} WHERE ctid = (SELECT ctid FROM "
+                         f"{table} LIMIT 1) RETURNING 1) SELECT count(*) FROM gone", self.name)
+        return out.strip() == "1"
 
     def drop(self) -> None:
         self._psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)',
@@ -188,6 +206,20 @@ class MysqlScratch:
         out = self._mysql(sql, self.name)
         first = out.splitlines()[0].split("\t")[0] if out.strip() else ""
         return None if first in ("", "NULL") else first
+
+    def tables(self) -> list[str]:
+        """The scratch database's base tables, quoted (```t```)."""
+        out = self._mysql("SELECT CONCAT('`', REPLACE(TABLE_NAME, '`', '``'), '`') FROM "
+                          "information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND "
+                          "TABLE_TYPE = 'BASE TABLE' ORDER BY 1", self.name)
+        return [line for line in out.splitlines() if line.strip()]
+
+    def delete_one_row(self, table: str) -> bool:
+        """Delete one row of ``table`` (foreign keys not enforced: only this table loses it);
+        False when it had none."""
+        out = self._mysql(f"SET FOREIGN_KEY_CHECKS = 0; DELETE FROM {table} LIMIT 1; "
+                          "SELECT ROW_COUNT()", self.name)
+        return out.strip() == "1"
 
     def drop(self) -> None:
         self._mysql(f"DROP DATABASE IF EXISTS `{self.name}`")

@@ -166,6 +166,7 @@ class RecoveryPlan(Strict):
     schedule: CronExpr | None = None
     timeout: Limit | None = None  # the whole drill; default: timeouts.drill
     drill_every: Duration | None = None  # overdue (status exit 1) without a passed drill
+    prove_checks: bool = False  # every drill of the plan as with --prove-checks
     steps: list[PlanStep] = Field(min_length=1)
     source: Path | None = Field(default=None, exclude=True)
 

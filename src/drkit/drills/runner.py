@@ -3,7 +3,9 @@
 RPO achieved = drill start - time of the oldest snapshot restored.
 RTO achieved = drill start -> the moment the last check of the last step passed.
 Status: ``passed`` (all checks passed, both objectives met), ``breached`` (checks passed, an
-objective missed), ``failed`` (a restore or a check failed, or a step had no snapshot).
+objective missed), ``failed`` (a restore or a check failed, or a step had no snapshot),
+``checks_too_weak`` (with ``prove_checks``: a step's checks also passed on a copy drkit damaged
+on purpose; the time that proof takes is not part of the RTO).
 The sandbox is removed afterwards in every case (unless ``keep_sandbox``), also on Ctrl-C.
 """
 
@@ -20,6 +22,7 @@ from drkit.catalog.inflight import RunHandle, utcnow
 from drkit.config.models import Config
 from drkit.drills.checks import CheckResult, StepContext, run_check
 from drkit.drills.choose import choose_snapshot, recorded_fingerprints, step_repositories
+from drkit.drills.damage import Proof, prove
 from drkit.drills.databases import ScratchDatabase, open_scratch
 from drkit.drills.plans import PlanStep, RecoveryPlan
 from drkit.drills.restore import (
@@ -50,9 +53,11 @@ class StepResult:
     verify_s: float | None = None      # the restored tree against the snapshot's listing
     load_s: float | None = None        # database steps: loading the dump into scratch
     checks_s: float | None = None      # the plan's checks
+    proof_s: float | None = None       # --prove-checks: damaging the copy, checking it again
     bytes_restored: int | None = None
     production_server: bool = False    # restored into a new database on production's server
     checks: list[CheckResult] = field(default_factory=list)
+    proof: Proof | None = None         # --prove-checks: the checks against a damaged copy
     error: str | None = None
 
     @property
@@ -70,6 +75,8 @@ class StepResult:
             "bytes_restored": self.bytes_restored, "error": self.error,
             **({"production_server": True} if self.production_server else {}),
             "checks": [check.to_json() for check in self.checks],
+            **({"proof": self.proof.to_json(), "proof_s": _round(self.proof_s)}
+               if self.proof is not None else {}),
         }
 
 
@@ -87,6 +94,7 @@ class DrillResult:
     error: str | None = None
     sandbox: str | None = None
     sandbox_kept: bool = False
+    prove_checks: bool = False
     record_id: int | None = None
     record_hash: str | None = None
 
@@ -105,6 +113,7 @@ class DrillResult:
             "rto_stages": rto_stages(self.steps),
             "steps": [step.to_json() for step in self.steps], "error": self.error,
             "sandbox": self.sandbox, "sandbox_kept": self.sandbox_kept,
+            "prove_checks": self.prove_checks,
             "record_id": self.record_id, "record_hash": self.record_hash,
         }
 
@@ -140,7 +149,8 @@ def score(steps: list[StepResult], *, failed: bool, rpo_achieved: float | None,
 
 
 def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
-              snapshot: str | None = None, keep_sandbox: bool = False) -> DrillResult:
+              snapshot: str | None = None, keep_sandbox: bool = False,
+              prove_checks: bool = False) -> DrillResult:
     """Rehearse ``plan``; record the drill in the catalog and return its result.
 
     Each step restores the newest snapshot that the catalog recorded as a good backup of its
@@ -149,7 +159,10 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     the plan's ``timeout`` (default ``timeouts.drill``). Every step is tried, also after one
     failed, so that the evidence covers all of them. Interrupts (Ctrl-C, SIGTERM) are
     recorded as ``interrupted`` and re-raised after the sandbox is removed.
+    ``prove_checks`` (or the plan's ``prove_checks``): after a step's checks passed, damage
+    its restored copy and require them to fail (:mod:`drkit.drills.damage`).
     """
+    prove_checks = prove_checks or plan.prove_checks
     version = detect_restic_version(config)
     handle = recorder.journal.open("drill", plan=plan.name, restic_version=version)
     recorder.catalog.start()  # the steps ask it which snapshots are good
@@ -168,7 +181,7 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
                         for repo, why in step_repositories(config, session, plan, step)]
             for index, (step, repo_name, why) in enumerate(runs):
                 steps.append(_run_step(config, recorder, step, repo_name, why, index, box,
-                                       snapshot, plan.name, limits))
+                                       snapshot, plan.name, limits, prove_checks))
             if steps and all(s.passed for s in steps) and len(steps) == len(runs):
                 last_pass = time.monotonic()
     except KeyboardInterrupt:
@@ -189,10 +202,19 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     if snapshot_times:
         started_aware = handle.started_at.replace(tzinfo=UTC)
         rpo_achieved = max(0.0, (started_aware - min(snapshot_times)).total_seconds())
-    rto_achieved = (last_pass - clock) if last_pass is not None else None
+    # The proofs run after each step's checks passed; their time is not recovery time.
+    proving = sum(s.proof_s or 0.0 for s in steps)
+    rto_achieved = (last_pass - clock - proving) if last_pass is not None else None
     status = "interrupted" if interrupted else score(
         steps, failed=error is not None, rpo_achieved=rpo_achieved, rto_achieved=rto_achieved,
         rpo=plan.objectives.rpo, rto=plan.objectives.rto)
+    if prove_checks and status in ("passed", "breached"):
+        weak = [s for s in steps if s.proof is None or not s.proof.detected]
+        if weak:
+            status = "checks_too_weak"
+            error = "; ".join(
+                f"step {s.target} ({s.repository}): checks cannot detect damage: "
+                + (s.proof.describe() if s.proof else "no proof made") for s in weak)
     if error is None and snapshot and len(steps) == len(plan.steps) and not any(
             (s.snapshot_id or "").startswith(snapshot) for s in steps):
         error = f"snapshot {snapshot!r} belongs to none of the plan's targets"
@@ -203,7 +225,8 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
         plan=plan.name, status=status, started_at=handle.started_at, finished_at=finished,
         rpo_objective_s=plan.objectives.rpo, rto_objective_s=plan.objectives.rto,
         rpo_achieved_s=rpo_achieved, rto_achieved_s=rto_achieved, steps=steps, error=error,
-        sandbox=str(box.path) if box else None, sandbox_kept=keep_sandbox)
+        sandbox=str(box.path) if box else None, sandbox_kept=keep_sandbox,
+        prove_checks=prove_checks)
     _record(recorder, handle, result)
     if interrupted:
         raise KeyboardInterrupt
@@ -238,7 +261,7 @@ def _record(recorder: Recorder, handle: RunHandle, result: DrillResult) -> None:
 
 def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str, why: str,
               index: int, box: Sandbox, wanted: str | None, plan_name: str,
-              limits: Limits) -> StepResult:
+              limits: Limits, prove_checks: bool = False) -> StepResult:
     target = config.targets[step.target]
     repo = restic_repository(config, repo_name)
     result = StepResult(target=step.target, repository=repo_name)
@@ -303,6 +326,12 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str
                 log.info("drill step %s: %s: %s (%s)", step.target, outcome.name,
                          outcome.status, outcome.detail)
             result.checks_s = time.monotonic() - stage
+        if prove_checks and result.passed:
+            stage = time.monotonic()
+            result.proof = prove(step.checks, context, scratch)
+            result.proof_s = time.monotonic() - stage
+            log.info("drill step %s: checks against a damaged copy: %s", step.target,
+                     result.proof.describe())
     finally:
         if scratch is not None and box.scratch:
             try:
