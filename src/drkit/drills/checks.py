@@ -22,6 +22,7 @@ from drkit.drills.plans import (
     CommandCheck,
     FilesExistCheck,
     FingerprintsCheck,
+    HttpCheck,
     SqlCheck,
     SqliteIntegrityCheck,
 )
@@ -107,6 +108,8 @@ def check_name(check: Check) -> str:
         return "command: " + " ".join(check.command)
     if isinstance(check, FingerprintsCheck):
         return "fingerprints equal to the backup's"
+    if isinstance(check, HttpCheck):
+        return f"http: {check.http}"
     if isinstance(check, SqliteIntegrityCheck):
         return "sqlite_integrity" + (f": {check.sqlite_integrity}"
                                      if isinstance(check.sqlite_integrity, str) else "")
@@ -213,17 +216,8 @@ def _command(check: CommandCheck, context: StepContext) -> tuple[bool, str, dict
     if any("{dsn}" in arg for arg in check.command) and "dsn" not in subs:
         return False, "{dsn} is only known in a step restored into a scratch database", {}
     argv = [_substitute(arg, subs) for arg in check.command]
-    tmp = context.sandbox / "tmp"
-    tmp.mkdir(exist_ok=True, mode=0o700)
-    # A minimal environment: no repository password, S3 key or production DSN of drkit's;
-    # the check's own ``env:`` list names what it needs from drkit's environment. A check
-    # that uses {dsn} gets the scratch database's password in the environment (never argv).
-    extra = context.dsn_env if any("{dsn}" in arg for arg in check.command) else {}
-    env = {**base_env(check.env, TMPDIR=str(tmp), DRKIT_RESTORE_DIR=str(context.data_dir)),
-           **{key: value for key, value in extra.items()
-              if key.startswith("PG") or key == "MYSQL_PWD"}}
-    remaining = context.limits.remaining()
-    limits = Limits.after(check.timeout if remaining is None else min(check.timeout, remaining))
+    env = _child_env(check.command, check.env, context)
+    limits = _limits(check.timeout, context)
     spec = ChildSpec(argv=argv, what=f"check command {argv[0]}", env=env, cwd=context.data_dir)
     try:
         exit_ = run(spec, limits=limits, on_stdout_line=None)
@@ -233,6 +227,38 @@ def _command(check: CommandCheck, context: StepContext) -> tuple[bool, str, dict
     if exit_.stopped == "timeout":
         return False, f"{limits.message()} (killed with its process group)", outputs
     return exit_.returncode == 0, f"exit code {exit_.returncode}", outputs
+
+
+def _child_env(argv: list[str], allow: list[str], context: StepContext) -> dict[str, str]:
+    """A minimal environment: no repository password, S3 key or production DSN of drkit's;
+    the check's own ``env:`` list names what it needs from drkit's environment. A check
+    that uses {dsn} gets the scratch database's password in the environment (never argv)."""
+    tmp = context.sandbox / "tmp"
+    tmp.mkdir(exist_ok=True, mode=0o700)
+    extra = context.dsn_env if any("{dsn}" in arg for arg in argv) else {}
+    return {**base_env(allow, TMPDIR=str(tmp), DRKIT_RESTORE_DIR=str(context.data_dir)),
+            **{key: value for key, value in extra.items()
+               if key.startswith("PG") or key == "MYSQL_PWD"}}
+
+
+def _limits(timeout: float, context: StepContext) -> Limits:
+    remaining = context.limits.remaining()
+    return Limits.after(timeout if remaining is None else min(timeout, remaining))
+
+
+def _http(check: HttpCheck, context: StepContext) -> tuple[bool, str, dict[str, str]]:
+    from drkit.drills.service import run_service_check
+
+    subs = {"restore_dir": str(context.data_dir), **context.substitutions}
+    argv = check.start
+    if argv is not None and any("{dsn}" in arg for arg in argv) and "dsn" not in subs:
+        return False, "{dsn} is only known in a step restored into a scratch database", {}
+    ok, detail, output = run_service_check(
+        check.http, argv=[_substitute(arg, subs) for arg in argv] if argv else None,
+        env=_child_env(argv or [], check.env, context), cwd=context.data_dir,
+        status=check.expect_status, body=check.expect_body,
+        limits=_limits(check.timeout, context))
+    return ok, detail, {key: truncate(text) for key, text in output.items()}
 
 
 def _substitute(arg: str, subs: dict[str, str]) -> str:
@@ -256,4 +282,5 @@ _RUNNERS: dict[type, Callable[[Any, StepContext], tuple[bool, str, dict[str, str
     SqliteIntegrityCheck: _sqlite_integrity,
     SqlCheck: _sql,
     FingerprintsCheck: _fingerprints,
+    HttpCheck: _http,
 }

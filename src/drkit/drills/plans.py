@@ -12,7 +12,7 @@ from drkit.config.models import Config, CronExpr, Duration, EnvName, Limit, Name
 from drkit.config.secrets import SecretRef
 from drkit.errors import BadRequestError, ConfigError
 
-CHECK_KINDS = ("files_exist", "command", "sqlite_integrity", "sql", "fingerprints")
+CHECK_KINDS = ("files_exist", "command", "sqlite_integrity", "sql", "fingerprints", "http")
 
 
 class FilesExistCheck(Strict):
@@ -73,6 +73,43 @@ class FingerprintsCheck(Strict):
     name: str | None = None
 
 
+class HttpCheck(Strict):
+    """A restored service answers: ``start`` it (argv; ``{restore_dir}`` and ``{dsn}``
+    substituted), wait until ``http`` (the URL) answers with ``expect_status`` and a body
+    matching ``expect_body`` (a regular expression, searched), then stop it with its process
+    group. ``timeout`` bounds the whole check."""
+
+    http: str
+    start: list[str] | None = Field(default=None, min_length=1)
+    env: list[EnvName] = Field(default_factory=list)
+    expect_status: int = Field(default=200, ge=100, le=599)
+    expect_body: str | None = None
+    timeout: Limit = 60.0
+    name: str | None = None
+
+    @field_validator("http")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("expect_body")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"expect_body is not a regular expression: {exc}") from None
+        return value
+
+
 def _check_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         found = [kind for kind in CHECK_KINDS if kind in value]
@@ -87,6 +124,7 @@ Check = Annotated[
         Annotated[SqliteIntegrityCheck, Tag("sqlite_integrity")],
         Annotated[SqlCheck, Tag("sql")],
         Annotated[FingerprintsCheck, Tag("fingerprints")],
+        Annotated[HttpCheck, Tag("http")],
     ],
     Discriminator(_check_kind, custom_error_type="unknown_check",
                   custom_error_message="unknown check kind: give exactly one of "
