@@ -45,6 +45,8 @@ unit: test-system setup
 	$(BIN)/pytest tests/unit
 
 bench: test-system setup
+	@# restverify: the peer bench/drill_overhead.py compares drills with (no dependencies).
+	$(BIN)/pip install --quiet restverify==0.3.1
 	$(BIN)/python -m bench.backup_fixed_cost
 	$(BIN)/python -m bench.many_targets
 	$(BIN)/python -m bench.backup_overhead

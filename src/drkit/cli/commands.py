@@ -220,8 +220,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from drkit.jobs.common import Recorder
 
     config = _config(args)
-    plan = find_plan(load_plans(config), args.plan)
     recorder = Recorder.for_config(config)
+    recorder.catalog.start()  # opened in the background while the plans load
+    plan = find_plan(load_plans(config), args.plan)
     result = run_drill(config, plan, recorder, snapshot=args.snapshot,
                        keep_sandbox=args.keep_sandbox, prove_checks=args.prove_checks)
     if args.json:

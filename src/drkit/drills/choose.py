@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +53,23 @@ def step_repositories(config: Config, session: Session, plan: RecoveryPlan,
     return [(step.repository or repositories[0], "")]
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The snapshot a step restores and why. A snapshot asked for with ``--snapshot`` is
+    listed before it is restored (``snapshot``, ``listing``); one chosen from the catalog is
+    listed while it is restored, and ``size`` (its backup's recorded size) is what the
+    restore needs room for."""
+
+    snapshot_id: str
+    reason: str
+    size: int | None = None
+    snapshot: Snapshot | None = None
+    listing: Listing | None = None
+
+
 def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: SnapshotIdentity,
-                    wanted: str | None, pick: str | RandomPick, limits: Limits
-                    ) -> tuple[Snapshot, Listing, str]:
-    """The snapshot a step restores, its listing, and why it was chosen."""
+                    wanted: str | None, pick: str | RandomPick, limits: Limits) -> Choice:
+    """The snapshot a step restores and why it was chosen."""
     from drkit.catalog import snapshots as known
 
     if wanted is not None:
@@ -69,7 +83,8 @@ def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: Snapsh
             if verdict != "succeeded":
                 log.warning("drill: snapshot %s was asked for; the catalog records its backup "
                             "as %s", snapshot.short_id, verdict or "unknown")
-            return snapshot, listing, f"--snapshot (backup recorded as {verdict or 'unknown'})"
+            return Choice(snapshot.id, f"--snapshot (backup recorded as {verdict or 'unknown'})",
+                          snapshot=snapshot, listing=listing)
     window = pick.random_within if isinstance(pick, RandomPick) else None
     with recorder.catalog.get().read_session() as session:
         good = known.good_snapshots(
@@ -88,8 +103,11 @@ def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: Snapsh
         reason = (f"picked at random among the {len(good)} good backups of the last "
                   f"{window:.0f} s, record {chosen.record_id} of "
                   f"{chosen.finished_at.isoformat(timespec='seconds')}")
-    snapshot, listing = list_snapshot(repo, identity, chosen.snapshot_id, limits=limits)
-    return snapshot, listing, reason
+    with recorder.catalog.get().read_session() as session:
+        summary = known.backup_evidence(session, chosen.snapshot_id, repo.name).get(
+            "restic_summary")
+    size = summary.get("total_bytes_processed") if isinstance(summary, dict) else None
+    return Choice(chosen.snapshot_id, reason, size=size if isinstance(size, int) else None)
 
 
 def recorded_fingerprints(recorder: Recorder, snapshot_id: str, repository: str

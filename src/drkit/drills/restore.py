@@ -7,6 +7,7 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,17 +97,31 @@ def ensure_space(directory: Path, needed: int) -> None:
                          hint="free space or point drills.sandbox_dir at a larger disk")
 
 
-def restore(repo: ResticRepository, snapshot: Snapshot, into: Path, *,
+def restore(repo: ResticRepository, snapshot_id: str, into: Path, *,
             limits: Limits = NO_LIMITS) -> float:
-    """``restic restore --verify`` of ``snapshot`` into ``into``; return the seconds it took.
-
-    restic's own verification re-reads every restored file and checks its content hash.
-    """
+    """``restic restore --verify`` of ``snapshot_id`` into ``into``; return the seconds it
+    took. restic's own verification re-reads every restored file and checks its content."""
     start = time.monotonic()
-    run_restic(repo, ("restore", snapshot.id, "--target", str(into), "--verify"),
-               action=f"restore of snapshot {snapshot.short_id} from '{repo.name}'",
+    run_restic(repo, ("restore", snapshot_id, "--target", str(into), "--verify"),
+               action=f"restore of snapshot {snapshot_id[:8]} from '{repo.name}'",
                limits=limits)
     return time.monotonic() - start
+
+
+def restore_while_listing(repo: ResticRepository, identity: SnapshotIdentity,
+                          snapshot_id: str, into: Path, *, limits: Limits = NO_LIMITS
+                          ) -> tuple[Snapshot, Listing, float]:
+    """Restore ``snapshot_id`` (one the catalog recorded as ``identity``'s good backup) and,
+    at the same time, list it (:func:`list_snapshot`): the listing is needed only after the
+    restore, to compare the restored tree with, and a separate pass before it would cost a
+    second key derivation and tree walk on the drill's critical path. If the listing shows
+    the snapshot is not ``identity``'s, that error is raised once the restore has ended (the
+    restored data stays in the sandbox and is never checked)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drkit-ls") as pool:
+        listed = pool.submit(list_snapshot, repo, identity, snapshot_id, limits=limits)
+        seconds = restore(repo, snapshot_id, into, limits=limits)
+        snapshot, listing = listed.result()
+    return snapshot, listing, seconds
 
 
 def compare_tree(listing: Listing, into: Path) -> CheckResult:

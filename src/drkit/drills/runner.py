@@ -29,7 +29,9 @@ from drkit.drills.restore import (
     compare_tree,
     data_root,
     ensure_space,
+    list_snapshot,
     restore,
+    restore_while_listing,
 )
 from drkit.drills.sandbox import Sandbox, sandbox, sweep
 from drkit.errors import DrkitError, describe
@@ -163,9 +165,9 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     its restored copy and require them to fail (:mod:`drkit.drills.damage`).
     """
     prove_checks = prove_checks or plan.prove_checks
+    recorder.catalog.start()  # the steps ask it which snapshots are good
     version = detect_restic_version(config)
     handle = recorder.journal.open("drill", plan=plan.name, restic_version=version)
-    recorder.catalog.start()  # the steps ask it which snapshots are good
     limits = Limits.after(plan.timeout or config.timeouts.drill)
     clock = time.monotonic()
     steps: list[StepResult] = []
@@ -265,20 +267,28 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str
     target = config.targets[step.target]
     repo = restic_repository(config, repo_name)
     result = StepResult(target=step.target, repository=repo_name)
+    identity = SnapshotIdentity(config.host, step.target)
     try:
-        snap, listing, chosen_by = choose_snapshot(
-            recorder, repo, SnapshotIdentity(config.host, step.target), wanted, step.pick,
-            limits)
-        result.chosen_by = f"{chosen_by}; {why}" if why else chosen_by
-        result.snapshot_id, result.snapshot_time = snap.id, snap.time
+        choice = choose_snapshot(recorder, repo, identity, wanted, step.pick, limits)
+        result.chosen_by = f"{choice.reason}; {why}" if why else choice.reason
+        result.snapshot_id = choice.snapshot_id
         into = box.path / f"{index:02d}-{step.target}"
         into.mkdir(mode=0o700)
-        ensure_space(into, listing.total_bytes)
+        log.info("drill step %s: restoring snapshot %s from %s (%s)", step.target,
+                 choice.snapshot_id[:8], repo_name, result.chosen_by)
+        if choice.snapshot is None and choice.size is not None:
+            ensure_space(into, choice.size)
+            snap, listing, seconds = restore_while_listing(repo, identity, choice.snapshot_id,
+                                                           into, limits=limits)
+        else:  # asked for by id (listed already), or no size recorded: list it first
+            snap, listing = (choice.snapshot, choice.listing) \
+                if choice.snapshot is not None and choice.listing is not None \
+                else list_snapshot(repo, identity, choice.snapshot_id, limits=limits)
+            ensure_space(into, listing.total_bytes)
+            seconds = restore(repo, snap.id, into, limits=limits)
+        result.snapshot_id, result.snapshot_time = snap.id, snap.time
         result.bytes_restored = listing.total_bytes
-        log.info("drill step %s: restoring snapshot %s of %s from %s (%s)", step.target,
-                 snap.short_id, snap.time.isoformat(timespec="seconds"), repo_name,
-                 result.chosen_by)
-        result.restore_s = restore(repo, snap, into, limits=limits)
+        result.restore_s = seconds
     except DrkitError as exc:
         result.error = describe(exc)
         log.error("drill step %s: %s", step.target, result.error)
