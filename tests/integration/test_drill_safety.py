@@ -232,3 +232,64 @@ def test_drill_killed_with_kill_9_is_cleaned_up_by_the_next_command(
     # Nothing left to clean: the next command records nothing more.
     project.run("status")
     assert len(records(project, "cleanup")) == 1
+
+
+def test_scratch_database_that_cannot_be_dropped_is_kept_in_mind(
+        project: Project, postgres: DatabaseServer, postgres_scratch: DatabaseServer) -> None:
+    """The check turns the scratch database into a template, which PostgreSQL refuses to drop:
+    the drill fails saying so, its marker stays, each later command tries again and records
+    the failure once; once droppable, the next command drops it and records that."""
+    postgres.sql("drop database if exists stuckshop with (force)")
+    postgres.sql("create database stuckshop")
+    postgres.sql("create table t (id int); insert into t values (1)", "stuckshop")
+    make_template = ("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I IS_TEMPLATE true', "
+                     "current_database()); END $$")
+    configure(project, postgres, "stuckshop", [
+        {"command": ["psql", "{dsn}", "-Xqc", make_template]}], scratch=postgres_scratch)
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    drill = project.run("drill", "db", "--json")
+    assert drill.returncode == 1
+    dropped = json.loads(drill.stdout)["steps"][0]["checks"][-1]
+    assert dropped["name"] == "scratch database dropped" and dropped["status"] == "failed"
+    assert "cannot drop a template database" in dropped["detail"]
+    scratch_dbs = "select datname from pg_database where datname like 'drkit_drill%'"
+    (database,) = postgres_scratch.sql(scratch_dbs).split()
+    sandboxes = project.root / "config" / ".drkit" / "drills"
+    (left,) = list(sandboxes.iterdir())
+    assert (left / "scratch.json").exists()
+
+    for _ in range(2):  # still a template: tried again, recorded once
+        assert "cannot drop a template database" in project.run("status").stderr
+        assert postgres_scratch.sql(scratch_dbs) == database
+    (failed,) = records(project, "cleanup")
+    assert failed["status"] == "failed" and database in failed["error"]
+
+    postgres_scratch.sql(f"ALTER DATABASE {database} IS_TEMPLATE false")
+    project.run("status")
+    assert postgres_scratch.sql(scratch_dbs) == ""
+    assert list(sandboxes.iterdir()) == []
+    assert [r["status"] for r in records(project, "cleanup")] == ["failed", "succeeded"]
+
+
+def test_production_identity_unreadable_is_refused(project: Project, postgres: DatabaseServer,
+                                                   postgres_scratch: DatabaseServer) -> None:
+    """Production is down at drill time: drkit cannot tell that the scratch server is another
+    server, so it refuses (the step may allow it explicitly)."""
+    postgres.sql("drop database if exists downshop with (force)")
+    postgres.sql("create database downshop")
+    postgres.sql("create table t (id int); insert into t values (1)", "downshop")
+    configure(project, postgres, "downshop", [{"sql": "select count(*) from t",
+                                                "expect": "== 1"}], scratch=postgres_scratch)
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    from drkit.locals3 import free_port
+
+    dead = postgres.dsn("downshop").replace(f":{postgres.port}/", f":{free_port()}/")
+    refused = project.run("drill", "db", "--json", extra_env={"TARGET_DSN": dead})
+    assert refused.returncode == 1
+    detail = json.loads(refused.stdout)["steps"][0]["checks"][-1]["detail"]
+    assert detail.startswith("refusing to drill: cannot read the production server's "
+                             "identity to make sure the scratch server")
+    assert postgres_scratch.sql("select count(*) from pg_database where datname like "
+                                "'drkit_drill%'") == "0"
