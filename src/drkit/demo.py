@@ -8,6 +8,7 @@ report (an HTML report left next to the temporary directory, its path printed).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -64,6 +65,11 @@ def make_sample_data(root: Path) -> None:
     for index in range(20):
         (files / "uploads" / "2026" / f"scan-{index:03d}.bin").write_bytes(os.urandom(64 * 1024))
     (files / "uploads" / "reçu-été.txt").write_text("merci\n", encoding="utf-8")
+    # What the application's own deploy would write: a manifest the drill checks the restored
+    # files against (``sha256sum -c``), which is what lets --prove-checks pass.
+    (files / "SHA256SUMS").write_text("".join(
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(files)}\n"
+        for path in sorted(files.rglob("*")) if path.is_file()), encoding="utf-8")
     (files / "scratch.tmp").write_text("excluded\n")
     with closing(sqlite3.connect(root / "invoices.sqlite")) as db:
         db.execute("create table invoices (id integer primary key, customer text, "
@@ -105,7 +111,7 @@ def run_demo(*, keep: bool = False, verbose: bool = False) -> int:
             config = write_demo_config(workdir, s3)
             base = ["--config", str(config)] + (["--verbose"] if verbose else [])
             for step in (["validate"], ["repo", "init"], ["backup"], ["snapshots"],
-                         ["check"], ["drill", "example"], ["status"],
+                         ["check"], ["drill", "example", "--prove-checks"], ["status"],
                          ["report", "--output", str(report)]):
                 print(f"\n$ drkit {' '.join(step)}", flush=True)
                 result = main(base + step)

@@ -12,8 +12,12 @@ def test_demo_runs_the_loop(restic_binary: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for step in ("$ drkit validate", "$ drkit repo init", "$ drkit backup", "$ drkit snapshots",
-                 "$ drkit drill example", "verdict: passed", "$ drkit status", "demo: done"):
+                 "$ drkit drill example --prove-checks", "verdict: passed", "$ drkit status",
+                 "demo: done"):
         assert step in out
+    # The example plan's checks have teeth: each step's damaged copy was caught.
+    assert "invoices: detected by fingerprints equal to the backup's" in result.stderr
+    assert "detected by content matches the manifest" in result.stderr
     assert "backup app-files -> primary: succeeded" in result.stderr
     assert "backup invoices -> primary: succeeded" in result.stderr
     assert "Traceback" not in out + result.stderr
