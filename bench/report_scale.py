@@ -96,6 +96,7 @@ def main() -> None:
                 "steps": [{"target": t} for t in targets]}))
         config = root / "config" / "drkit.yaml"
         config.write_text(yaml.safe_dump({
+            "host": "bench",  # the records' hostname: status shows this host's backups
             "repositories": {"primary": {"url": str(root / "repo"),
                                          "password": {"env": "BENCH_PASSWORD"}}},
             "targets": {t: {"kind": "files", "paths": [str(root)], "repositories": ["primary"]}
@@ -104,7 +105,6 @@ def main() -> None:
                      args.days)
         env = {**os.environ, "BENCH_PASSWORD": "unused"}
         drkit = [sys.executable, "-m", "drkit", "--config", str(config)]
-        out = root / "out"
         out = root / "out"
         results: dict[str, list[float]] = {"report --format json": [],
                                            "report --format csv": [], "status --json": []}

@@ -33,10 +33,10 @@ def add(catalog: Any, kind: str, status: str, at: datetime, **fields: Any) -> No
 
 
 def drill(catalog: Any, plan: str, at: datetime, status: str, rpo: float | None,
-          rto: float | None, rpo_goal: float, rto_goal: float) -> None:
+          rto: float | None, rpo_goal: float, rto_goal: float, **evidence: Any) -> None:
     add(catalog, "drill", status, at, plan=plan, evidence={
         "rpo_achieved_s": rpo, "rto_achieved_s": rto, "rpo_objective_s": rpo_goal,
-        "rto_objective_s": rto_goal})
+        "rto_objective_s": rto_goal, **evidence})
 
 
 @pytest.fixture
@@ -77,7 +77,9 @@ def history(project: Project, catalog_url: str) -> tuple[Project, datetime]:
         add(catalog, "backup", "succeeded", at(step / 2), target="files", repository="primary")
     # db-plan: passed, breached (RTO), failed before measuring; files-plan: one pass.
     drill(catalog, "db-plan", at(1.2), "passed", 1200, 300, HOUR, 10 * MIN)
-    drill(catalog, "db-plan", at(2.2), "breached", 1800, 900, HOUR, 10 * MIN)
+    drill(catalog, "db-plan", at(2.2), "breached", 1800, 900, HOUR, 10 * MIN,
+          rto_stages={"restore": 600.5, "verify": 100, "database_load": 150, "checks": 49.5},
+          steps=[{"target": "db", "repository": "primary", "restore_s": 600.5}])
     drill(catalog, "db-plan", at(3.2), "failed", None, None, HOUR, 10 * MIN)
     drill(catalog, "files-plan", at(4.2), "passed", 600, 100, HOUR, 5 * MIN)
     # checks of primary: passed, failed, passed.
@@ -115,12 +117,24 @@ def test_report_numbers_are_exact(history: tuple[Project, datetime]) -> None:
     targets = {t["target"]: t for t in summary["targets"]}
     db = targets["db"]
     assert (db["backups"], db["succeeded"], db["failed"]) == (5, 4, 1)
-    assert db["longest_rpo_exposure_s"] == pytest.approx(2.5 * HOUR, abs=1)
+    # From the recovery point: the backup finished at 3 h had started 5 s before.
+    assert db["longest_rpo_exposure_s"] == pytest.approx(2.5 * HOUR + 5, abs=1)
     assert db["longest_exposure_ended_at"].startswith(iso(t0 + timedelta(hours=5.5))[:16])
+    assert db["worst_repository"] == "primary"
+    (copy,) = db["by_repository"]
+    assert (copy["repository"], copy["good_backups"]) == ("primary", 4)
+    assert copy["last_recovery_point_at"][:19] == \
+        iso(t0 + timedelta(hours=5.5, seconds=-5))[:19]
     files = targets["files"]
     assert (files["backups"], files["failed"]) == (13, 0)  # 12 inserted + 1 real
     assert files["longest_rpo_exposure_s"] < 0.6 * HOUR
     assert (db["checks_passed"], db["checks_failed"]) == (2, 1)
+    drills = summary["drills"]
+    assert [(d["plan"], d["status"]) for d in drills] == [
+        ("db-plan", "passed"), ("db-plan", "breached"), ("db-plan", "failed"),
+        ("files-plan", "passed")]
+    assert drills[1]["rto_stages"]["restore"] == 600.5 and drills[1]["repositories"] == \
+        ["primary"]
 
     controls = {(c["control"], c["subject"]): c for c in doc["controls"]}
     assert controls[("backup_within_rpo", "db")]["status"] == "non_compliant"
@@ -156,6 +170,11 @@ def test_csv_has_one_row_per_record_with_stable_columns(
     breached = next(r for r in rows if r["kind"] == "drill" and r["status"] == "breached")
     assert float(breached["rto_achieved_s"]) == 900 and float(breached["rto_objective_s"]) == 600
     assert json.loads(breached["evidence"])["rpo_achieved_s"] == 1800
+    stages = ("rto_restore_s", "rto_verify_s", "rto_load_s", "rto_checks_s")
+    assert CSV_COLUMNS[-4:] == stages
+    assert [breached[c] for c in stages] == ["600.5", "100", "150", "49.5"]
+    passed = next(r for r in rows if r["kind"] == "drill" and r["status"] == "passed")
+    assert [passed[c] for c in stages] == ["", "", "", ""]
     failed = [r for r in rows if r["status"] == "failed" and r["kind"] == "backup"]
     assert failed[0]["error"] == "repository locked"
 

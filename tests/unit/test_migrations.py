@@ -58,7 +58,9 @@ def test_catalog_from_before_migrations_is_upgraded_in_place(catalog_url: str) -
         assert migrate.current_revision(connection) == migrate.HEAD_REVISION
         indexes = {ix["name"] for ix in inspect(connection).get_indexes("records")}
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
-    assert {"ix_records_kind_plan_finished", "ix_records_kind_status_target_finished"} <= indexes
+    assert {"ix_records_kind_plan_finished",
+            "ix_records_kind_status_target_finished_repo_started"} <= indexes
+    assert "ix_records_kind_status_target_finished" not in indexes  # replaced by 0003
     assert diff == []
     result = verify_chain(upgraded)
     assert result.intact and result.records == 3

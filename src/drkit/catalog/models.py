@@ -47,8 +47,10 @@ class Record(Base):
         Index("ix_records_kind_target_finished", "kind", "target", "finished_at"),
         Index("ix_records_kind_repository_finished", "kind", "repository", "finished_at"),
         Index("ix_records_kind_plan_finished", "kind", "plan", "finished_at"),
-        Index("ix_records_kind_status_target_finished", "kind", "status", "target",
-              "finished_at"),
+        # Good backups in time order with each one's repository and recovery point: the
+        # report's RPO exposure reads this index alone.
+        Index("ix_records_kind_status_target_finished_repo_started", "kind", "status",
+              "target", "finished_at", "repository", "started_at"),
         Index("ix_records_kind_status_target_repository_seq", "kind", "status", "target",
               "repository", "seq"),
         Index("ix_records_kind_target_repository_seq", "kind", "target", "repository", "seq"),

@@ -14,7 +14,11 @@ from drkit.catalog.models import Record
 
 @dataclass(frozen=True)
 class RepositoryState:
-    """For one (target, repository): the last good backup and the latest run's outcome."""
+    """For one (target, repository): the last good backup and the latest run's outcome.
+
+    ``recovery_point_at`` is the last good backup's ``started_at`` (its recovery point): the
+    run begins before the data is captured, so the data it holds is at least that new.
+    """
 
     target: str
     repository: str
@@ -23,6 +27,7 @@ class RepositoryState:
     last_run_at: datetime | None
     last_status: str | None
     last_error: str | None
+    recovery_point_at: datetime | None = None
 
 
 def backup_states(session: Session, kind: str = "backup", *, host: str | None = None
@@ -56,6 +61,7 @@ def backup_states(session: Session, kind: str = "backup", *, host: str | None = 
             last_run_at=latest.finished_at,
             last_status=latest.status,
             last_error=latest.error,
+            recovery_point_at=success.started_at if success else None,
         ))
     return states
 

@@ -1,14 +1,15 @@
 """Queries behind ``drkit report``: SQL aggregation over a period, nothing loaded wholesale.
 
 Each function takes a Session and a :class:`Scope` (the period and which plans, targets and
-repositories are in the report). Counting and the gaps between good backups are done by the
-database (GROUP BY, a LAG window), so a report over 100,000 records stays well under a second.
+repositories are in the report). Counting is done by the database (GROUP BY); the exposures
+between good backups come from index seeks and one ordered scan per target, so a report over
+100,000 records stays well under a second.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -123,53 +124,103 @@ def _parse_time(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-@dataclass(frozen=True)
-class BackupGaps:
-    """Good backups of one target in the period and the longest wait between two of them."""
+@dataclass
+class CopyExposure:
+    """One copy of a target (its backups to one repository) over the period.
 
-    target: str
-    good_backups: int
-    longest_gap_s: float | None
-    longest_gap_ended_at: datetime | None
-    last_good_at: datetime | None  # newest good backup before the period's end
-    series: tuple[tuple[datetime, float], ...] = ()
-
-
-def backup_gaps(session: Session, scope: Scope, targets: list[str], *,
-                series: bool = False) -> dict[str, BackupGaps]:
-    """Per target: the longest time between consecutive good backups (any repository) that
-    ends inside the period (the previous backup may be older than the period), and the newest
-    good backup before the period's end (the caller adds the exposure still open at the end).
-
-    Two index seeks per target on ``(kind, status, target, finished_at)``, which covers both
-    queries: the newest good backup before the period, then the good backups inside it.
-    ``series``: also every (backup time, gap) pair, for charts.
+    A good backup's ``started_at`` is its **recovery point**: the run begins before the data
+    is captured, so what it stored is at least that new. Until a good backup finishes, the
+    newest recoverable data is the previous one's, captured at the previous one's start: the
+    exposure that ends at a good backup is its ``finished_at`` minus the recovery point held
+    until then. The exposure still open at the period's end is added by the caller.
     """
-    result: dict[str, BackupGaps] = {}
-    for target in targets:
-        good = and_(Record.kind == "backup", Record.status == "succeeded",
-                    Record.target == target)
-        anchor = session.execute(select(_raw_time(session, func.max(Record.finished_at)))
-                                 .where(good, Record.finished_at < scope.since)).scalar()
-        previous = _parse_time(anchor) if anchor is not None else None
-        count = 0
-        longest: float | None = None
-        ended: datetime | None = None
-        points: list[tuple[datetime, float]] = []
-        for (raw,) in session.execute(select(_raw_time(session, Record.finished_at))
-                                      .where(good, in_period(scope))
-                                      .order_by(Record.finished_at)):
-            at = _parse_time(raw)
-            count += 1
-            if previous is not None:
-                gap = (at - previous).total_seconds()
+
+    repository: str
+    good_backups: int = 0                      # in the period
+    recovery_point: datetime | None = None     # the newest one before the period's end
+    last_good_at: datetime | None = None       # when the newest good backup finished
+    longest_s: float | None = None
+    longest_ended_at: datetime | None = None
+    series: list[tuple[datetime, float]] = field(default_factory=list)
+
+    def good_backup(self, started: datetime, finished: datetime, *, counted: bool = True,
+                    series: bool = False) -> None:
+        """Take one good backup, in ``finished_at`` order (``counted``: it is in the period;
+        the anchor before the period only sets the recovery point)."""
+        if counted:
+            self.good_backups += 1
+            if self.recovery_point is not None:
+                exposure = (finished - self.recovery_point).total_seconds()
                 if series:
-                    points.append((at, gap))
-                if longest is None or gap > longest:
-                    longest, ended = gap, at
-            previous = at
-        result[target] = BackupGaps(target, count, longest, ended, previous, tuple(points))
-    return result
+                    self.series.append((finished, exposure))
+                if self.longest_s is None or exposure > self.longest_s:
+                    self.longest_s, self.longest_ended_at = exposure, finished
+        # Backups of one copy may overlap: the recovery point only moves forward.
+        if self.recovery_point is None or started > self.recovery_point:
+            self.recovery_point = started
+        self.last_good_at = finished
+
+
+def copy_exposures(session: Session, scope: Scope, target: str,
+                   repositories: list[str] | None, *, series: bool = False
+                   ) -> dict[str, CopyExposure]:
+    """Per repository of ``target``: its good backups in the period and the exposures they
+    end (:class:`CopyExposure`). ``repositories``: the target's declared ones, which are all
+    in the result (with no good backup, too); others met in the period are added after them.
+    ``None``: the repositories the target's backups of the period went to.
+
+    One ordered scan of the target's good backups in the period, plus per repository one seek
+    back for the newest good backup before the period (the anchor of the first exposure), both
+    on ``(kind, status, target, finished_at, repository, started_at)``, which covers them.
+    """
+    good = and_(Record.kind == "backup", Record.status == "succeeded", Record.target == target)
+    if repositories is None:
+        repositories = sorted(r for (r,) in session.execute(
+            select(Record.repository).distinct()
+            .where(Record.kind == "backup", Record.target == target, in_period(scope)))
+            if r is not None)
+    copies: dict[str, CopyExposure] = {}
+
+    def copy_of(repository: str) -> CopyExposure:
+        copy = copies.get(repository)
+        if copy is None:
+            copy = copies[repository] = CopyExposure(repository)
+            anchor = session.execute(
+                select(_raw_time(session, Record.started_at),
+                       _raw_time(session, Record.finished_at))
+                .where(good, Record.repository == repository, Record.finished_at < scope.since)
+                .order_by(Record.finished_at.desc()).limit(1)).first()
+            if anchor is not None:
+                copy.good_backup(_parse_time(anchor[0]), _parse_time(anchor[1]), counted=False)
+        return copy
+
+    for repository in repositories:
+        copy_of(repository)
+    parse = datetime.fromisoformat if session.get_bind().dialect.name == "sqlite" else None
+    # Core on the session's connection: no ORM result machinery per row.
+    rows = session.connection().execute(
+        select(Record.repository, _raw_time(session, Record.started_at),
+               _raw_time(session, Record.finished_at))
+        .where(good, in_period(scope)).order_by(Record.finished_at)).all()
+    for repository, started, finished in rows:
+        copy = copies.get(repository) or copy_of(repository or "")
+        if parse is not None:
+            started, finished = parse(started), parse(finished)
+        copy.good_backup(started, finished, series=series)
+    return copies
+
+
+def last_passed_drills(session: Session, plans: list[str],
+                       before: datetime) -> dict[str, datetime]:
+    """When each of ``plans``' newest passed drill finished before ``before`` (any time
+    earlier, not only in the period)."""
+    rows = session.execute(
+        select(Record.plan, _raw_time(session, func.max(Record.finished_at)))
+        .where(Record.kind == "drill", Record.status == "passed", _in(Record.plan,
+                                                                      frozenset(plans)),
+               Record.finished_at < before)
+        .group_by(Record.plan))
+    return {plan: _parse_time(at) for plan, at in rows if plan and at is not None}
 
 
 def records_of_kind(session: Session, scope: Scope, kind: str) -> list[Record]:

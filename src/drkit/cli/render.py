@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _STYLE = {"succeeded": "green", "created": "green", "exists": "green", "failed": "red",
           "interrupted": "yellow", "passed": "green", "breached": "yellow",
-          "checks_too_weak": "red"}
+          "checks_too_weak": "red", "detected": "green"}
 
 
 _MARKUP = re.compile(r"\[/?(?:green|red|yellow)?\]")
@@ -120,9 +120,10 @@ def snapshots_table(rows: Sequence[SnapshotRow]) -> None:
 
 
 def status_table(statuses: Sequence[TargetStatus]) -> None:
-    """One row per copy (target x repository): each copy's own age against the RPO."""
+    """One row per copy (target x repository): each copy's own data age against the RPO,
+    measured from its recovery point (when its last good backup started)."""
     table = Table(title="status", title_justify="left")
-    for column in ("target", "repository", "last good backup", "age", "RPO", "last run",
+    for column in ("target", "repository", "last good backup", "data age", "RPO", "last run",
                    "last drill", "error"):
         table.add_column(column)
     for status in statuses:
@@ -184,7 +185,7 @@ def drill_summary(result: DrillResult) -> None:
                           check.detail[:100])
         if step.proof is not None:
             table.add_row("", "", "", "checks on a damaged copy",
-                          _status("passed" if step.proof.detected else "checks_too_weak"),
+                          _status("detected" if step.proof.detected else "checks_too_weak"),
                           step.proof.describe()[:160])
     console = _console()
     console.print(table)

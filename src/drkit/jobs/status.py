@@ -1,4 +1,8 @@
-"""``status``: per target, the last good backup and its age, from the catalog alone."""
+"""``status``: per target, the last good backup and its data's age, from the catalog alone.
+
+Ages are measured from the **recovery point**, the last good backup's ``started_at``: the run
+begins before the data is captured, so the newest recoverable data is at least that new.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +25,14 @@ class RepositoryStatus:
     last_success_at: datetime | None
     last_status: str | None
     last_error: str | None
-    age_s: float | None = None       # this copy's age: now - its last good backup
+    recovery_point_at: datetime | None = None  # the last good backup's started_at
+    age_s: float | None = None       # this copy's age: now - its recovery point
     rpo_ok: bool | None = None       # this copy within the target's RPO objective
 
     def to_json(self) -> dict[str, Any]:
         return {"repository": self.repository,
-                "last_success_at": _time(self.last_success_at), "age_s": self.age_s,
+                "last_success_at": _time(self.last_success_at),
+                "recovery_point_at": _time(self.recovery_point_at), "age_s": self.age_s,
                 "rpo_ok": self.rpo_ok,
                 "last_status": self.last_status, "last_error": self.last_error}
 
@@ -35,8 +41,9 @@ class RepositoryStatus:
 class TargetStatus:
     target: str
     last_success_at: datetime | None
-    age_s: float | None
+    age_s: float | None              # the stalest copy's: now - its recovery point
     repositories: list[RepositoryStatus] = field(default_factory=list)
+    recovery_point_at: datetime | None = None  # the stalest copy's (None: a copy has none)
     rpo_objective_s: float | None = None
     rpo_ok: bool | None = None
     last_check_status: str | None = None
@@ -51,7 +58,8 @@ class TargetStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "last_success_at": _time(self.last_success_at),
-                "age_s": self.age_s, "rpo_objective_s": self.rpo_objective_s,
+                "recovery_point_at": _time(self.recovery_point_at), "age_s": self.age_s,
+                "rpo_objective_s": self.rpo_objective_s,
                 "rpo_ok": self.rpo_ok, "last_check_status": self.last_check_status,
                 "last_drill_status": self.last_drill_status, "healthy": self.healthy,
                 "repositories": [r.to_json() for r in self.repositories]}
@@ -116,7 +124,8 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
     """One :class:`TargetStatus` per declared target, in config order.
 
     A target's RPO objective is the tightest of the plans that restore it; ``rpo_ok`` compares
-    the age of its last good backup with it, continuously, with no drill needed.
+    each copy's age (since its recovery point, the last good backup's ``started_at``) with it,
+    continuously, with no drill needed.
     """
     now = now or utcnow()
     plans = plans or {}
@@ -135,6 +144,7 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
                 last_success_at=state.last_success_at if state else None,
                 last_status=state.last_status if state else None,
                 last_error=state.last_error if state else None,
+                recovery_point_at=state.recovery_point_at if state else None,
             ))
         successes = [r.last_success_at for r in repos if r.last_success_at is not None]
         stalest = min(successes) if successes else None
@@ -144,13 +154,16 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
         # Every copy counts: an off-site copy that stopped working breaches the RPO although
         # the primary is fresh. The target's age is its stalest copy's.
         for repo in repos:
-            if repo.last_success_at is not None:
-                repo.age_s = round((now - repo.last_success_at).total_seconds(), 3)
+            if repo.recovery_point_at is not None:
+                repo.age_s = round((now - repo.recovery_point_at).total_seconds(), 3)
             repo.rpo_ok = None if rpo is None else (
                 repo.age_s is not None and repo.age_s <= rpo)
         ages = [r.age_s for r in repos]
         age = None if not ages or any(a is None for a in ages) else \
             max(a for a in ages if a is not None)
+        points = [r.recovery_point_at for r in repos]
+        recovery_point = None if not points or None in points else \
+            min(p for p in points if p is not None)
         drilled = [drills[plan.name] for plan in covering if plan.name in drills]
         last_drill = max(drilled, key=lambda d: d.finished_at) if drilled else None
         checked = [checks[r].status for r in target.repositories if r in checks]
@@ -158,7 +171,7 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
             "failed" if "failed" in checked else checked[-1])
         out.append(TargetStatus(
             target=name, last_success_at=stalest, age_s=age, repositories=repos,
-            rpo_objective_s=rpo,
+            recovery_point_at=recovery_point, rpo_objective_s=rpo,
             rpo_ok=None if rpo is None else all(r.rpo_ok for r in repos),
             last_check_status=last_check,
             last_drill_status=last_drill.status if last_drill else None))

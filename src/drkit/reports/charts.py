@@ -15,7 +15,7 @@ WIDTH, HEIGHT = 640, 200
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 14, 28
 MAX_POINTS = 400
 COLOURS = {"passed": "#1a7f37", "succeeded": "#1a7f37", "breached": "#b35900",
-           "failed": "#cf222e", "interrupted": "#cf222e"}
+           "failed": "#cf222e", "interrupted": "#cf222e", "checks_too_weak": "#cf222e"}
 
 
 def _downsample(points: list[tuple[datetime, float, str]]) -> list[tuple[datetime, float, str]]:

@@ -16,7 +16,8 @@ from typing import Any, TextIO
 
 from drkit.catalog.chain import optional_time as iso
 from drkit.errors import DrkitError
-from drkit.reports.model import Report
+from drkit.reports.model import DrillRow, Report
+from drkit.reports.rows import RTO_STAGES
 from drkit.units import human_duration
 
 FORMATS = ("html", "pdf", "csv", "json", "md")
@@ -25,7 +26,8 @@ FORMATS = ("html", "pdf", "csv", "json", "md")
 CSV_COLUMNS = ("seq", "record_id", "run_id", "kind", "status", "target", "repository", "plan",
                "started_at", "finished_at", "duration_s", "snapshot_id", "rpo_achieved_s",
                "rpo_objective_s", "rto_achieved_s", "rto_objective_s", "hostname",
-               "drkit_version", "restic_version", "error", "hash", "prev_hash", "evidence")
+               "drkit_version", "restic_version", "error", "hash", "prev_hash", "evidence",
+               "rto_restore_s", "rto_verify_s", "rto_load_s", "rto_checks_s")
 _DRILL_FIELDS = ("rpo_achieved_s", "rpo_objective_s", "rto_achieved_s", "rto_objective_s")
 
 
@@ -49,16 +51,20 @@ def write_csv(rows: Iterable[Any], out: TextIO) -> int:
     writer.writerow(CSV_COLUMNS)
     count = 0
     blank = ("",) * len(_DRILL_FIELDS)
+    no_stages = ("",) * len(RTO_STAGES)
     for row in rows:
         drill: tuple[Any, ...] = blank
+        stages: tuple[Any, ...] = no_stages
         if row.kind == "drill":
             evidence = json.loads(row.evidence)
             drill = tuple("" if evidence.get(n) is None else evidence[n] for n in _DRILL_FIELDS)
+            spent = evidence.get("rto_stages") or {}
+            stages = tuple("" if spent.get(n) is None else spent[n] for n in RTO_STAGES)
         writer.writerow((
             row.seq, row.id, row.run_id, row.kind, row.status, row.target, row.repository,
             row.plan, row.started_at, row.finished_at, f"{row.duration_s:.3f}",
             row.snapshot_id, *drill, row.hostname, row.drkit_version, row.restic_version,
-            row.error, row.hash, row.prev_hash, row.evidence))
+            row.error, row.hash, row.prev_hash, row.evidence, *stages))
         count += 1
     return count
 
@@ -77,26 +83,65 @@ def write_markdown(report: Report, out: TextIO) -> None:
     w("## Controls\n\n| control | subject | status | detail |\n|---|---|---|---|\n")
     for c in report.controls:
         w(f"| {c.control} | {c.subject} | {c.status} | {c.detail} |\n")
-    w("\n## Recovery plans\n\n| plan | drills | passed | breached | failed | RPO compliance "
-      "| RTO compliance | RPO worst / median / objective | RTO worst / median / objective |\n"
-      "|---|---|---|---|---|---|---|---|---|\n")
+    w("\n## Recovery plans\n\n| plan | drills | passed | breached | failed | checks too weak "
+      "| RPO compliance | RTO compliance | RPO worst / median / objective "
+      "| RTO worst / median / objective | drill every | last passed drill |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for p in report.plans:
+        every = "-" if p.drill_every_s is None else (
+            human_duration(p.drill_every_s) + (" (overdue)" if p.overdue else ""))
         w(f"| {p.plan} | {p.drills} | {p.passed} | {p.breached} | {p.failed + p.interrupted} "
-          f"| {_rate(p.rpo_compliance_rate)} | {_rate(p.rto_compliance_rate)} "
+          f"| {p.checks_too_weak} | {_rate(p.rpo_compliance_rate)} "
+          f"| {_rate(p.rto_compliance_rate)} "
           f"| {human_duration(p.rpo_worst_s)} / {human_duration(p.rpo_median_s)} / "
           f"{human_duration(p.rpo_objective_s)} | {human_duration(p.rto_worst_s)} / "
-          f"{human_duration(p.rto_median_s)} / {human_duration(p.rto_objective_s)} |\n")
-    w("\n## Targets\n\n| target | backups | failed | last good backup | longest RPO exposure "
-      "| RPO objective | checks passed | checks failed |\n|---|---|---|---|---|---|---|---|\n")
+          f"{human_duration(p.rto_median_s)} / {human_duration(p.rto_objective_s)} "
+          f"| {every} | {iso(p.last_passed_at) or 'never'} |\n")
+    w("\n## Drills\n\n| plan | finished | status | RPO achieved | RTO achieved | restore "
+      "| verify | database load | checks | repositories restored | checks proven |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    for d in report.drills:
+        stages = " | ".join(human_duration(d.rto_stages.get(n)) for n in RTO_STAGES)
+        w(f"| {d.plan} | {iso(d.finished_at)} | {d.status} | {_rpo(d)} "
+          f"| {human_duration(d.rto_achieved_s)} | {stages} "
+          f"| {', '.join(d.repositories) or '-'} | {_proven(d)} |\n")
+    if not report.drills:
+        w("| no drill in the period | | | | | | | | | | |\n")
+    w("\n## Targets\n\n| target | backups | failed | oldest last recovery point "
+      "| longest RPO exposure | worst repository | RPO objective | checks passed "
+      "| checks failed |\n|---|---|---|---|---|---|---|---|---|\n")
     for t in report.targets:
-        w(f"| {t.target} | {t.backups} | {t.failed} | {iso(t.last_good_at) or 'never'} "
-          f"| {human_duration(t.longest_rpo_exposure_s)} | {human_duration(t.rpo_objective_s)} "
-          f"| {t.checks_passed} | {t.checks_failed} |\n")
+        w(f"| {t.target} | {t.backups} | {t.failed} "
+          f"| {iso(t.last_recovery_point_at) or 'never'} "
+          f"| {human_duration(t.longest_rpo_exposure_s)} | {t.worst_repository or '-'} "
+          f"| {human_duration(t.rpo_objective_s)} | {t.checks_passed} | {t.checks_failed} |\n")
+    w("\n### RPO exposure per repository\n\n| target | repository | good backups "
+      "| last recovery point | longest exposure | open exposure |\n"
+      "|---|---|---|---|---|---|\n")
+    for t in report.targets:
+        for copy in t.by_repository:
+            w(f"| {t.target} | {copy.repository}{'' if copy.declared else ' (not declared)'} "
+              f"| {copy.good_backups} | {iso(copy.last_recovery_point_at) or 'never'} "
+              f"| {human_duration(copy.longest_exposure_s)} "
+              f"| {human_duration(copy.open_exposure_s)} |\n")
     w("\n## Repositories\n\n| repository | checks | passed | failed | last check |\n"
       "|---|---|---|---|---|\n")
     for r in report.repositories:
         w(f"| {r.repository} | {r.checks} | {r.checks_passed} | {r.checks_failed} "
           f"| {r.last_check_status or '-'} {iso(r.last_check_at) or ''} |\n")
+
+
+def _rpo(drill: DrillRow) -> str:
+    """The RPO a drill achieved; a lower bound when some steps were not restored."""
+    text = human_duration(drill.rpo_achieved_s)
+    return text if drill.rpo_complete else f"{text} (incomplete)"
+
+
+def _proven(drill: DrillRow) -> str:
+    """--prove-checks: how many steps' checks failed on a damaged copy, as they should."""
+    if drill.proofs is None:
+        return "-"
+    return f"{drill.proofs_detected} of {drill.proofs} steps detected the damage"
 
 
 def render_html(report: Report, rows: Iterable[Any]) -> str:
@@ -110,6 +155,7 @@ def render_html(report: Report, rows: Iterable[Any]) -> str:
     env.filters["duration"] = human_duration
     env.filters["iso"] = lambda v: iso(v) if isinstance(v, datetime) else (v or "")
     env.filters["rate"] = _rate
+    env.globals.update(rpo=_rpo, proven=_proven, stages=RTO_STAGES)
     plan_charts = {p.plan: time_chart(
         f"RTO achieved, plan {p.plan}",
         [(pt.finished_at, pt.rto_achieved_s, pt.status) for pt in p.points
@@ -120,7 +166,8 @@ def render_html(report: Report, rows: Iterable[Any]) -> str:
         f"RPO exposure, target {t.target}",
         [(at, gap, "succeeded") for at, gap in t.exposure_series],
         since=report.since, until=report.until, objective=t.rpo_objective_s,
-        label="time since the previous good backup, at each backup") for t in report.targets}
+        label="age of the newest backed-up data, at each good backup (every repository)")
+        for t in report.targets}
     template = env.get_template("report.html.j2")
     return template.render(report=report, records=rows, plan_charts=plan_charts,
                            target_charts=target_charts)

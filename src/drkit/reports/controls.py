@@ -1,0 +1,142 @@
+"""The control rows of a report: each states what was required of a subject, whether the
+period met it, and the counts and parameters it was judged on."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from drkit.catalog.chain import optional_time as iso
+from drkit.config.models import Config
+from drkit.reports.rows import (
+    COMPLIANT,
+    NON_COMPLIANT,
+    NOT_EVALUATED,
+    Control,
+    PlanSummary,
+    RepositorySummary,
+    TargetSummary,
+)
+from drkit.units import human_duration
+
+
+def rpo_controls(targets: list[TargetSummary]) -> list[Control]:
+    """``backup_within_rpo``: every repository of the target held data no older than the RPO
+    at every moment of the period (measured from recovery points, backups' ``started_at``)."""
+    out = []
+    for t in targets:
+        counts = {"backups": t.backups, "failed": t.failed,
+                  "longest_rpo_exposure_s": t.longest_rpo_exposure_s,
+                  "worst_repository": t.worst_repository}
+        params = {"rpo_objective_s": t.rpo_objective_s}
+        missing = t.without_backup
+        if t.rpo_objective_s is None:
+            out.append(Control("backup_within_rpo", t.target, NOT_EVALUATED,
+                               "no recovery plan declares an RPO for this target", counts, params))
+        elif missing:
+            out.append(Control(
+                "backup_within_rpo", t.target, NON_COMPLIANT,
+                f"no good backup in repository {', '.join(missing)} before the period's end",
+                counts, params))
+        elif t.longest_rpo_exposure_s is None:
+            out.append(Control("backup_within_rpo", t.target, NON_COMPLIANT,
+                               "no good backup recorded", counts, params))
+        else:
+            ok = t.longest_rpo_exposure_s <= t.rpo_objective_s
+            counted = [c for c in t.by_repository if c.declared]
+            each = "" if len(counted) < 2 else " (per repository: " + ", ".join(
+                f"{c.repository} {c.longest_exposure_s or 0:.0f} s" for c in counted) + ")"
+            out.append(Control(
+                "backup_within_rpo", t.target, COMPLIANT if ok else NON_COMPLIANT,
+                f"longest time without newer backed-up data {t.longest_rpo_exposure_s:.0f} s "
+                f"in repository {t.worst_repository} {'within' if ok else 'exceeds'} the RPO "
+                f"of {t.rpo_objective_s:.0f} s{each}", counts, params))
+    return out
+
+
+def rto_controls(plans: list[PlanSummary]) -> list[Control]:
+    """``drill_within_rto``: every drill of the period restored and verified within the RTO
+    (a failed, interrupted or checks_too_weak drill is not compliant)."""
+    out = []
+    for p in plans:
+        within = round((p.rto_compliance_rate or 0) * p.drills)
+        counts = {"drills": p.drills, "within_rto": within, "passed": p.passed,
+                  "breached": p.breached, "failed": p.failed + p.interrupted,
+                  "checks_too_weak": p.checks_too_weak}
+        params = {"rto_objective_s": p.rto_objective_s}
+        if not p.drills:
+            out.append(Control("drill_within_rto", p.plan, NON_COMPLIANT,
+                               "no drill in the period", counts, params))
+            continue
+        ok = within == p.drills and p.unsuccessful == 0
+        failed = p.failed + p.interrupted
+        out.append(Control(
+            "drill_within_rto", p.plan, COMPLIANT if ok else NON_COMPLIANT,
+            f"{within} of {p.drills} drills restored within the RTO"
+            + (f"; {failed} failed" if failed else "")
+            + (f"; {p.checks_too_weak} with checks too weak (they passed on data damaged on "
+               "purpose)" if p.checks_too_weak else ""),
+            counts, params))
+    return out
+
+
+def frequency_controls(plans: list[PlanSummary], end: datetime) -> list[Control]:
+    """``drill_frequency``, for plans that declare ``drill_every``: a drill of the plan passed
+    within ``drill_every`` before ``end`` (the period's end, or now if sooner)."""
+    out = []
+    for p in plans:
+        if p.drill_every_s is None:
+            continue
+        every = human_duration(p.drill_every_s)
+        counts = {"drills": p.drills, "passed": p.passed,
+                  "last_passed_at": iso(p.last_passed_at)}
+        params = {"drill_every_s": p.drill_every_s, "as_of": iso(end)}
+        if p.last_passed_at is None:
+            detail = f"no drill of this plan ever passed (drill_every {every})"
+        else:
+            age = human_duration((end - p.last_passed_at).total_seconds())
+            detail = (f"the last passed drill finished {iso(p.last_passed_at)}, {age} before "
+                      f"{iso(end)}: {'beyond' if p.overdue else 'within'} drill_every {every}")
+        out.append(Control("drill_frequency", p.plan,
+                           NON_COMPLIANT if p.overdue else COMPLIANT, detail, counts, params))
+    return out
+
+
+def check_controls(repos: list[RepositorySummary]) -> list[Control]:
+    out = []
+    for r in repos:
+        counts = {"checks": r.checks, "passed": r.checks_passed, "failed": r.checks_failed}
+        params = {"last_check_at": iso(r.last_check_at)}
+        if not r.checks:
+            out.append(Control("repository_checked", r.repository, NON_COMPLIANT,
+                               "no integrity check in the period", counts, params))
+        elif r.last_check_status != "passed":
+            out.append(Control("repository_checked", r.repository, NON_COMPLIANT,
+                               "the latest check in the period failed", counts, params))
+        else:
+            out.append(Control("repository_checked", r.repository, COMPLIANT,
+                               "the latest check in the period passed", counts, params))
+    return out
+
+
+def immutability_controls(config: Config, repos: list[RepositorySummary]) -> list[Control]:
+    out = []
+    for r in repos:
+        repo = config.repositories.get(r.repository)
+        declared = repo.posture.model_dump() if repo is not None and repo.posture else None
+        params = {"declared_posture": declared}
+        posture = r.posture
+        if posture is None:
+            out.append(Control("storage_immutable", r.repository, NON_COMPLIANT,
+                               "no storage posture evidence in the period (not S3, or no "
+                               "check read it)", {}, params))
+            continue
+        locked = bool(posture.get("object_lock")) and posture.get("versioning") == "Enabled"
+        detail = (f"object lock {posture.get('object_lock_mode') or 'on'} "
+                  f"{posture.get('object_lock_days') or '?'} days, versioning enabled"
+                  if locked else
+                  f"object lock {'on' if posture.get('object_lock') else 'off'}, versioning "
+                  f"{posture.get('versioning')}")
+        out.append(Control("storage_immutable", r.repository,
+                           COMPLIANT if locked else NON_COMPLIANT, detail,
+                           {"checks_with_posture": 1}, {**params, "found": posture}))
+    return out
