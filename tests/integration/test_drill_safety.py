@@ -293,3 +293,40 @@ def test_production_identity_unreadable_is_refused(project: Project, postgres: D
                              "identity to make sure the scratch server")
     assert postgres_scratch.sql("select count(*) from pg_database where datname like "
                                 "'drkit_drill%'") == "0"
+
+
+def test_interrupt_during_the_restore_also_stops_the_concurrent_listing(
+        project: Project) -> None:
+    """The catalog's snapshot is listed while it is restored. SIGTERM while both run (each
+    held by a restic wrapper that waits forever): both are stopped, the drill is recorded as
+    interrupted and its sandbox removed, at once."""
+    files_project(project)
+    restic = project.restic_binary
+    started = project.root / "restore-started"
+    wrapper = project.root / "restic-wrapper"
+    wrapper.write_text(f"""#!/bin/sh
+for arg in "$@"; do
+  case "$arg" in
+    ls) echo $$ > {project.root}/ls.pid; exec sleep 3600 ;;
+    restore) touch {started}; exec sleep 3600 ;;
+  esac
+done
+exec {restic} "$@"
+""")
+    wrapper.chmod(0o755)
+    config = yaml.safe_load(project.config_path.read_text())
+    project.config_path.write_text(yaml.safe_dump({**config, "restic_binary": str(wrapper)}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "drill", "files"],
+        env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    wait_for(lambda: started.exists() and (project.root / "ls.pid").exists(),
+             "the restore and the listing to start")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    listing = int((project.root / "ls.pid").read_text())
+    assert not Path(f"/proc/{listing}").exists()  # stopped and reaped, not left running
+    (drill,) = records(project, "drill")
+    assert drill["status"] == "interrupted"
+    assert list((project.root / "config" / ".drkit" / "drills").iterdir()) == []

@@ -97,3 +97,42 @@ def test_bad_http_check_is_a_bad_request(project: Project) -> None:
            "https:// URL" in result.stderr
     assert "at 'steps[0].checks[0].expect_body': expect_body is not a regular expression: " \
            "missing ), unterminated subpattern" in result.stderr
+
+
+def test_redirect_is_the_answer_never_followed(project: Project) -> None:
+    """A restored app that redirects to its production address is checked on its own answer,
+    the 302; nothing is asked of the address it names."""
+    port, production = free_port(), free_port()
+    code = ("import sys, http.server\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        self.send_response(302)\n"
+            f"        self.send_header('Location', 'http://127.0.0.1:{production}/login')\n"
+            "        self.end_headers()\n"
+            f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n")
+    setup(project, [{"http": f"http://127.0.0.1:{port}/", "start": [sys.executable, "-c", code],
+                     "expect_status": 302, "timeout": "60s"}])
+    check = project.run_json("drill", "site")["steps"][0]["checks"][-1]
+    assert check["status"] == "passed", check
+    assert check["detail"] == f"http://127.0.0.1:{port}/ answered 302"
+
+
+def test_port_already_answering_is_refused(project: Project) -> None:
+    """Something (production on the same host, a service left running) already answers the
+    URL: it would answer for the restored service, so the check fails at once."""
+    import http.server
+    import threading
+
+    port = free_port()
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", port),
+                                            http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        started = project.root / "started"
+        setup(project, [{"http": f"http://127.0.0.1:{port}/", "timeout": "1h",
+                         "start": ["sh", "-c", f"touch {started}; exec sleep 3600"]}])
+        check = project.run_json("drill", "site", expect=1)["steps"][0]["checks"][-1]
+    finally:
+        other.shutdown()
+    assert check["detail"].startswith(f"http://127.0.0.1:{port}/ already answers (status ")
+    assert not started.exists()

@@ -70,7 +70,7 @@ def test_files_checks_must_notice_a_flipped_byte(project: Project) -> None:
     plan(project, "present", "files", [{"files_exist": ["docs/f0.txt", "docs/f5.txt"]}])
     plan(project, "hashed", "files", [
         {"name": "sha256 manifest",
-         "command": ["sh", "-c", f"cd docs && sha256sum --quiet -c {manifest}"]}])
+         "command": ["sh", "-c", f"cd docs && sha256sum --strict --quiet -c {manifest}"]}])
     assert project.run("repo", "init").returncode == 0
     assert project.run("backup").returncode == 0
 
@@ -234,7 +234,12 @@ def test_mariadb_rows_deleted_in_the_scratch_database(project: Project,
                 "create table orders (id int primary key, customer int not null,"
                 " foreign key (customer) references customers (id));"
                 "insert into customers select seq from seq_1_to_20;"
-                "insert into orders select seq, 1 + seq % 20 from seq_1_to_300;", "proof")
+                "insert into orders select seq, 1 + seq % 20 from seq_1_to_300;"
+                # A restored trigger could write into another database of the server; this
+                # one refuses every DELETE: the damage drops it in the scratch copy first.
+                "create trigger guard before delete on customers for each row"
+                " signal sqlstate '45000' set message_text = 'a restored trigger ran';",
+                "proof")
     configure(project, mariadb, "proof", [
         {"sql": "select count(*) from orders", "expect": "== 300"},
         {"sql": "select count(*) from customers", "expect": "== 20"}], scratch=mariadb_scratch)
@@ -247,3 +252,77 @@ def test_mariadb_rows_deleted_in_the_scratch_database(project: Project,
     assert proof["failed_checks"] == ["sql: select count(*) from orders expect == 300",
                                       "sql: select count(*) from customers expect == 20"]
     assert mariadb.sql("select count(*) from orders", "proof") == "300"
+
+
+def files_target(project: Project, files: dict[str, str]) -> Path:
+    tree = project.root / "data"
+    tree.mkdir()
+    for name, text in files.items():
+        (tree / name).write_text(text)
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"), **local_repository()}},
+        "targets": {"files": {"kind": "files", "paths": [str(tree)], "repositories": ["r"]}},
+    })
+    return tree
+
+
+def test_a_check_that_times_out_on_the_damaged_copy_proves_nothing(project: Project) -> None:
+    """On damaged data this check hangs instead of failing: running out of time is no verdict
+    on the data, so the proof is not made (checks_too_weak), not 'detected'."""
+    files_target(project, {"a.txt": "alpha\n" * 100})
+    (project.root / "SUMS").write_text(subprocess.run(
+        ["sha256sum", "a.txt"], cwd=project.root / "data", capture_output=True, text=True,
+        check=True).stdout)
+    plan(project, "hangs", "files", [
+        {"name": "sums or hang", "timeout": "3s",
+         "command": ["sh", "-c", f"sha256sum --strict --quiet -c {project.root}/SUMS "
+                                 "|| exec sleep 3600"]}])
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    weak = drill(project, "hangs", expect=1)
+    assert weak["status"] == "checks_too_weak"
+    proof = weak["steps"][0]["proof"]
+    assert proof["failed_checks"] == []
+    assert proof["checks"][0] == {**proof["checks"][0], "status": "failed", "inconclusive": True}
+    assert proof["reason"] == ("sums or hang could not reach a verdict on the damaged copy (an "
+                               "error or its time limit), which proves nothing")
+
+
+def test_only_restored_files_are_damaged_never_what_a_check_wrote(project: Project) -> None:
+    """The check writes 30 files of its own into the restored data before verifying the one
+    restored file: the damage still lands on the restored file, so the check notices."""
+    tree = files_target(project, {"only.txt": "the one restored file\n" * 50})
+    (project.root / "SUMS").write_text(subprocess.run(
+        ["sha256sum", "only.txt"], cwd=tree, capture_output=True, text=True,
+        check=True).stdout)
+    plan(project, "scribbles", "files", [
+        {"name": "scribble then verify",
+         "command": ["sh", "-c", "for n in $(seq 30); do echo cache > cache-$n.bin; done; "
+                                 f"sha256sum --strict --quiet -c {project.root}/SUMS"]}])
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    data = drill(project, "scribbles", expect=0)
+    assert data["steps"][0]["proof"]["damage"].endswith("of restored file only.txt")
+
+
+def test_postgres_damage_runs_with_the_tables_triggers_off(
+        project: Project, postgres: DatabaseServer, postgres_scratch: DatabaseServer) -> None:
+    """A restored trigger could write elsewhere (dblink, a foreign table); here it refuses
+    every DELETE. The damage disables it, so the row goes, and the check notices."""
+    postgres.sql("drop database if exists guarded with (force)")
+    postgres.sql("create database guarded")
+    postgres.sql(
+        "create table orders (id int primary key);"
+        "insert into orders select generate_series(1, 50);"
+        "create function no_delete() returns trigger language plpgsql as "
+        "$$ begin raise exception 'a restored trigger ran'; end $$;"
+        "create trigger guard before delete on orders for each row execute function no_delete()",
+        "guarded")
+    configure(project, postgres, "guarded", [
+        {"sql": "select count(*) from orders", "expect": "== 50"}], scratch=postgres_scratch)
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    proof = drill(project, "db", expect=0)["steps"][0]["proof"]
+    assert proof["damage"].startswith("deleted one row from each of 1 table(s) of scratch "
+                                      "database drkit_drill_db_")
+    assert proof["damage"].endswith(": public.orders")

@@ -29,6 +29,7 @@ from drkit.drills.plans import (
 from drkit.supervise import NO_LIMITS, ChildError, ChildSpec, Limits, base_env, run
 
 DETAIL_LIMIT = 2000
+TIMED_OUT = "timed out after "  # how a check that ran out of time starts its detail
 OUTPUT_LIMIT = 4000
 
 
@@ -41,6 +42,8 @@ class CheckResult:
     detail: str
     duration_s: float = 0.0
     output: dict[str, str] = field(default_factory=dict)
+    # Failed without a verdict on the data: the check raised, or ran out of time.
+    inconclusive: bool = False
 
     @property
     def passed(self) -> bool:
@@ -52,6 +55,8 @@ class CheckResult:
                                 "duration_s": round(self.duration_s, 3)}
         if self.output:
             data["output"] = self.output
+        if self.inconclusive:
+            data["inconclusive"] = True
         return data
 
 
@@ -129,14 +134,19 @@ def run_check(check: Check, context: StepContext) -> CheckResult:
     name = check_name(check)
     start = time.monotonic()
     runner: Callable[[Any, StepContext], tuple[bool, str, dict[str, str]]] = _RUNNERS[type(check)]
+    inconclusive = False
     try:
         ok, detail, output = runner(check, context)
     except Exception as exc:
         ok, detail, output = False, f"{type(exc).__name__}: {exc}", {}
+        inconclusive = True
+    if not ok and context.limits.expired():
+        inconclusive = True  # the drill's own time ran out: no verdict on the data
     # Evidence is kept for years: no secret may reach it, whatever a check printed.
     return CheckResult(name=name, status="passed" if ok else "failed", detail=redact(detail),
                        duration_s=time.monotonic() - start,
-                       output={key: redact(text) for key, text in output.items()})
+                       output={key: redact(text) for key, text in output.items()},
+                       inconclusive=inconclusive or detail.startswith(TIMED_OUT))
 
 
 def _files_exist(check: FilesExistCheck, context: StepContext

@@ -2,9 +2,12 @@
 checks to notice.
 
 A plan whose checks pass on damaged data cannot detect loss: the drill is ``checks_too_weak``.
-Only the drill's own copy is damaged, never anything else: the scratch database (one row
-deleted from each of its tables), the restored SQLite file of a sqlite target (the same, in
-the sandbox), or else one restored file (bytes flipped in its middle). What was damaged is
+Only the drill's own copy is damaged: the scratch database (one row deleted from each of its
+plain tables, their triggers off; no foreign, FEDERATED or rule-bearing table), the restored
+SQLite file of a sqlite target (the same, in the sandbox), or else one file of the snapshot's
+listing as restored in the sandbox (bytes flipped in its middle; never a file a check created,
+a hard link or a file on another device). Only a check that failed with a verdict on the data
+counts as noticing: one that raised or ran out of time proves nothing. What was damaged is
 recorded with the checks' results on the damaged copy.
 """
 
@@ -34,14 +37,14 @@ class Proof:
     damage: str | None
     failed_checks: list[str] = field(default_factory=list)
     checks: list[CheckResult] = field(default_factory=list)
-    reason: str | None = None  # why no damage could be made
+    reason: str | None = None  # why no damage could be made, or why it proves nothing
 
     @property
     def detected(self) -> bool:
-        return self.damage is not None and bool(self.failed_checks)
+        return self.damage is not None and self.reason is None and bool(self.failed_checks)
 
     def describe(self) -> str:
-        if self.damage is None:
+        if self.damage is None or self.reason is not None:
             return f"no proof: {self.reason}"
         if self.detected:
             return f"{self.damage}: detected by {', '.join(self.failed_checks)}"
@@ -53,11 +56,12 @@ class Proof:
                 "checks": [check.to_json() for check in self.checks]}
 
 
-def prove(checks: list[Check], context: StepContext,
-          scratch: ScratchDatabase | None) -> Proof:
+def prove(checks: list[Check], context: StepContext, scratch: ScratchDatabase | None,
+          restored: list[Path]) -> Proof:
     """Damage the step's restored copy, run ``checks`` again, return whether any failed.
 
-    Call only after ``checks`` passed on the undamaged copy.
+    ``restored``: the files of the snapshot's listing, where they were restored. Call only
+    after ``checks`` passed on the undamaged copy.
     """
     if not checks:
         return Proof(None, reason="the step declares no checks")
@@ -68,14 +72,22 @@ def prove(checks: list[Check], context: StepContext,
             damage = _delete_sqlite_rows(inside(
                 context.data_dir, str(context.default_database.relative_to(context.data_dir))))
         else:
-            damage = _flip_bytes(context.data_dir)
+            damage = _flip_bytes(context.data_dir, context.sandbox, restored)
     except (OSError, ValueError, sqlite3.Error, ScratchError) as exc:
         return Proof(None, reason=f"could not damage the restored copy: {exc}")
     if damage is None:
         return Proof(None, reason="nothing restored that could be damaged (no rows, no "
                                   "file with content)")
     results = [run_check(check, context) for check in checks]
-    return Proof(damage, [r.name for r in results if not r.passed], results)
+    noticed = [r.name for r in results if not r.passed and not r.inconclusive]
+    unsure = [r.name for r in results if r.inconclusive]
+    reason = None
+    if context.limits.expired():
+        reason = "the drill's time limit ran out while the checks ran on the damaged copy"
+    elif unsure and not noticed:
+        reason = (f"{', '.join(unsure)} could not reach a verdict on the damaged copy (an "
+                  "error or its time limit), which proves nothing")
+    return Proof(damage, noticed, results, reason=reason)
 
 
 def _delete_rows(scratch: ScratchDatabase) -> str | None:
@@ -86,12 +98,13 @@ def _delete_rows(scratch: ScratchDatabase) -> str | None:
         try:
             if scratch.delete_one_row(table):
                 deleted.append(table)
-        except ScratchError:  # a foreign key kept the row: the other tables still lose one
-            refused.append(table)
+        except ScratchError:  # a foreign key kept the row (or the table could not be
+            refused.append(table)  # changed): the other tables still lose one
     if not deleted:
         return None
-    more = f" (of the first {MAX_TABLES} tables)" if len(tables) > MAX_TABLES else ""
-    kept = f"; kept by a constraint: {', '.join(refused)}" if refused else ""
+    more = f" (the first {MAX_TABLES} of {len(tables)} tables)" \
+        if len(tables) > MAX_TABLES else ""
+    kept = f"; not damaged (refused): {', '.join(refused)}" if refused else ""
     return (f"deleted one row from each of {len(deleted)} table(s) of scratch database "
             f"{scratch.name}{more}: {', '.join(deleted)}{kept}")
 
@@ -120,15 +133,31 @@ def _delete_sqlite_rows(path: Path) -> str | None:
             f"{path.name}: {', '.join(deleted)}")
 
 
-def _flip_bytes(data_dir: Path) -> str | None:
-    """Flip bytes in the middle of one restored file, chosen at random."""
+def _inside_without_links(path: Path, sandbox: Path) -> bool:
+    """``path`` lies in ``sandbox`` with no symlink between them."""
+    for parent in path.parents:
+        if parent == sandbox:
+            return True
+        if parent.is_symlink():
+            return False
+    return False
+
+
+def _flip_bytes(data_dir: Path, sandbox: Path, restored: list[Path]) -> str | None:
+    """Flip bytes in the middle of one restored file of the snapshot, chosen at random
+    (among those under ``data_dir``, what the checks see, when there are any)."""
+    device = data_dir.lstat().st_dev
     candidates: list[Path] = []
-    for root, _dirs, files in os.walk(data_dir):  # never follows symlinks
-        for name in files:
-            path = Path(root, name)
+    for path in restored:
+        try:
             info = path.lstat()
-            if stat.S_ISREG(info.st_mode) and info.st_size > 0:
-                candidates.append(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_size > 0 and info.st_nlink == 1 and \
+                info.st_dev == device and _inside_without_links(path, sandbox):
+            candidates.append(path)
+    seen = [p for p in candidates if data_dir in p.parents]
+    candidates = seen or candidates
     if not candidates:
         return None
     path = random.SystemRandom().choice(sorted(candidates))
@@ -146,5 +175,5 @@ def _flip_bytes(data_dir: Path) -> str | None:
         os.pwrite(fd, bytes(b ^ 0xFF for b in data), offset)
     finally:
         os.close(fd)
-    return (f"flipped {len(data)} byte(s) at offset {offset} of restored file "
-            f"{path.relative_to(data_dir)}")
+    where = path.relative_to(data_dir) if data_dir in path.parents else path.name
+    return f"flipped {len(data)} byte(s) at offset {offset} of restored file {where}"

@@ -113,20 +113,25 @@ class PostgresScratch:
         return first_field(self._psql(sql, self.name))
 
     def tables(self) -> list[str]:
-        """The restored database's own tables, quoted (``"schema"."t"``)."""
+        """The restored database's own plain tables, quoted (``"schema"."t"``): no foreign
+        table, none with rules (a rule may turn a DELETE into anything)."""
         out = self._psql(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN "
-            "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
-            "ORDER BY 1", self.name)
+            "ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND NOT c.relhasrules AND "
+            "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE "
+            "'pg_toast%' ORDER BY 1", self.name)
         return [line for line in out.splitlines() if line.strip()]
 
     def delete_one_row(self, table: str) -> bool:
-        """Delete one row of ``table`` (as :meth:`tables` names it) in the scratch database;
-        False when it had none."""
-        out = self._psql(f"WITH gone AS (DELETE FROM {table} WHERE ctid = (SELECT ctid FROM "
-                         f"{table} LIMIT 1) RETURNING 1) SELECT count(*) FROM gone", self.name)
-        return out.strip() == "1"
+        """Delete one row of ``table`` itself (``ONLY``: no inheritance child, which may be a
+        foreign table) with its own triggers disabled (one may write elsewhere, through dblink
+        or a foreign table), in one transaction; False when it had none."""
+        out = self._psql(
+            f"BEGIN; ALTER TABLE {table} DISABLE TRIGGER USER; WITH gone AS (DELETE FROM ONLY "
+            f"{table} WHERE ctid = (SELECT ctid FROM ONLY {table} LIMIT 1) RETURNING 1) "
+            f"SELECT count(*) FROM gone; ALTER TABLE {table} ENABLE TRIGGER USER; COMMIT",
+            self.name)
+        return out.split() == ["1"]
 
     def drop(self) -> None:
         self._psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)',
@@ -208,18 +213,27 @@ class MysqlScratch:
         return None if first in ("", "NULL") else first
 
     def tables(self) -> list[str]:
-        """The scratch database's base tables, quoted (```t```)."""
+        """The scratch database's tables stored by the server itself, quoted (```t```): no
+        FEDERATED, CONNECT or Spider table (their rows live on another server)."""
         out = self._mysql("SELECT CONCAT('`', REPLACE(TABLE_NAME, '`', '``'), '`') FROM "
                           "information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND "
-                          "TABLE_TYPE = 'BASE TABLE' ORDER BY 1", self.name)
+                          "TABLE_TYPE = 'BASE TABLE' AND ENGINE IN ('InnoDB', 'MyISAM', "
+                          "'Aria', 'MEMORY') ORDER BY 1", self.name)
         return [line for line in out.splitlines() if line.strip()]
 
     def delete_one_row(self, table: str) -> bool:
-        """Delete one row of ``table`` (foreign keys not enforced: only this table loses it);
-        False when it had none."""
-        out = self._mysql(f"SET FOREIGN_KEY_CHECKS = 0; DELETE FROM {table} LIMIT 1; "
+        """Delete one row of ``table`` (foreign keys not enforced: only this table loses it)
+        after dropping the table's triggers in the scratch database (one may write elsewhere,
+        another database of the same server); False when it had none."""
+        name = table[1:-1].replace("``", "`").replace("\\", "\\\\").replace("'", "''")
+        triggers = self._mysql("SELECT CONCAT('`', REPLACE(TRIGGER_NAME, '`', '``'), '`') "
+                               "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = "
+                               f"DATABASE() AND EVENT_OBJECT_TABLE = '{name}'", self.name)
+        drops = "".join(f"DROP TRIGGER {trigger}; " for trigger in triggers.splitlines()
+                        if trigger.strip())
+        out = self._mysql(f"{drops}SET FOREIGN_KEY_CHECKS = 0; DELETE FROM {table} LIMIT 1; "
                           "SELECT ROW_COUNT()", self.name)
-        return out.strip() == "1"
+        return out.split() == ["1"]
 
     def drop(self) -> None:
         self._mysql(f"DROP DATABASE IF EXISTS `{self.name}`")
@@ -268,9 +282,10 @@ def scratch_for(kind: str, server: Dsn, name: str, workdir: Path, *,
 def open_scratch(restore_into: Any, target: Any, plan: str, workdir: Path, *,
                  allow_production_server: bool = False,
                  limits: Limits = NO_LIMITS) -> tuple[ScratchDatabase, bool]:
-    """The scratch database for a step (not yet created), and whether its server is the
-    target's own (production) server. Refuses a scratch DSN that names the target's own
-    database, and the production server itself unless ``allow_production_server``."""
+    """The scratch database for a step (not yet created), and whether its server is (or may
+    be: production's identity could not be read) the target's own (production) server.
+    Refuses a scratch DSN that names the target's own database, and the production server
+    itself unless ``allow_production_server``."""
     from drkit.targets.dsn import parse_dsn
 
     kind = "postgres" if restore_into.postgres is not None else "mysql"
@@ -297,7 +312,7 @@ def open_scratch(restore_into: Any, target: Any, plan: str, workdir: Path, *,
         remove_tree(workdir / "production")  # production's options file: not kept a moment
     if ours is None:
         if allow_production_server:
-            return scratch, False
+            return scratch, True  # may be production: the evidence says so
         raise ScratchError(
             f"refusing to drill: cannot read the production server's identity to make sure "
             f"the scratch server ({server.describe()}) is another one: {unreadable}",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from drkit.identity import SnapshotIdentity, target_tag
 from drkit.restic.commands import Snapshot
 from drkit.restic.errors import ResticFailed
 from drkit.restic.runner import ResticRepository, run_restic
-from drkit.supervise import NO_LIMITS, Limits
+from drkit.supervise import NO_LIMITS, Limits, terminate_all
 from drkit.units import human_bytes
 
 SPACE_MARGIN = 1.10  # restore needs the data's size plus some room
@@ -116,11 +116,29 @@ def restore_while_listing(repo: ResticRepository, identity: SnapshotIdentity,
     restore, to compare the restored tree with, and a separate pass before it would cost a
     second key derivation and tree walk on the drill's critical path. If the listing shows
     the snapshot is not ``identity``'s, that error is raised once the restore has ended (the
-    restored data stays in the sandbox and is never checked)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drkit-ls") as pool:
-        listed = pool.submit(list_snapshot, repo, identity, snapshot_id, limits=limits)
+    restored data stays in the sandbox, is never checked, and is removed with it).
+
+    A failed restore is raised at once (the listing ends on its own); Ctrl-C or SIGTERM stops
+    the listing's restic too."""
+    outcome: dict[str, Any] = {}
+
+    def list_it() -> None:
+        try:
+            outcome["listed"] = list_snapshot(repo, identity, snapshot_id, limits=limits)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=list_it, name="drkit-ls", daemon=True)
+    worker.start()
+    try:
         seconds = restore(repo, snapshot_id, into, limits=limits)
-        snapshot, listing = listed.result()
+    except KeyboardInterrupt:
+        terminate_all()  # the listing's restic: nothing will read what it prints
+        raise
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    snapshot, listing = outcome["listed"]
     return snapshot, listing, seconds
 
 

@@ -213,10 +213,11 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
     if prove_checks and status in ("passed", "breached"):
         weak = [s for s in steps if s.proof is None or not s.proof.detected]
         if weak:
+            breach = " (the drill also breached its objectives)" if status == "breached" else ""
             status = "checks_too_weak"
             error = "; ".join(
                 f"step {s.target} ({s.repository}): checks cannot detect damage: "
-                + (s.proof.describe() if s.proof else "no proof made") for s in weak)
+                + (s.proof.describe() if s.proof else "no proof made") for s in weak) + breach
     if error is None and snapshot and len(steps) == len(plan.steps) and not any(
             (s.snapshot_id or "").startswith(snapshot) for s in steps):
         error = f"snapshot {snapshot!r} belongs to none of the plan's targets"
@@ -316,8 +317,8 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str
                                 ref.dsn.model_dump(mode="json", exclude_none=True))
                 scratch.create()
                 scratch.restore(dump)
-                where = " (on the production server: allow_production_server)" \
-                    if result.production_server else ""
+                where = " (on the production server, or one that could not be told apart "\
+                    "from it: allow_production_server)" if result.production_server else ""
                 result.checks.append(CheckResult(
                     name="restored into a scratch database", status="passed",
                     detail=f"{dump.name} -> {scratch.name}{where}"))
@@ -338,7 +339,11 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str
             result.checks_s = time.monotonic() - stage
         if prove_checks and result.passed:
             stage = time.monotonic()
-            result.proof = prove(step.checks, context, scratch)
+            restored = [into / str(node.get("path", "")).lstrip("/") for node in listing.files]
+            result.proof = prove(step.checks, context, scratch, restored)
+            with open(box.path / "DAMAGED-BY-PROVE-CHECKS.txt", "a", encoding="utf-8") as note:
+                note.write(f"--prove-checks damaged this copy on purpose: step {step.target}: "
+                           f"{result.proof.describe()}\n")
             result.proof_s = time.monotonic() - stage
             log.info("drill step %s: checks against a damaged copy: %s", step.target,
                      result.proof.describe())

@@ -1,8 +1,12 @@
 """The ``http`` check: start the restored service, wait until its URL answers as expected,
 stop it (with its process group) whatever happened.
 
-Requests go straight to the URL, never through a proxy from drkit's environment; the body
-read is bounded. The service is started through the one supervisor like every other child.
+Requests go straight to the URL, never through a proxy from drkit's environment, and never
+follow a redirect (a restored application redirecting to its production address must not be
+checked there: the 3xx is the answer); the body read is bounded. Before starting the service
+the URL must not answer: whatever answers then (production on the same host, a service left
+running) would answer for the restored one. The service is started through the one supervisor
+like every other child.
 """
 
 from __future__ import annotations
@@ -29,9 +33,14 @@ class Answer:
     error: str | None = None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # the 3xx reaches the caller as the answer
+
+
 def fetch(url: str, timeout: float) -> Answer:
-    """One GET of ``url`` without any proxy."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    """One GET of ``url`` without any proxy or redirect."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
     try:
         with opener.open(url, timeout=max(0.1, timeout)) as response:
             body = response.read(BODY_LIMIT)
@@ -80,6 +89,11 @@ def run_service_check(url: str, *, argv: Sequence[str] | None, env: Mapping[str,
     the service's output)."""
     service: Supervised | None = None
     if argv is not None:
+        before = fetch(url, REQUEST_S)
+        if before.status is not None:
+            return False, (f"{url} already answers (status {before.status}) before the service "
+                           "was started: something else would answer for the restored "
+                           "service"), {}
         try:
             # No deadline of its own: the wait below is bounded by ``limits`` and the service
             # is stopped right after it, whatever happened.
