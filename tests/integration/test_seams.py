@@ -211,6 +211,9 @@ def test_a_check_that_prints_its_environment_leaks_no_secret(project: Project) -
     assert report.returncode == 0, report.stderr
     output = json.loads(drill.stdout)["steps"][0]["checks"][-1]["output"]["stdout"]
     assert "PATH=" in output and "***" in output  # it ran; the file's secret was masked
+    homes = [line for line in output.splitlines() if line.startswith("HOME=")]
+    assert len(homes) == 1 and homes[0].endswith("/tmp")  # the sandbox's, not the operator's
+    assert f"HOME={os.environ['HOME']}\n" not in output
     evidence = "".join([drill.stdout, drill.stderr, report.stderr,
                         (project.root / "r.html").read_text()])
     catalog = b"".join(p.read_bytes() for p in project.catalog_path.parent.glob("catalog*"))

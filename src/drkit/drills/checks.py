@@ -241,12 +241,16 @@ def _command(check: CommandCheck, context: StepContext) -> tuple[bool, str, dict
 
 def _child_env(argv: list[str], allow: list[str], context: StepContext) -> dict[str, str]:
     """A minimal environment: no repository password, S3 key or production DSN of drkit's;
-    the check's own ``env:`` list names what it needs from drkit's environment. A check
-    that uses {dsn} gets the scratch database's password in the environment (never argv)."""
+    the check's own ``env:`` list names what it needs from drkit's environment. ``HOME`` is
+    the sandbox's ``tmp`` (unless listed): the operator's ``~/.pgpass``, ``~/.my.cnf`` or
+    ``~/.aws`` are not the check's to use. A check that uses {dsn} gets the scratch
+    database's password in the environment (never argv)."""
     tmp = context.sandbox / "tmp"
     tmp.mkdir(exist_ok=True, mode=0o700)
     extra = context.dsn_env if any("{dsn}" in arg for arg in argv) else {}
-    return {**base_env(allow, TMPDIR=str(tmp), DRKIT_RESTORE_DIR=str(context.data_dir)),
+    home = {} if "HOME" in allow else {"HOME": str(tmp)}
+    return {**base_env(allow, TMPDIR=str(tmp), DRKIT_RESTORE_DIR=str(context.data_dir),
+                       **home),
             **{key: value for key, value in extra.items()
                if key.startswith("PG") or key == "MYSQL_PWD"}}
 
