@@ -29,6 +29,17 @@ def emit_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _import_in_background(module: str) -> None:
+    """Start importing ``module`` in a background thread. On a cold page cache most of an
+    import is waiting for the disk, which the GIL does not serialise: a drill's catalog
+    (SQLAlchemy) and its config (pydantic) load side by side, before restic can start."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=(module,), daemon=True,
+                     name="drkit-import").start()
+
+
 def _config(args: argparse.Namespace) -> Any:
     from drkit.config.loader import load_config
 
@@ -219,6 +230,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from drkit.drills.runner import run_drill
     from drkit.jobs.common import Recorder
 
+    _import_in_background("drkit.catalog.store")  # SQLAlchemy, while pydantic loads
     config = _config(args)
     recorder = Recorder.for_config(config)
     recorder.catalog.start()  # opened in the background while the plans load
