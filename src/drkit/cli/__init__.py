@@ -94,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "file, delete rows) and require them to fail; if they still pass the "
                         "drill is checks_too_weak")
 
+    p = sub.add_parser("restore", parents=[common, as_json],
+                       help="put one target's data back into a directory you choose")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--to", required=True, metavar="PATH",
+                   help="the directory to restore into (new or empty, unless --overwrite)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--snapshot", metavar="ID", help="this snapshot (id or prefix)")
+    which.add_argument("--at", metavar="TIME",
+                       help="the newest good backup completed by TIME (ISO date or date-time, "
+                            "UTC unless it says otherwise)")
+    p.add_argument("--repository", metavar="NAME",
+                   help="restore from this repository (default: the target's first)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="restore into a directory that is not empty: each entry the restore "
+                        "replaces is moved aside to NAME.before-restore-TIME, never deleted")
+
     sub.add_parser("status", parents=[common, as_json],
                    help="per target: last good backup, its age against the RPO, last drill")
 

@@ -19,6 +19,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
         "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": cmd_audit_verify,
         "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "demo": cmd_demo,
+        "restore": cmd_restore,
     }
     return handlers[args.command](args)
 
@@ -248,6 +249,36 @@ def cmd_drill(args: argparse.Namespace) -> int:
               + (f": {result.error}" if result.error else ""), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from drkit.jobs.common import Recorder
+    from drkit.jobs.report import parse_moment
+    from drkit.jobs.restore import restore_target
+
+    config = _config(args)
+    at = parse_moment(args.at) if args.at else None
+    result = restore_target(config, Recorder.for_config(config), args.target, to=Path(args.to),
+                            repository=args.repository, snapshot=args.snapshot, at=at,
+                            overwrite=args.overwrite)
+    if args.json:
+        emit_json(result.to_json())
+    if result.status != "succeeded":
+        print(f"drkit: restore {result.target}: {result.status}: {result.error}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if not args.json:
+        aside = "".join(f"; {name} moved aside to {kept}"
+                        for name, kept in result.moved_aside.items())
+        print(f"restored {result.target} (snapshot {(result.snapshot_id or '')[:8]} of "
+              f"{result.snapshot_time:%Y-%m-%d %H:%M:%S} UTC, from {result.repository}) into "
+              f"{result.destination}: {_some(result.placed)}{aside}")
+    return EXIT_OK
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def cmd_report(args: argparse.Namespace) -> int:

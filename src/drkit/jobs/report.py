@@ -64,6 +64,15 @@ def _moment(text: str, *, end: bool) -> datetime:
     return value
 
 
+def parse_moment(text: str) -> datetime:
+    """An ISO date or date-time (UTC unless it says otherwise) as naive UTC."""
+    try:
+        return _moment(text, end=False)
+    except BadRequestError:
+        raise BadRequestError(f"not a date or date-time: {text!r}",
+                              hint="use e.g. 2026-09-30 or 2026-09-30T18:00:00Z") from None
+
+
 def parse_period(since: str | None, until: str | None, *,
                  now: datetime | None = None) -> tuple[datetime, datetime]:
     """``--since`` (a duration back from ``--until``, or a date) and ``--until`` (a date,

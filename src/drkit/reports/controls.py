@@ -21,7 +21,9 @@ from drkit.units import human_duration
 
 def rpo_controls(targets: list[TargetSummary]) -> list[Control]:
     """``backup_within_rpo``: every repository of the target held data no older than the RPO
-    at every moment of the period (measured from recovery points, backups' ``started_at``)."""
+    throughout the period, from its first good backup on (measured from recovery points,
+    backups' ``started_at``); a repository with no good backup before the period's end fails
+    it."""
     out = []
     for t in targets:
         counts = {"backups": t.backups, "failed": t.failed,

@@ -1,0 +1,208 @@
+"""``drkit restore TARGET --to PATH``: put one target's data back where the operator says.
+
+The snapshot is the catalog's newest good backup of the target by this host in the
+repository (or the newest completed by ``--at``, or ``--snapshot``). It is restored into a
+private staging directory next to the destination (same filesystem), verified like a drill
+(``restic restore --verify``, the tree against the snapshot's listing, the fingerprints of a
+sqlite target), and only then moved into the destination, entry by entry (a rename each). A
+destination that is not empty is refused unless ``--overwrite``; then each entry the restore
+replaces is first moved aside to ``NAME.before-restore-<time>``, never deleted. Nothing
+reaches the destination from a restore that failed. The run is one ``restore`` record with
+the actor (the OS user) and what was moved where.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from drkit.catalog.chain import canonical_time
+from drkit.config.models import Config
+from drkit.drills.checks import CheckResult, StepContext, run_check
+from drkit.drills.plans import FingerprintsCheck
+from drkit.drills.restore import (
+    DrillError,
+    compare_tree,
+    data_root,
+    ensure_space,
+    list_snapshot,
+    restore,
+    restore_while_listing,
+)
+from drkit.errors import BadRequestError, DrkitError, describe
+from drkit.identity import SnapshotIdentity
+from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
+from drkit.owned import remove_tree
+from drkit.supervise import Limits
+from drkit.targets.sqlite import SqliteTarget
+
+log = logging.getLogger("drkit.restore")
+
+
+@dataclass
+class RestoreResult:
+    target: str
+    repository: str
+    destination: str
+    status: str = "failed"
+    snapshot_id: str | None = None
+    snapshot_time: datetime | None = None
+    chosen_by: str | None = None
+    bytes_restored: int | None = None
+    restore_s: float | None = None
+    checks: list[CheckResult] = field(default_factory=list)
+    placed: list[str] = field(default_factory=list)       # entries moved into the destination
+    moved_aside: dict[str, str] = field(default_factory=dict)  # replaced entry -> kept as
+    actor: str = ""
+    error: str | None = None
+    record_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "repository": self.repository,
+                "destination": self.destination, "status": self.status,
+                "snapshot_id": self.snapshot_id,
+                "snapshot_time": canonical_time(self.snapshot_time)
+                if self.snapshot_time else None,
+                "chosen_by": self.chosen_by, "bytes_restored": self.bytes_restored,
+                "restore_s": round(self.restore_s, 3) if self.restore_s is not None else None,
+                "checks": [c.to_json() for c in self.checks], "placed": self.placed,
+                "moved_aside": self.moved_aside, "actor": self.actor, "error": self.error,
+                "record_id": self.record_id}
+
+
+def check_destination(to: Path, *, overwrite: bool) -> Path:
+    """``to`` made absolute; a bad request when it cannot take a restore (a file, the root,
+    a missing parent, or not empty without ``overwrite``). Nothing is changed."""
+    to = Path(os.path.abspath(to))
+    if to == Path(to.anchor):
+        raise BadRequestError("refusing to restore into the filesystem root")
+    if to.is_symlink() or (to.exists() and not to.is_dir()):
+        raise BadRequestError(f"{to} exists and is not a directory")
+    if not to.parent.is_dir():
+        raise BadRequestError(f"{to.parent} does not exist")
+    if to.is_dir() and any(to.iterdir()) and not overwrite:
+        raise BadRequestError(f"{to} is not empty: nothing restored",
+                              hint="restore into an empty or new directory, or add "
+                                   "--overwrite (what it replaces is moved aside, not deleted)")
+    return to
+
+
+def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
+                   repository: str | None = None, snapshot: str | None = None,
+                   at: datetime | None = None, overwrite: bool = False) -> RestoreResult:
+    """Restore target ``name`` into ``to``; record it; return what happened."""
+    target = config.targets.get(name)
+    if target is None:
+        raise BadRequestError(f"unknown target {name!r}",
+                              hint="known targets: " + ", ".join(config.targets))
+    repo_name = repository or target.repositories[0]
+    if repo_name not in target.repositories:
+        raise BadRequestError(f"target {name!r} is not backed up to {repo_name!r}",
+                              hint="its repositories: " + ", ".join(target.repositories))
+    to = check_destination(to, overwrite=overwrite)
+    recorder.catalog.start()
+    handle = recorder.journal.open("restore", target=name, repository=repo_name,
+                                   restic_version=detect_restic_version(config))
+    result = RestoreResult(target=name, repository=repo_name, destination=str(to),
+                           actor=getpass.getuser())
+    staging = to.parent / f".{to.name}.drkit-restore-{secrets.token_hex(4)}"
+    try:
+        staging.mkdir(mode=0o700)
+        root = _restore_verified(config, recorder, result, name, snapshot, at, staging)
+        _place(root, to, result)
+        result.status = "succeeded"
+    except DrkitError as exc:
+        result.error = describe(exc)
+    except OSError as exc:
+        result.error = f"restore stopped: {exc}"
+    except KeyboardInterrupt:
+        result.status, result.error = "interrupted", "interrupted by the user"
+        raise
+    finally:
+        try:
+            remove_tree(staging)
+        except OSError as exc:
+            result.error = result.error or f"staging directory {staging} left behind: {exc}"
+            result.status = "failed"
+        evidence = result.to_json()
+        for key in ("status", "error", "record_id", "target", "repository"):
+            evidence.pop(key)
+        record = recorder.catalog.get().finish_run(
+            handle, status=result.status, error=result.error, evidence=evidence,
+            snapshot_id=result.snapshot_id)
+        recorder.journal.close(handle)
+        result.record_id = record.id
+    return result
+
+
+def _restore_verified(config: Config, recorder: Recorder, result: RestoreResult, name: str,
+                      wanted: str | None, at: datetime | None, staging: Path) -> Path:
+    """Restore and verify into ``staging``; return where the target's data is in it."""
+    from drkit.catalog import snapshots as known
+    from drkit.drills.choose import recorded_fingerprints
+
+    repo = restic_repository(config, result.repository)
+    identity = SnapshotIdentity(config.host, name)
+    limits = Limits.after(config.timeouts.drill)
+    if wanted is not None:
+        snap, listing = list_snapshot(repo, identity, wanted, limits=limits)
+        result.chosen_by = "--snapshot"
+        ensure_space(staging, listing.total_bytes)
+        seconds = restore(repo, snap.id, staging, limits=limits)
+    else:
+        with recorder.catalog.get().read_session() as session:
+            good = [g for g in known.good_snapshots(
+                session, target=name, repository=result.repository, host=config.host)
+                if at is None or g.finished_at <= at]
+        if not good:
+            raise DrillError(f"no good backup of {identity.describe()} in repository "
+                             f"'{result.repository}'"
+                             + (f" completed by {at.isoformat()}Z" if at else "")
+                             + " is recorded in the catalog")
+        chosen = good[0]
+        result.chosen_by = ("the catalog's newest good backup"
+                            + (f" completed by {at.isoformat()}Z" if at else "")
+                            + f", record {chosen.record_id}")
+        snap, listing, seconds = restore_while_listing(repo, identity, chosen.snapshot_id,
+                                                       staging, limits=limits)
+    result.snapshot_id, result.snapshot_time = snap.id, snap.time
+    result.bytes_restored, result.restore_s = listing.total_bytes, seconds
+    tree = compare_tree(listing, staging)
+    result.checks.append(tree)
+    if not tree.passed:
+        raise DrillError(f"the restored tree does not match the snapshot: {tree.detail}")
+    root = data_root(snap, staging)
+    target = config.targets[name]
+    recorded = recorded_fingerprints(recorder, snap.id, result.repository)
+    if isinstance(target, SqliteTarget) and recorded:
+        # The same check a drill runs: the values taken at backup time, on the restored file.
+        check = run_check(FingerprintsCheck(fingerprints=True), StepContext(
+            data_dir=root, sandbox=staging, snapshot_time=snap.time,
+            default_database=root / target.path.name, fingerprints=recorded, limits=limits))
+        result.checks.append(check)
+        if not check.passed:
+            raise DrillError(f"fingerprints differ: {check.detail}")
+    return root
+
+
+def _place(root: Path, to: Path, result: RestoreResult) -> None:
+    """Move every entry of ``root`` into ``to`` (a rename each: same filesystem); an entry of
+    ``to`` in the way is first moved aside."""
+    to.mkdir(mode=0o755, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for entry in sorted(root.iterdir()):
+        dest = to / entry.name
+        if dest.exists() or dest.is_symlink():
+            aside = to / f"{entry.name}.before-restore-{stamp}"
+            os.rename(dest, aside)
+            result.moved_aside[entry.name] = aside.name
+        os.rename(entry, dest)
+        result.placed.append(entry.name)
+        log.debug("restore %s: placed %s", result.target, dest)

@@ -1,0 +1,144 @@
+"""``drkit restore TARGET --to PATH``: the data put back where the operator says, verified
+before anything reaches the destination, a non-empty destination refused unless
+``--overwrite`` (which moves what it replaces aside), recorded with the actor. Real restic."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Project
+from tests.integration.test_drill_safety import records
+
+
+def digest(tree: Path) -> dict[str, str]:
+    return {str(p.relative_to(tree)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tree.rglob("*")) if p.is_file()}
+
+
+def files_project(project: Project) -> Path:
+    data = project.root / "app"
+    (data / "uploads").mkdir(parents=True)
+    (data / "config.json").write_text('{"replicas": 3}\n')
+    for n in range(5):
+        (data / "uploads" / f"scan-{n}.bin").write_bytes(bytes([n]) * 4096)
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"app": {"kind": "files", "paths": [str(data)], "repositories": ["r"]}},
+    })
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    return data
+
+
+def restore(project: Project, *args: str, expect: int = 0) -> dict[str, Any]:
+    result = project.run("restore", *args, "--json")
+    assert result.returncode == expect, result.stdout + result.stderr
+    data: dict[str, Any] = json.loads(result.stdout) if result.stdout else {}
+    return data
+
+
+def test_restore_into_a_new_directory_is_the_snapshot(project: Project) -> None:
+    data = files_project(project)
+    before = digest(data)
+    (data / "config.json").write_text("lost\n")  # production changes after the backup
+    out = restore(project, "app", "--to", str(project.root / "back"))
+    assert out["status"] == "succeeded"
+    assert digest(project.root / "back") == before
+    assert out["placed"] == ["config.json", "uploads"]
+    assert [c["status"] for c in out["checks"]] == ["passed"]
+    (record,) = records(project, "restore")
+    assert record["status"] == "succeeded" and record["target"] == "app"
+    evidence = json.loads(record["evidence"])
+    assert evidence["actor"] == getpass.getuser()
+    assert evidence["destination"] == str(project.root / "back")
+    assert [p.name for p in project.root.iterdir() if "drkit-restore" in p.name] == []
+
+
+def test_non_empty_destination_is_refused_untouched(project: Project) -> None:
+    files_project(project)
+    dest = project.root / "busy"
+    dest.mkdir()
+    (dest / "config.json").write_text("production's own\n")
+    result = project.run("restore", "app", "--to", str(dest))
+    assert result.returncode == 2
+    assert f"drkit: error: {dest} is not empty: nothing restored" in result.stderr
+    assert [p.name for p in dest.iterdir()] == ["config.json"]
+    assert (dest / "config.json").read_text() == "production's own\n"
+    assert records(project, "restore") == []  # a bad request: nothing ran
+
+
+def test_overwrite_moves_what_it_replaces_aside(project: Project) -> None:
+    data = files_project(project)
+    before = digest(data)
+    dest = project.root / "prod"
+    dest.mkdir()
+    (dest / "config.json").write_text("damaged\n")
+    (dest / "notes.txt").write_text("not in the snapshot\n")
+    out = restore(project, "app", "--to", str(dest), "--overwrite")
+    aside = out["moved_aside"]["config.json"]
+    assert aside.startswith("config.json.before-restore-")
+    assert (dest / aside).read_text() == "damaged\n"
+    assert (dest / "notes.txt").read_text() == "not in the snapshot\n"
+    restored = {k: v for k, v in digest(dest).items() if k in before}
+    assert restored == before
+
+
+def test_at_picks_the_backup_completed_by_then(project: Project) -> None:
+    data = files_project(project)
+    first = digest(data)
+    (first_record,) = records(project, "backup")
+    (data / "config.json").write_text('{"replicas": 5}\n')
+    assert project.run("backup").returncode == 0
+    at = first_record["finished_at"].replace(" ", "T") + "Z"
+    out = restore(project, "app", "--to", str(project.root / "old"), "--at", at)
+    assert digest(project.root / "old") == first
+    assert f"record {first_record['id']}" in out["chosen_by"]
+    latest = restore(project, "app", "--to", str(project.root / "new"))
+    assert (project.root / "new" / "config.json").read_text() == '{"replicas": 5}\n'
+    assert latest["snapshot_id"] != out["snapshot_id"]
+
+
+def test_sqlite_restore_checks_the_fingerprints(project: Project) -> None:
+    db = project.root / "shop.sqlite"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("create table orders (id integer primary key, amount int)")
+        conn.executemany("insert into orders (amount) values (?)", [(n,) for n in range(40)])
+        conn.commit()
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"shop": {"kind": "sqlite", "path": str(db), "repositories": ["r"],
+                             "fingerprints": {"orders": "select count(*) from orders"}}},
+    })
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    out = restore(project, "shop", "--to", str(project.root / "back"))
+    assert [c["name"] for c in out["checks"]] == ["restored tree matches snapshot listing",
+                                                  "fingerprints equal to the backup's"]
+    with closing(sqlite3.connect(project.root / "back" / "shop.sqlite")) as conn:
+        assert conn.execute("select count(*) from orders").fetchone() == (40,)
+
+
+def test_no_good_backup_fails_loudly_and_is_recorded(project: Project) -> None:
+    data = project.root / "app"
+    data.mkdir()
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"app": {"kind": "files", "paths": [str(data)], "repositories": ["r"]}},
+    })
+    assert project.run("repo", "init").returncode == 0
+    result = project.run("restore", "app", "--to", str(project.root / "back"))
+    assert result.returncode == 1
+    assert "no good backup of target 'app'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project.root / "back").exists()
+    (record,) = records(project, "restore")
+    assert record["status"] == "failed"
