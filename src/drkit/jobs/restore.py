@@ -2,7 +2,8 @@
 
 The snapshot is the catalog's newest good backup of the target by this host in the
 repository (or the newest completed by ``--at``, or ``--snapshot``). It is restored into a
-private staging directory next to the destination (same filesystem), verified like a drill
+private staging directory on the destination's filesystem (inside it when it exists, else
+beside it), verified like a drill
 (``restic restore --verify``, the tree against the snapshot's listing, the fingerprints of a
 sqlite target), and only then moved into the destination, entry by entry (a rename each). A
 destination that is not empty is refused unless ``--overwrite``; then each entry the restore
@@ -112,7 +113,11 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
                                    restic_version=detect_restic_version(config))
     result = RestoreResult(target=name, repository=repo_name, destination=str(to),
                            actor=getpass.getuser())
-    staging = to.parent / f".{to.name}.drkit-restore-{secrets.token_hex(4)}"
+    # On the destination's own filesystem (inside it when it exists: it may be a mount
+    # point), so that placing the data is a rename each.
+    token = secrets.token_hex(4)
+    staging = to / f".drkit-restore-{token}" if to.is_dir() else \
+        to.parent / f".{to.name}.drkit-restore-{token}"
     try:
         staging.mkdir(mode=0o700)
         root = _restore_verified(config, recorder, result, name, snapshot, at, staging)
@@ -196,6 +201,9 @@ def _place(root: Path, to: Path, result: RestoreResult) -> None:
     """Move every entry of ``root`` into ``to`` (a rename each: same filesystem); an entry of
     ``to`` in the way is first moved aside."""
     to.mkdir(mode=0o755, exist_ok=True)
+    if root.stat().st_dev != to.stat().st_dev:
+        raise DrillError(f"{to} is on another filesystem than the staging directory: "
+                         "nothing placed")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for entry in sorted(root.iterdir()):
         dest = to / entry.name
