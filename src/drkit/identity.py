@@ -44,3 +44,18 @@ class SnapshotIdentity:
 
     def describe(self) -> str:
         return f"target '{self.target}' of host '{self.host}'"
+
+
+def os_actor() -> str:
+    """Who runs drkit, for the records: the effective OS user by uid (not ``$USER``, which
+    anyone can set), with the user who ran ``sudo`` when there is one."""
+    import os
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    via = os.environ.get("SUDO_USER")
+    return f"{name} (sudo by {via})" if via and uid == 0 else name

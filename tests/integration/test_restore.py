@@ -4,10 +4,12 @@ before anything reaches the destination, a non-empty destination refused unless
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
+import os
+import pwd
 import sqlite3
+import stat
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ def digest(tree: Path) -> dict[str, str]:
 def files_project(project: Project) -> Path:
     data = project.root / "app"
     (data / "uploads").mkdir(parents=True)
+    data.chmod(0o750)
     (data / "config.json").write_text('{"replicas": 3}\n')
     for n in range(5):
         (data / "uploads" / f"scan-{n}.bin").write_bytes(bytes([n]) * 4096)
@@ -51,12 +54,14 @@ def test_restore_into_a_new_directory_is_the_snapshot(project: Project) -> None:
     out = restore(project, "app", "--to", str(project.root / "back"))
     assert out["status"] == "succeeded"
     assert digest(project.root / "back") == before
+    # The new directory has the restored directory's own mode.
+    assert stat.S_IMODE((project.root / "back").stat().st_mode) == 0o750
     assert out["placed"] == ["config.json", "uploads"]
     assert [c["status"] for c in out["checks"]] == ["passed"]
     (record,) = records(project, "restore")
     assert record["status"] == "succeeded" and record["target"] == "app"
     evidence = json.loads(record["evidence"])
-    assert evidence["actor"] == getpass.getuser()
+    assert evidence["actor"] == pwd.getpwuid(os.geteuid()).pw_name
     assert evidence["destination"] == str(project.root / "back")
     assert [p.name for p in project.root.iterdir() if "drkit-restore" in p.name] == []
 
@@ -142,3 +147,67 @@ def test_no_good_backup_fails_loudly_and_is_recorded(project: Project) -> None:
     assert not (project.root / "back").exists()
     (record,) = records(project, "restore")
     assert record["status"] == "failed"
+
+
+def test_sqlite_back_into_place_moves_the_stale_wal_aside(project: Project) -> None:
+    """The live database has a WAL holding changes made after the backup (its connection is
+    still open). Restoring back into place must not leave that WAL beside the restored file:
+    SQLite would replay it into the restored copy."""
+    prod = project.root / "prod"
+    prod.mkdir()
+    db = prod / "shop.sqlite"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("pragma journal_mode=wal")
+        conn.execute("create table orders (id integer primary key)")
+        conn.executemany("insert into orders values (?)", [(n,) for n in range(200)])
+        conn.commit()
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"shop": {"kind": "sqlite", "path": str(db), "repositories": ["r"]}},
+    })
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    live = sqlite3.connect(db)
+    try:
+        live.execute("pragma wal_autocheckpoint=0")
+        live.executemany("insert into orders values (?)", [(n,) for n in range(200, 350)])
+        live.commit()
+        assert (prod / "shop.sqlite-wal").stat().st_size > 0
+        out = restore(project, "shop", "--to", str(prod), "--overwrite")
+    finally:
+        live.close()
+    assert set(out["moved_aside"]) == {"shop.sqlite", "shop.sqlite-wal", "shop.sqlite-shm"}
+    assert not (prod / "shop.sqlite-wal").exists()
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("select count(*) from orders").fetchone() == (200,)
+
+
+def test_refused_destinations_are_bad_requests(project: Project) -> None:
+    files_project(project)
+    open_to_all = project.root / "shared"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    state = project.root / "config" / ".drkit"
+    for args, message in (
+            (["--to", str(open_to_all)], f"refusing to restore into {open_to_all}: anyone "
+                                         "can write to it"),
+            (["--to", str(state / "x")], f"refusing to restore into {state / 'x'}: it "
+                                         f"overlaps drkit's state directory {state}"),
+            (["--to", str(project.root / "repo"), "--overwrite"],
+             f"it overlaps repository 'r' {project.root / 'repo'}"),
+            (["--to", str(project.root / "new"), "--snapshot", "latest"],
+             "--snapshot takes a snapshot id (or a prefix of one), not 'latest'")):
+        result = project.run("restore", "app", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, result.stderr
+    assert records(project, "restore") == []
+    assert not (project.root / "new").exists()
+
+
+def test_actor_is_the_os_user_not_the_environment(project: Project) -> None:
+    files_project(project)
+    result = project.run("restore", "app", "--to", str(project.root / "back"), "--json",
+                         extra_env={"LOGNAME": "mallory", "USER": "mallory"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["actor"] == pwd.getpwuid(os.geteuid()).pw_name

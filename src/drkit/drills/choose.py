@@ -103,11 +103,19 @@ def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: Snapsh
         reason = (f"picked at random among the {len(good)} good backups of the last "
                   f"{window:.0f} s, record {chosen.record_id} of "
                   f"{chosen.finished_at.isoformat(timespec='seconds')}")
+    return Choice(chosen.snapshot_id, reason,
+                  size=recorded_size(recorder, chosen.snapshot_id, repo.name))
+
+
+def recorded_size(recorder: Recorder, snapshot_id: str, repository: str) -> int | None:
+    """The bytes the backup of ``snapshot_id`` read (what restoring it needs room for)."""
+    from drkit.catalog import snapshots as known
+
     with recorder.catalog.get().read_session() as session:
-        summary = known.backup_evidence(session, chosen.snapshot_id, repo.name).get(
+        summary = known.backup_evidence(session, snapshot_id, repository).get(
             "restic_summary")
     size = summary.get("total_bytes_processed") if isinstance(summary, dict) else None
-    return Choice(chosen.snapshot_id, reason, size=size if isinstance(size, int) else None)
+    return size if isinstance(size, int) else None
 
 
 def recorded_fingerprints(recorder: Recorder, snapshot_id: str, repository: str

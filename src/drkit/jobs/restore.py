@@ -14,10 +14,11 @@ the actor (the OS user) and what was moved where.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
+import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,7 +39,7 @@ from drkit.drills.restore import (
     restore_while_listing,
 )
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.identity import SnapshotIdentity
+from drkit.identity import SnapshotIdentity, os_actor
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
 from drkit.owned import remove_tree
 from drkit.supervise import Limits
@@ -78,21 +79,44 @@ class RestoreResult:
                 "record_id": self.record_id}
 
 
-def check_destination(to: Path, *, overwrite: bool) -> Path:
-    """``to`` made absolute; a bad request when it cannot take a restore (a file, the root,
-    a missing parent, or not empty without ``overwrite``). Nothing is changed."""
+def check_destination(config: Config, to: Path, *, overwrite: bool) -> Path:
+    """``to`` made absolute; a bad request when it cannot take a restore (a file, a symlink,
+    the root, a missing parent, writable by everyone, drkit's own state or a local
+    repository, or not empty without ``overwrite``). Nothing is changed."""
     to = Path(os.path.abspath(to))
     if to == Path(to.anchor):
         raise BadRequestError("refusing to restore into the filesystem root")
     if to.is_symlink() or (to.exists() and not to.is_dir()):
-        raise BadRequestError(f"{to} exists and is not a directory")
+        raise BadRequestError(f"{to} exists and is not a directory (or is a symbolic link)")
     if not to.parent.is_dir():
         raise BadRequestError(f"{to.parent} does not exist")
-    if to.is_dir() and any(to.iterdir()) and not overwrite:
-        raise BadRequestError(f"{to} is not empty: nothing restored",
-                              hint="restore into an empty or new directory, or add "
-                                   "--overwrite (what it replaces is moved aside, not deleted)")
+    for name, path in _protected(config):
+        if to == path or path in to.parents or to in path.parents:
+            raise BadRequestError(f"refusing to restore into {to}: it overlaps {name} {path}")
+    if to.is_dir():
+        mode = to.stat().st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            raise BadRequestError(f"refusing to restore into {to}: anyone can write to it",
+                                  hint="restore into a directory only you can write to")
+        try:
+            busy = any(to.iterdir())
+        except OSError as exc:
+            raise BadRequestError(f"cannot read {to}: {exc.strerror}") from None
+        if busy and not overwrite:
+            raise BadRequestError(f"{to} is not empty: nothing restored",
+                                  hint="restore into an empty or new directory, or add "
+                                       "--overwrite (what it replaces is moved aside, not "
+                                       "deleted)")
     return to
+
+
+def _protected(config: Config) -> list[tuple[str, Path]]:
+    """What a restore must never be placed over: drkit's state and local repositories."""
+    out = [("drkit's state directory", Path(os.path.abspath(config.state_dir)))]
+    for name, repo in config.repositories.items():
+        if not re.match(r"^[a-z0-9]+:", repo.url):  # a local path, not s3:, sftp:, rest: ...
+            out.append((f"repository {name!r}", Path(os.path.abspath(repo.url))))
+    return out
 
 
 def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
@@ -107,12 +131,15 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
     if repo_name not in target.repositories:
         raise BadRequestError(f"target {name!r} is not backed up to {repo_name!r}",
                               hint="its repositories: " + ", ".join(target.repositories))
-    to = check_destination(to, overwrite=overwrite)
+    if snapshot is not None and not re.fullmatch(r"[0-9a-f]{4,64}", snapshot):
+        raise BadRequestError(f"--snapshot takes a snapshot id (or a prefix of one), not "
+                              f"{snapshot!r}", hint="drkit snapshots lists them")
+    to = check_destination(config, to, overwrite=overwrite)
     recorder.catalog.start()
+    result = RestoreResult(target=name, repository=repo_name, destination=str(to),
+                           actor=os_actor())
     handle = recorder.journal.open("restore", target=name, repository=repo_name,
                                    restic_version=detect_restic_version(config))
-    result = RestoreResult(target=name, repository=repo_name, destination=str(to),
-                           actor=getpass.getuser())
     # On the destination's own filesystem (inside it when it exists: it may be a mount
     # point), so that placing the data is a rename each.
     token = secrets.token_hex(4)
@@ -121,7 +148,11 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
     try:
         staging.mkdir(mode=0o700)
         root = _restore_verified(config, recorder, result, name, snapshot, at, staging)
-        _place(root, to, result)
+        # A new destination gets the restored directory's own mode (the snapshot's), or
+        # stays private when the data has no directory of its own (a dump, several paths).
+        mode = stat.S_IMODE(root.stat().st_mode) if root != staging else 0o700
+        _place(root, to, result, overwrite=overwrite, sidecars=_sqlite_sidecars(target),
+               mode=mode)
         result.status = "succeeded"
     except DrkitError as exc:
         result.error = describe(exc)
@@ -135,7 +166,12 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
             remove_tree(staging)
         except OSError as exc:
             result.error = result.error or f"staging directory {staging} left behind: {exc}"
-            result.status = "failed"
+            result.status = "failed" if result.status == "succeeded" else result.status
+        if result.error and (result.placed or result.moved_aside):
+            result.error += (f" (already placed: {', '.join(result.placed) or 'nothing'}; "
+                             "moved aside: " + (", ".join(
+                                 f"{a} -> {b}" for a, b in result.moved_aside.items())
+                                 or "nothing") + ")")
         evidence = result.to_json()
         for key in ("status", "error", "record_id", "target", "repository"):
             evidence.pop(key)
@@ -147,18 +183,32 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
     return result
 
 
+def _sqlite_sidecars(target: Any) -> dict[str, list[str]]:
+    """For a sqlite target: its file's journal files, which must never stay beside a
+    restored copy (SQLite would replay a stale WAL or hot journal into it)."""
+    if not isinstance(target, SqliteTarget):
+        return {}
+    base = target.path.name
+    return {base: [f"{base}-wal", f"{base}-shm", f"{base}-journal"]}
+
+
 def _restore_verified(config: Config, recorder: Recorder, result: RestoreResult, name: str,
                       wanted: str | None, at: datetime | None, staging: Path) -> Path:
     """Restore and verify into ``staging``; return where the target's data is in it."""
     from drkit.catalog import snapshots as known
-    from drkit.drills.choose import recorded_fingerprints
+    from drkit.drills.choose import recorded_fingerprints, recorded_size
 
     repo = restic_repository(config, result.repository)
     identity = SnapshotIdentity(config.host, name)
     limits = Limits.after(config.timeouts.drill)
     if wanted is not None:
         snap, listing = list_snapshot(repo, identity, wanted, limits=limits)
-        result.chosen_by = "--snapshot"
+        with recorder.catalog.get().read_session() as session:
+            verdict = known.snapshot_verdict(session, snap.id)
+        result.chosen_by = f"--snapshot (backup recorded as {verdict or 'unknown'})"
+        if verdict != "succeeded":
+            log.warning("restore %s: snapshot %s was asked for; the catalog records its backup "
+                        "as %s", name, snap.short_id, verdict or "unknown")
         ensure_space(staging, listing.total_bytes)
         seconds = restore(repo, snap.id, staging, limits=limits)
     else:
@@ -175,8 +225,15 @@ def _restore_verified(config: Config, recorder: Recorder, result: RestoreResult,
         result.chosen_by = ("the catalog's newest good backup"
                             + (f" completed by {at.isoformat()}Z" if at else "")
                             + f", record {chosen.record_id}")
-        snap, listing, seconds = restore_while_listing(repo, identity, chosen.snapshot_id,
-                                                       staging, limits=limits)
+        size = recorded_size(recorder, chosen.snapshot_id, result.repository)
+        if size is None:  # no size recorded: list it first
+            snap, listing = list_snapshot(repo, identity, chosen.snapshot_id, limits=limits)
+            ensure_space(staging, listing.total_bytes)
+            seconds = restore(repo, snap.id, staging, limits=limits)
+        else:
+            ensure_space(staging, size)
+            snap, listing, seconds = restore_while_listing(
+                repo, identity, chosen.snapshot_id, staging, limits=limits)
     result.snapshot_id, result.snapshot_time = snap.id, snap.time
     result.bytes_restored, result.restore_s = listing.total_bytes, seconds
     tree = compare_tree(listing, staging)
@@ -197,20 +254,38 @@ def _restore_verified(config: Config, recorder: Recorder, result: RestoreResult,
     return root
 
 
-def _place(root: Path, to: Path, result: RestoreResult) -> None:
-    """Move every entry of ``root`` into ``to`` (a rename each: same filesystem); an entry of
-    ``to`` in the way is first moved aside."""
-    to.mkdir(mode=0o755, exist_ok=True)
+def _place(root: Path, to: Path, result: RestoreResult, *, overwrite: bool,
+           sidecars: dict[str, list[str]], mode: int) -> None:
+    """Move every entry of ``root`` into ``to`` (a rename each: same filesystem). With
+    ``overwrite``, an entry of ``to`` in the way (and a restored SQLite file's stale journal
+    files) is first moved aside; without it, one that appeared meanwhile stops the restore."""
+    if to.is_symlink():
+        raise DrillError(f"{to} became a symbolic link meanwhile: nothing placed")
+    if not to.exists():
+        to.mkdir(mode=0o700)
+        os.chmod(to, mode)
     if root.stat().st_dev != to.stat().st_dev:
         raise DrillError(f"{to} is on another filesystem than the staging directory: "
                          "nothing placed")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for entry in sorted(root.iterdir()):
-        dest = to / entry.name
-        if dest.exists() or dest.is_symlink():
-            aside = to / f"{entry.name}.before-restore-{stamp}"
-            os.rename(dest, aside)
-            result.moved_aside[entry.name] = aside.name
-        os.rename(entry, dest)
+        for name in [entry.name, *sidecars.get(entry.name, [])]:
+            dest = to / name
+            if dest.exists() or dest.is_symlink():
+                if not overwrite:
+                    raise DrillError(f"{dest} appeared meanwhile (no --overwrite): stopped")
+                aside = _free_name(to, f"{name}.before-restore-{stamp}")
+                os.rename(dest, aside)
+                result.moved_aside[name] = aside.name
+        os.rename(entry, to / entry.name)
         result.placed.append(entry.name)
-        log.debug("restore %s: placed %s", result.target, dest)
+        log.debug("restore %s: placed %s", result.target, to / entry.name)
+
+
+def _free_name(directory: Path, name: str) -> Path:
+    """``directory / name``, or with ``.2``, ``.3``... when that exists already."""
+    candidate, number = directory / name, 1
+    while candidate.exists() or candidate.is_symlink():
+        number += 1
+        candidate = directory / f"{name}.{number}"
+    return candidate
