@@ -211,3 +211,19 @@ def test_actor_is_the_os_user_not_the_environment(project: Project) -> None:
                          extra_env={"LOGNAME": "mallory", "USER": "mallory"})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["actor"] == pwd.getpwuid(os.geteuid()).pw_name
+
+
+def test_ls_browses_the_catalogs_snapshot_without_restoring(project: Project) -> None:
+    data = files_project(project)
+    listed = project.run_json("ls", "app", "uploads")
+    paths = [e["path"] for e in listed["entries"]]
+    assert paths == [f"{data}/uploads", *(f"{data}/uploads/scan-{n}.bin" for n in range(5))]
+    assert listed["entries"][1] == {**listed["entries"][1], "type": "file", "size": 4096}
+    assert listed["chosen_by"].startswith("the catalog's newest good backup, record ")
+    text = project.run("ls", "app", "config.json")
+    assert text.returncode == 0
+    assert text.stdout.splitlines()[1].endswith(f"{data}/config.json")
+    missing = project.run("ls", "app", "nothere")
+    assert missing.returncode == 2
+    assert f"{data}/nothere is not in snapshot" in missing.stderr
+    assert records(project, "restore") == []  # read-only: nothing recorded

@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "file, delete rows) and require them to fail; if they still pass the "
                         "drill is checks_too_weak")
 
+    p = sub.add_parser("ls", parents=[common, as_json],
+                       help="list what a target's snapshot holds, without restoring it")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="only this path (absolute as in the snapshot, or relative to the "
+                        "target's backed-up path)")
+    p.add_argument("--snapshot", metavar="ID", help="this snapshot (id or prefix)")
+    p.add_argument("--repository", metavar="NAME",
+                   help="from this repository (default: the target's first)")
+
     p = sub.add_parser("restore", parents=[common, as_json],
                        help="put one target's data back into a directory you choose")
     p.add_argument("target", metavar="TARGET")

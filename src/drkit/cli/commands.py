@@ -19,7 +19,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
         "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": cmd_audit_verify,
         "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "demo": cmd_demo,
-        "restore": cmd_restore,
+        "restore": cmd_restore, "ls": cmd_ls,
     }
     return handlers[args.command](args)
 
@@ -248,6 +248,30 @@ def cmd_drill(args: argparse.Namespace) -> int:
         print(f"drkit: drill {plan.name}: {result.status}"
               + (f": {result.error}" if result.error else ""), file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from drkit.jobs.browse import browse
+    from drkit.jobs.common import Recorder
+
+    config = _config(args)
+    found = browse(config, Recorder.for_config(config), args.target, path=args.path,
+                   snapshot=args.snapshot, repository=args.repository)
+    if args.json:
+        emit_json(found.to_json())
+        return EXIT_OK
+    from drkit.units import human_bytes
+
+    snap = found.snapshot
+    print(f"snapshot {snap.short_id} of {snap.time:%Y-%m-%d %H:%M:%S} UTC in "
+          f"{found.repository} ({found.chosen_by})")
+    for node in found.nodes:
+        kind = str(node.get("type", "?"))
+        size = human_bytes(int(node.get("size", 0))) if kind == "file" else "-"
+        link = f" -> {node['linktarget']}" if node.get("linktarget") else ""
+        print(f"{kind:<8} {size:>10}  {str(node.get('mtime', ''))[:19]:<19}  "
+              f"{node.get('path')}{link}")
     return EXIT_OK
 
 
