@@ -16,6 +16,13 @@ TAG = "drkit"
 _TARGET_PREFIX = "drkit-target="
 
 
+def safety_tags(name: str) -> tuple[str, str]:
+    """The tags of a safety copy ``drkit recover`` takes of what it is about to overwrite
+    for target ``name``: never a target's tag, so retention, drills and restores never take
+    it for a backup."""
+    return ("drkit-safety", f"drkit-safety={name}")
+
+
 def target_tag(name: str) -> str:
     """The restic tag that marks a snapshot as target ``name``'s."""
     return f"{_TARGET_PREFIX}{name}"

@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "file, delete rows) and require them to fail; if they still pass the "
                         "drill is checks_too_weak")
 
+    p = sub.add_parser("recover", parents=[common, as_json],
+                       help="the real recovery: each step of a plan back to its recover_to")
+    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be replaced, change nothing")
+    p.add_argument("--confirm", metavar="PLAN",
+                   help="the plan's name again: a recovery overwrites production")
+    p.add_argument("--no-safety-copy", action="store_true",
+                   help="do not back up what is about to be overwritten first")
+    p.add_argument("--reason", metavar="TEXT", help="why (kept in the record)")
+
     p = sub.add_parser("ls", parents=[common, as_json],
                        help="list what a target's snapshot holds, without restoring it")
     p.add_argument("target", metavar="TARGET")

@@ -14,12 +14,15 @@ from drkit.errors import EXIT_BAD_REQUEST, EXIT_FAILED, EXIT_OK, BadRequestError
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the command named in ``args``; return its exit code."""
+    from drkit.cli import recovery
+
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
         "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": cmd_audit_verify,
         "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "demo": cmd_demo,
-        "restore": cmd_restore, "ls": cmd_ls,
+        "restore": recovery.cmd_restore, "ls": recovery.cmd_ls,
+        "recover": recovery.cmd_recover,
     }
     return handlers[args.command](args)
 
@@ -249,60 +252,6 @@ def cmd_drill(args: argparse.Namespace) -> int:
               + (f": {result.error}" if result.error else ""), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
-
-
-def cmd_ls(args: argparse.Namespace) -> int:
-    from drkit.jobs.browse import browse
-    from drkit.jobs.common import Recorder
-
-    config = _config(args)
-    found = browse(config, Recorder.for_config(config), args.target, path=args.path,
-                   snapshot=args.snapshot, repository=args.repository)
-    if args.json:
-        emit_json(found.to_json())
-        return EXIT_OK
-    from drkit.units import human_bytes
-
-    snap = found.snapshot
-    print(f"snapshot {snap.short_id} of {snap.time:%Y-%m-%d %H:%M:%S} UTC in "
-          f"{found.repository} ({found.chosen_by})")
-    for node in found.nodes:
-        kind = str(node.get("type", "?"))
-        size = human_bytes(int(node.get("size", 0))) if kind == "file" else "-"
-        link = f" -> {node['linktarget']}" if node.get("linktarget") else ""
-        print(f"{kind:<8} {size:>10}  {str(node.get('mtime', ''))[:19]:<19}  "
-              f"{node.get('path')}{link}")
-    return EXIT_OK
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    from drkit.jobs.common import Recorder
-    from drkit.jobs.report import parse_moment
-    from drkit.jobs.restore import restore_target
-
-    config = _config(args)
-    at = parse_moment(args.at) if args.at else None
-    result = restore_target(config, Recorder.for_config(config), args.target, to=Path(args.to),
-                            repository=args.repository, snapshot=args.snapshot, at=at,
-                            overwrite=args.overwrite)
-    if args.json:
-        emit_json(result.to_json())
-    if result.status != "succeeded":
-        print(f"drkit: restore {result.target}: {result.status}: {result.error}",
-              file=sys.stderr)
-        return EXIT_FAILED
-    if not args.json:
-        aside = "".join(f"; {name} moved aside to {kept}"
-                        for name, kept in result.moved_aside.items())
-        print(f"restored {result.target} (snapshot {(result.snapshot_id or '')[:8]} of "
-              f"{result.snapshot_time:%Y-%m-%d %H:%M:%S} UTC, from {result.repository}) into "
-              f"{result.destination}: {_some(result.placed)}{aside}")
-    return EXIT_OK
-
-
-def _some(names: list[str], shown: int = 5) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def cmd_report(args: argparse.Namespace) -> int:

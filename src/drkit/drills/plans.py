@@ -176,6 +176,20 @@ class RandomPick(Strict):
 REPOSITORY_MODES = ("all", "rotate")
 
 
+class RecoverTo(Strict):
+    """Where ``drkit recover`` puts a step's data back: production's own location, declared
+    (never guessed)."""
+
+    path: Path
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{str(value)!r}: recover_to.path must be an absolute path")
+        return value
+
+
 class PlanStep(Strict):
     target: Name
     # default: the target's first repository; "all": restore from each of the target's
@@ -193,6 +207,7 @@ class PlanStep(Strict):
     # without it a scratch server that is the production server is refused.
     allow_production_server: bool = False
     checks: list[Check] = Field(default_factory=list)
+    recover_to: RecoverTo | None = None  # drkit recover: production's location of the data
 
 
 class RecoveryPlan(Strict):
@@ -276,6 +291,10 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
             out.append((("steps", index),
                         f"a {kind} target is checked in a scratch database: add restore_into: "
                         f"{{{kind}: {{dsn: ...}}}}"))
+        if step.get("recover_to") is not None and kind in DATABASE_KINDS:
+            out.append((("steps", index, "recover_to"),
+                        f"recovering a {kind} target into its server is not built yet: "
+                        "`drkit restore` puts its dump where you say"))
         checks = step.get("checks")
         if isinstance(checks, list) and isinstance(target, str) and not getattr(
                 config.targets[target], "fingerprints", None):

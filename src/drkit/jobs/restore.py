@@ -151,7 +151,7 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
         # A new destination gets the restored directory's own mode (the snapshot's), or
         # stays private when the data has no directory of its own (a dump, several paths).
         mode = stat.S_IMODE(root.stat().st_mode) if root != staging else 0o700
-        _place(root, to, result, overwrite=overwrite, sidecars=_sqlite_sidecars(target),
+        _place(root, to, result, overwrite=overwrite, sidecars=sqlite_sidecars(target),
                mode=mode)
         result.status = "succeeded"
     except DrkitError as exc:
@@ -183,7 +183,7 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
     return result
 
 
-def _sqlite_sidecars(target: Any) -> dict[str, list[str]]:
+def sqlite_sidecars(target: Any) -> dict[str, list[str]]:
     """For a sqlite target: its file's journal files, which must never stay beside a
     restored copy (SQLite would replay a stale WAL or hot journal into it)."""
     if not isinstance(target, SqliteTarget):

@@ -1,0 +1,102 @@
+"""The commands that put data back: ``restore``, ``ls`` (browse first), ``recover``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from drkit.cli.commands import _config, emit_json
+from drkit.errors import EXIT_FAILED, EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from drkit.drills.plans import find_plan, load_plans
+    from drkit.jobs.common import Recorder
+    from drkit.jobs.recover import recover_plan
+    from drkit.units import human_bytes
+
+    config = _config(args)
+    plan = find_plan(load_plans(config), args.plan)
+    result = recover_plan(config, Recorder.for_config(config), plan, dry_run=args.dry_run,
+                          confirm=args.confirm, safety_copy=not args.no_safety_copy,
+                          reason=args.reason)
+    if args.json:
+        emit_json(result.to_json())
+    else:
+        for step in result.steps:
+            print(f"{step.target}: snapshot {(step.snapshot_id or '')[:8]} "
+                  f"({step.chosen_by}) -> {step.destination}")
+            for item in step.replaces:
+                print(f"  replaces {item['type']} {item['name']} "
+                      f"({human_bytes(item['bytes'])}, moved aside)")
+            for name in step.adds:
+                print(f"  adds {name}")
+            if step.safety_snapshot:
+                print(f"  safety copy: snapshot {step.safety_snapshot[:8]} in "
+                      f"{step.repository}")
+            if not result.dry_run:
+                print(f"  {step.status}" + (f": {step.error}" if step.error else ""))
+        if result.dry_run:
+            print(f"dry run: nothing changed (recover with --confirm {result.plan})")
+    if result.status not in ("succeeded", "dry_run"):
+        print(f"drkit: recover {result.plan}: {result.status}: {result.error}", file=sys.stderr)
+        return EXIT_FAILED
+    if not result.dry_run and not args.json:
+        print(f"recovered {result.plan} in {result.rto_achieved_s:.1f} s "
+              f"(RTO objective {result.rto_objective_s:.0f} s)")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from drkit.jobs.browse import browse
+    from drkit.jobs.common import Recorder
+
+    config = _config(args)
+    found = browse(config, Recorder.for_config(config), args.target, path=args.path,
+                   snapshot=args.snapshot, repository=args.repository)
+    if args.json:
+        emit_json(found.to_json())
+        return EXIT_OK
+    from drkit.units import human_bytes
+
+    snap = found.snapshot
+    print(f"snapshot {snap.short_id} of {snap.time:%Y-%m-%d %H:%M:%S} UTC in "
+          f"{found.repository} ({found.chosen_by})")
+    for node in found.nodes:
+        kind = str(node.get("type", "?"))
+        size = human_bytes(int(node.get("size", 0))) if kind == "file" else "-"
+        link = f" -> {node['linktarget']}" if node.get("linktarget") else ""
+        print(f"{kind:<8} {size:>10}  {str(node.get('mtime', ''))[:19]:<19}  "
+              f"{node.get('path')}{link}")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from drkit.jobs.common import Recorder
+    from drkit.jobs.report import parse_moment
+    from drkit.jobs.restore import restore_target
+
+    config = _config(args)
+    at = parse_moment(args.at) if args.at else None
+    result = restore_target(config, Recorder.for_config(config), args.target, to=Path(args.to),
+                            repository=args.repository, snapshot=args.snapshot, at=at,
+                            overwrite=args.overwrite)
+    if args.json:
+        emit_json(result.to_json())
+    if result.status != "succeeded":
+        print(f"drkit: restore {result.target}: {result.status}: {result.error}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if not args.json:
+        aside = "".join(f"; {name} moved aside to {kept}"
+                        for name, kept in result.moved_aside.items())
+        print(f"restored {result.target} (snapshot {(result.snapshot_id or '')[:8]} of "
+              f"{result.snapshot_time:%Y-%m-%d %H:%M:%S} UTC, from {result.repository}) into "
+              f"{result.destination}: {_some(result.placed)}{aside}")
+    return EXIT_OK
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
