@@ -76,7 +76,8 @@ def test_dry_run_changes_nothing_and_says_what_it_would_replace(project: Project
     assert dry.returncode == 0, dry.stderr
     assert "replaces file shop.sqlite" in dry.stdout
     assert "replaces file config.json" in dry.stdout and "replaces dir uploads" in dry.stdout
-    assert "dry run: nothing changed (recover with --confirm svc)" in dry.stdout
+    assert "dry run: nothing changed; recover exactly these snapshots with --confirm svc " \
+           "--at " in dry.stdout
     assert state(app, db) == before
     assert records(project, "recover") == [] and records(project, "restore") == []
 
@@ -140,3 +141,23 @@ def test_database_targets_cannot_declare_recover_to_yet(project: Project) -> Non
     result = project.run("validate")
     assert result.returncode == 2
     assert "recovering a postgres target into its server is not built yet" in result.stderr
+
+
+def test_the_dry_runs_at_repeats_its_choice_after_a_newer_backup(project: Project) -> None:
+    """The damage is backed up (a scheduled backup runs between the dry run and the real
+    one): recovering with the --at the dry run printed still restores the snapshot it
+    showed, not the newer, damaged one."""
+    app, db = service(project)
+    good = state(app, db)
+    dry = project.run("recover", "svc", "--dry-run")
+    at = dry.stdout.rsplit("--at ", 1)[1].split()[0]
+    damage(app, db)
+    assert project.run("backup").returncode == 0  # the damaged state, recorded as good
+    result = project.run("recover", "svc", "--confirm", "svc", "--at", at, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {k: v for k, v in digest(app).items() if ".before-restore-" not in k} == \
+        good["app"]
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("select count(*) from orders").fetchone() == (100,)
+    out = json.loads(result.stdout)
+    assert all(f"completed by {at}" in step["chosen_by"] for step in out["steps"])

@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-safety-copy", action="store_true",
                    help="do not back up what is about to be overwritten first")
     p.add_argument("--reason", metavar="TEXT", help="why (kept in the record)")
+    p.add_argument("--at", metavar="TIME",
+                   help="each step's newest good backup completed by TIME (to go back before "
+                        "the damage; a dry run prints the --at that repeats its choice)")
+    p.add_argument("--repository", metavar="NAME",
+                   help="recover from this repository (a surviving copy)")
 
     p = sub.add_parser("ls", parents=[common, as_json],
                        help="list what a target's snapshot holds, without restoring it")

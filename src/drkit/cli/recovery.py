@@ -18,14 +18,18 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
     config = _config(args)
     plan = find_plan(load_plans(config), args.plan)
+    from drkit.jobs.report import parse_moment
+
+    at = parse_moment(args.at) if args.at else None
     result = recover_plan(config, Recorder.for_config(config), plan, dry_run=args.dry_run,
                           confirm=args.confirm, safety_copy=not args.no_safety_copy,
-                          reason=args.reason)
+                          reason=args.reason, at=at, repository=args.repository)
     if args.json:
         emit_json(result.to_json())
     else:
         for step in result.steps:
-            print(f"{step.target}: snapshot {(step.snapshot_id or '')[:8]} "
+            print(f"{step.target}: snapshot {(step.snapshot_id or '')[:8]} of "
+                  f"{(step.snapshot_time or '?')[:19]} from {step.repository} "
                   f"({step.chosen_by}) -> {step.destination}")
             for item in step.replaces:
                 print(f"  replaces {item['type']} {item['name']} "
@@ -38,7 +42,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
             if not result.dry_run:
                 print(f"  {step.status}" + (f": {step.error}" if step.error else ""))
         if result.dry_run:
-            print(f"dry run: nothing changed (recover with --confirm {result.plan})")
+            print(f"dry run: nothing changed; recover exactly these snapshots with "
+                  f"--confirm {result.plan} --at {result.at}"
+                  + (f" --repository {args.repository}" if args.repository else ""))
     if result.status not in ("succeeded", "dry_run"):
         print(f"drkit: recover {result.plan}: {result.status}: {result.error}", file=sys.stderr)
         return EXIT_FAILED

@@ -13,21 +13,26 @@ the actor, the reason, every step and the RTO achieved by the real recovery, by 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from drkit.catalog.inflight import utcnow
 from drkit.config.models import Config
-from drkit.drills.choose import choose_snapshot
 from drkit.drills.plans import PlanStep, RecoveryPlan
-from drkit.drills.restore import list_snapshot
+from drkit.drills.restore import DrillError, list_snapshot
 from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.identity import SnapshotIdentity, os_actor, safety_tags
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
+from drkit.jobs.locks import repository_lock
 from drkit.jobs.restore import check_destination, restore_target, sqlite_sidecars
+from drkit.notify import notify_failure
 from drkit.restic import commands
 from drkit.supervise import Limits
 
@@ -40,9 +45,11 @@ class RecoverStep:
     repository: str
     destination: str
     snapshot_id: str | None = None
+    snapshot_time: str | None = None
     chosen_by: str | None = None
     replaces: list[dict[str, Any]] = field(default_factory=list)  # what is there now
     adds: list[str] = field(default_factory=list)
+    moved_aside: dict[str, str] = field(default_factory=dict)      # what the restore moved
     safety_snapshot: str | None = None
     safety_s: float | None = None
     restore_s: float | None = None
@@ -58,6 +65,7 @@ class RecoverResult:
     actor: str
     reason: str | None
     rto_objective_s: float
+    at: str | None = None
     steps: list[RecoverStep] = field(default_factory=list)
     status: str = "failed"
     rto_achieved_s: float | None = None
@@ -66,6 +74,8 @@ class RecoverResult:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["rto_met"] = None if self.rto_achieved_s is None else \
+            self.rto_achieved_s <= self.rto_objective_s
         data["rto_stages"] = {
             "safety_copy": round(sum(s.safety_s or 0.0 for s in self.steps), 3),
             "restore": round(sum(s.restore_s or 0.0 for s in self.steps), 3)}
@@ -73,42 +83,46 @@ class RecoverResult:
 
 
 def recover_plan(config: Config, recorder: Recorder, plan: RecoveryPlan, *, dry_run: bool,
-                 confirm: str | None, safety_copy: bool = True,
-                 reason: str | None = None) -> RecoverResult:
-    """Recover (or, with ``dry_run``, show what recovering would replace)."""
-    missing = [s.target for s in plan.steps if s.recover_to is None]
-    if missing:
-        raise BadRequestError(f"plan {plan.name!r} does not say where to recover "
-                              f"{', '.join(missing)}: add recover_to: {{path: DIR}} to each "
-                              "step")
-    if not dry_run and confirm != plan.name:
-        raise BadRequestError(f"a recovery overwrites production: rerun with --confirm "
-                              f"{plan.name} (look first with --dry-run)")
-    for step in plan.steps:
-        assert step.recover_to is not None
-        check_destination(config, step.recover_to.path, overwrite=True)
+                 confirm: str | None, safety_copy: bool = True, reason: str | None = None,
+                 at: datetime | None = None, repository: str | None = None) -> RecoverResult:
+    """Recover (or, with ``dry_run``, show what recovering would replace). ``at``: each
+    step's newest good backup completed by then (a dry run prints the ``--at`` that makes
+    the real run take exactly its snapshots); ``repository``: recover from that copy."""
+    _refuse_bad_requests(config, plan, dry_run=dry_run, confirm=confirm,
+                         repository=repository)
+    clock = time.monotonic()  # the recovery's time starts with choosing what to restore
     recorder.catalog.start()
+    at = at or (utcnow() if dry_run else None)
     result = RecoverResult(plan=plan.name, dry_run=dry_run, actor=os_actor(), reason=reason,
-                           rto_objective_s=plan.objectives.rto)
-    result.steps = [_survey(config, recorder, step) for step in plan.steps]
+                           rto_objective_s=plan.objectives.rto,
+                           at=at.isoformat() + "Z" if at else None)
     if dry_run:
+        result.steps = [_survey(config, recorder, step, at, repository) for step in plan.steps]
         result.status = "dry_run"
         return result
     handle = recorder.journal.open("recover", plan=plan.name,
                                    restic_version=detect_restic_version(config))
-    clock = time.monotonic()
     try:
-        for step, planned in zip(plan.steps, result.steps, strict=True):
-            _recover_step(config, recorder, step, planned, safety_copy=safety_copy)
-            if planned.status != "succeeded":
-                result.error = f"step {planned.target}: {planned.error}"
-                break
-        else:
-            result.status = "succeeded"
+        # One writer: no backup of these repositories by this host while production is put
+        # back (it would record a half-recovered tree as the newest good backup).
+        with ExitStack() as held:
+            for name in sorted({_repository(config, s, repository) for s in plan.steps}):
+                held.enter_context(repository_lock(
+                    config.state_dir, name, exclusive=True, timeout=config.lock_timeout,
+                    action=f"recover {plan.name}"))
+            result.steps = [_survey(config, recorder, step, at, repository)
+                            for step in plan.steps]
+            _run_steps(config, recorder, plan, result, safety_copy=safety_copy)
+        if result.status == "succeeded":
             result.rto_achieved_s = round(time.monotonic() - clock, 3)
     except KeyboardInterrupt:
         result.status, result.error = "interrupted", "interrupted by the user"
+        for step in result.steps:
+            if step.status == "running":
+                step.status = "interrupted"
         raise
+    except DrkitError as exc:
+        result.error = describe(exc)
     finally:
         evidence = result.to_json()
         for key in ("status", "error", "record_id", "plan"):
@@ -117,26 +131,101 @@ def recover_plan(config: Config, recorder: Recorder, plan: RecoveryPlan, *, dry_
                                                    error=result.error, evidence=evidence)
         recorder.journal.close(handle)
         result.record_id = record.id
+        if result.status != "succeeded":
+            notify_failure(config, "recover", result.status, plan=plan.name,
+                           error=result.error, run_id=handle.run_id, record_id=record.id)
     return result
 
 
-def _repository(config: Config, step: PlanStep) -> str:
+def _refuse_bad_requests(config: Config, plan: RecoveryPlan, *, dry_run: bool,
+                         confirm: str | None, repository: str | None) -> None:
+    databases = [s.target for s in plan.steps
+                 if config.targets[s.target].kind in ("postgres", "mysql")]
+    if databases:
+        raise BadRequestError(f"plan {plan.name!r} has database steps ({', '.join(databases)})"
+                              ": recovering a database into its server is not built yet",
+                              hint="drkit restore TARGET --to DIR puts a dump where you say")
+    missing = [s.target for s in plan.steps if s.recover_to is None]
+    if missing:
+        raise BadRequestError(f"plan {plan.name!r} does not say where to recover "
+                              f"{', '.join(missing)}: add recover_to: {{path: DIR}} to each "
+                              "step")
+    if repository is not None:
+        lacking = [s.target for s in plan.steps
+                   if repository not in config.targets[s.target].repositories]
+        if lacking:
+            raise BadRequestError(f"{', '.join(lacking)} not backed up to {repository!r}")
+    if not dry_run and confirm != plan.name:
+        raise BadRequestError(f"a recovery overwrites production: rerun with --confirm "
+                              f"{plan.name} (look first with --dry-run)")
+    for step in plan.steps:
+        assert step.recover_to is not None
+        check_destination(config, step.recover_to.path, overwrite=True)
+
+
+def _run_steps(config: Config, recorder: Recorder, plan: RecoveryPlan, result: RecoverResult,
+               *, safety_copy: bool) -> None:
+    """Every safety copy first (a failed one overwrites nothing anywhere), then each step's
+    restore in order, stopping at the first that fails."""
+    if safety_copy:
+        for step, planned in zip(plan.steps, result.steps, strict=True):
+            if not _safety_copy(config, step, planned):
+                result.error = f"step {planned.target}: {planned.error}"
+                return
+    for planned in result.steps:
+        planned.status = "running"
+        started = time.monotonic()
+        try:
+            restored = restore_target(
+                config, recorder, planned.target, to=Path(planned.destination),
+                repository=planned.repository, snapshot=planned.snapshot_id, overwrite=True)
+        except DrkitError as exc:
+            planned.status, planned.error = "failed", describe(exc)
+        else:
+            planned.restore_record_id = restored.record_id
+            planned.moved_aside = restored.moved_aside
+            planned.status, planned.error = restored.status, restored.error
+        planned.restore_s = time.monotonic() - started
+        if planned.status != "succeeded":
+            result.error = f"step {planned.target}: {planned.error}"
+            return
+    result.status = "succeeded"
+
+
+def _repository(config: Config, step: PlanStep, chosen: str | None) -> str:
     repositories = config.targets[step.target].repositories
+    if chosen is not None:
+        return chosen
     return step.repository if step.repository in repositories else repositories[0]
 
 
-def _survey(config: Config, recorder: Recorder, step: PlanStep) -> RecoverStep:
+def _survey(config: Config, recorder: Recorder, step: PlanStep, at: datetime | None,
+            repository: str | None) -> RecoverStep:
     """Which snapshot the step takes and what at the destination it replaces."""
+    from drkit.catalog import snapshots as known
+
     assert step.recover_to is not None
     dest = step.recover_to.path
-    planned = RecoverStep(target=step.target, repository=_repository(config, step),
+    planned = RecoverStep(target=step.target, repository=_repository(config, step, repository),
                           destination=str(dest))
     repo = restic_repository(config, planned.repository)
     identity = SnapshotIdentity(config.host, step.target)
     limits = Limits.after(config.timeouts.restic)
-    choice = choose_snapshot(recorder, repo, identity, None, "newest", limits)
-    snap, listing = list_snapshot(repo, identity, choice.snapshot_id, limits=limits)
-    planned.snapshot_id, planned.chosen_by = snap.id, choice.reason
+    with recorder.catalog.get().read_session() as session:
+        good = [g for g in known.good_snapshots(session, target=step.target,
+                                                repository=planned.repository,
+                                                host=config.host)
+                if at is None or g.finished_at <= at]
+    if not good:
+        raise DrillError(f"no good backup of {identity.describe()} in repository "
+                         f"'{planned.repository}'"
+                         + (f" completed by {at.isoformat()}Z" if at else "")
+                         + " is recorded in the catalog")
+    snap, listing = list_snapshot(repo, identity, good[0].snapshot_id, limits=limits)
+    planned.snapshot_id, planned.snapshot_time = snap.id, snap.time.isoformat()
+    planned.chosen_by = (f"the catalog's newest good backup"
+                         f"{f' completed by {at.isoformat()}Z' if at else ''}, record "
+                         f"{good[0].record_id}")
     # Where the data is in the snapshot, as data_root finds it after restoring: under its one
     # backed-up directory, else at the top (a staged copy stored under its own name).
     one = snap.paths[0].rstrip("/") if len(snap.paths) == 1 else None
@@ -161,35 +250,37 @@ def _kind(path: Path) -> str:
 
 
 def _size(path: Path) -> int:
+    """Bytes under ``path`` (what can be read of a live tree: a file gone meanwhile counts 0)."""
     if path.is_symlink() or not path.is_dir():
         return path.lstat().st_size
-    return sum((Path(root) / name).lstat().st_size
-               for root, _dirs, files in os.walk(path) for name in files)
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).lstat().st_size
+    return total
 
 
-def _recover_step(config: Config, recorder: Recorder, step: PlanStep, planned: RecoverStep,
-                  *, safety_copy: bool) -> None:
+def _safety_copy(config: Config, step: PlanStep, planned: RecoverStep) -> bool:
+    """Back up what the step is about to overwrite; False (the step failed, nothing
+    overwritten) when that could not be done."""
+    if not planned.replaces:
+        return True
     dest = Path(planned.destination)
     repo = restic_repository(config, planned.repository)
-    if safety_copy and planned.replaces:
-        started = time.monotonic()
-        try:
-            summary = commands.backup(
-                repo, [str(dest)], tags=safety_tags(step.target), host=config.host,
-                action=f"safety copy of {dest} before recovering {step.target}",
-                limits=Limits.after(config.timeouts.backup))
-        except DrkitError as exc:
-            planned.status = "failed"
-            planned.error = f"no safety copy, nothing overwritten: {describe(exc)}"
-            return
-        planned.safety_snapshot = summary.snapshot_id
-        planned.safety_s = time.monotonic() - started
-        log.info("recover %s: safety copy of %s is snapshot %s", step.target, dest,
-                 (summary.snapshot_id or "")[:8])
     started = time.monotonic()
-    restored = restore_target(config, recorder, step.target, to=dest,
-                              repository=planned.repository, snapshot=planned.snapshot_id,
-                              overwrite=True)
-    planned.restore_s = time.monotonic() - started
-    planned.restore_record_id = restored.record_id
-    planned.status, planned.error = restored.status, restored.error
+    try:
+        summary = commands.backup(
+            repo, [str(dest)], tags=safety_tags(step.target), host=config.host,
+            action=f"safety copy of {dest} before recovering {step.target}",
+            limits=Limits.after(config.timeouts.backup))
+    except DrkitError as exc:
+        planned.status = "failed"
+        planned.error = (f"no safety copy, nothing overwritten: {describe(exc)} "
+                         "(--no-safety-copy recovers without one)")
+        return False
+    planned.safety_snapshot = summary.snapshot_id
+    planned.safety_s = time.monotonic() - started
+    log.info("recover %s: safety copy of %s is snapshot %s", step.target, dest,
+             (summary.snapshot_id or "")[:8])
+    return True
