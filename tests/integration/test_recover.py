@@ -125,7 +125,7 @@ def test_recover_puts_the_service_back_and_keeps_a_safety_copy(project: Project)
         [r["id"] for r in records(project, "restore")]
 
 
-def test_database_targets_cannot_declare_recover_to_yet(project: Project) -> None:
+def test_recover_to_refused_where_it_cannot_hold(project: Project) -> None:
     project.env["TARGET_DSN"] = "postgresql://u:p@127.0.0.1:1/db"
     project.write_config({
         "repositories": {"r": {"url": str(project.root / "repo"),
@@ -138,9 +138,22 @@ def test_database_targets_cannot_declare_recover_to_yet(project: Project) -> Non
     (plans / "db.yaml").write_text(yaml.safe_dump({
         "name": "db", "objectives": {"rpo": "1h", "rto": "15m"},
         "steps": [{"target": "db", "recover_to": {"path": "/srv/db"}}]}))
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"db": {"kind": "postgres", "dsn": {"env": "TARGET_DSN"},
+                           "repositories": ["r"]},
+                    "two": {"kind": "files", "paths": ["/srv/a", "/srv/b"],
+                            "repositories": ["r"]}},
+    })
+    (plans / "two.yaml").write_text(yaml.safe_dump({
+        "name": "two", "objectives": {"rpo": "1h", "rto": "15m"},
+        "steps": [{"target": "two", "recover_to": {"path": "/srv"}}]}))
     result = project.run("validate")
     assert result.returncode == 2
     assert "recovering a postgres target into its server is not built yet" in result.stderr
+    assert "target 'two' backs up several paths: recover_to needs a target with one" in \
+        result.stderr
 
 
 def test_the_dry_runs_at_repeats_its_choice_after_a_newer_backup(project: Project) -> None:

@@ -295,6 +295,12 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
             out.append((("steps", index, "recover_to"),
                         f"recovering a {kind} target into its server is not built yet: "
                         "`drkit restore` puts its dump where you say"))
+        elif step.get("recover_to") is not None and kind == "files" and \
+                isinstance(target, str) and len(getattr(config.targets[target], "paths",
+                                                        [])) != 1:
+            out.append((("steps", index, "recover_to"),
+                        f"target {target!r} backs up several paths: recover_to needs a target "
+                        "with one (each path its own target)"))
         checks = step.get("checks")
         if isinstance(checks, list) and isinstance(target, str) and not getattr(
                 config.targets[target], "fingerprints", None):
