@@ -123,6 +123,16 @@ def test_recover_puts_the_service_back_and_keeps_a_safety_copy(project: Project)
     assert evidence["reason"] == "drill gone wrong" and evidence["actor"]
     assert [s["restore_record_id"] for s in evidence["steps"]] == \
         [r["id"] for r in records(project, "restore")]
+    # Reports list the real recovery (and its restores) apart from drills.
+    report = project.run_json("report", "--format", "json", "--output", "-")
+    rows = report["summary"]["recoveries"]
+    assert [(r["kind"], r["subject"], r["status"]) for r in rows] == [
+        ("restore", "shop", "succeeded"), ("restore", "app", "succeeded"),
+        ("recover", "svc", "succeeded")]
+    assert rows[2]["reason"] == "drill gone wrong" and rows[2]["rto_achieved_s"] > 0
+    assert report["summary"]["drills"] == []
+    markdown = project.run("report", "--format", "md", "--output", "-").stdout
+    assert "## Recoveries and restores" in markdown and "| recover | svc |" in markdown
 
 
 def test_recover_to_refused_where_it_cannot_hold(project: Project) -> None:

@@ -69,8 +69,8 @@ def subject_filter(scope: Scope) -> ColumnElement[bool]:
     if scope.unfiltered:
         return true()
     return or_(
-        and_(Record.kind == "drill", _in(Record.plan, scope.plans)),
-        and_(Record.kind.in_(("backup", "prune")), _in(Record.target, scope.targets)),
+        and_(Record.kind.in_(("drill", "recover")), _in(Record.plan, scope.plans)),
+        and_(Record.kind.in_(("backup", "prune", "restore")), _in(Record.target, scope.targets)),
         and_(Record.kind.in_(("check", "repo_init")), _in(Record.repository, scope.repositories)),
     )
 

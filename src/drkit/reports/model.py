@@ -33,12 +33,14 @@ from drkit.reports.rows import (
     DrillPoint,
     DrillRow,
     PlanSummary,
+    RecoveryRow,
     RepositorySummary,
     TargetSummary,
 )
 
 __all__ = ["COMPLIANT", "NON_COMPLIANT", "NOT_EVALUATED", "Control", "CopySummary",
-           "DrillPoint", "DrillRow", "PlanSummary", "Report", "RepositorySummary",
+           "DrillPoint", "DrillRow", "PlanSummary", "RecoveryRow", "Report",
+           "RepositorySummary",
            "TargetSummary", "build_report"]
 
 
@@ -57,6 +59,7 @@ class Report:
     repositories: list[RepositorySummary]
     controls: list[Control]
     drills: list[DrillRow] = field(default_factory=list)  # every drill of the period
+    recoveries: list[RecoveryRow] = field(default_factory=list)  # real recoveries, restores
     drkit_version: str = __version__
 
     @property
@@ -80,6 +83,7 @@ class Report:
                 "targets": [t.to_json() for t in self.targets],
                 "repositories": [r.to_json() for r in self.repositories],
                 "drills": [d.to_json() for d in self.drills],
+                "recoveries": [r.to_json() for r in self.recoveries],
             },
             "controls": [c.to_json() for c in self.controls],
         }
@@ -116,7 +120,7 @@ def build_report(session: Session, config: Config, plans: dict[str, RecoveryPlan
         filters={"plans": sorted(scope.plans) if scope.plans is not None else None,
                  "targets": sorted(scope.targets) if scope.targets is not None else None},
         totals=totals, plans=plan_rows, targets=target_rows, repositories=repo_rows,
-        drills=drill_rows,
+        drills=drill_rows, recoveries=summaries.recovery_rows(session, scope),
         controls=(ctl.rpo_controls(target_rows) + ctl.rto_controls(plan_rows)
                   + ctl.frequency_controls(plan_rows, end) + ctl.check_controls(repo_rows)
                   + ctl.immutability_controls(config, repo_rows)))

@@ -107,6 +107,14 @@ def write_markdown(report: Report, out: TextIO) -> None:
           f"| {', '.join(d.repositories) or '-'} | {_proven(d)} |\n")
     if not report.drills:
         w("| no drill in the period | | | | | | | | | | |\n")
+    w("\n## Recoveries and restores\n\n| kind | subject | finished | status | actor | reason "
+      "| RTO achieved | put back into |\n|---|---|---|---|---|---|---|---|\n")
+    for rec in report.recoveries:
+        w(f"| {rec.kind} | {rec.subject} | {iso(rec.finished_at)} | {rec.status} "
+          f"| {rec.actor or '-'} | {rec.reason or '-'} | {human_duration(rec.rto_achieved_s)} "
+          f"| {', '.join(rec.destinations)} |\n")
+    if not report.recoveries:
+        w("| none in the period | | | | | | | |\n")
     w("\n## Targets\n\n| target | backups | failed | oldest last recovery point "
       "| longest RPO exposure | worst repository | RPO objective | checks passed "
       "| checks failed |\n|---|---|---|---|---|---|---|---|---|\n")

@@ -52,6 +52,25 @@ class DrillRow:
 
 
 @dataclass
+class RecoveryRow:
+    """A real recovery (``recover``) or restore (``restore``) of the period: kept apart from
+    drills, which rehearse."""
+
+    kind: str                   # "recover" | "restore"
+    subject: str                # the plan recovered, or the target restored
+    record_seq: int
+    finished_at: datetime
+    status: str
+    actor: str | None
+    reason: str | None
+    destinations: list[str]
+    rto_achieved_s: float | None  # a recovery's, from choosing snapshots to the last step
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "finished_at": iso(self.finished_at)}
+
+
+@dataclass
 class PlanSummary:
     plan: str
     rpo_objective_s: float | None

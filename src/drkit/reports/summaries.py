@@ -21,6 +21,7 @@ from drkit.reports.rows import (
     DrillPoint,
     DrillRow,
     PlanSummary,
+    RecoveryRow,
     RepositorySummary,
     TargetSummary,
 )
@@ -200,3 +201,19 @@ def repository_summaries(session: Session, config: Config, scope: q.Scope,
             summary.posture = json.loads(record.evidence).get("posture")
         out.append(summary)
     return out
+
+
+def recovery_rows(session: Session, scope: q.Scope) -> list[RecoveryRow]:
+    """Every real recovery and restore of the period, in finishing order."""
+    rows = []
+    for kind in ("recover", "restore"):
+        for record in q.records_of_kind(session, scope, kind):
+            evidence = json.loads(record.evidence)
+            destinations = ([str(s.get("destination")) for s in evidence.get("steps", [])]
+                            if kind == "recover" else [str(evidence.get("destination"))])
+            rows.append(RecoveryRow(
+                kind=kind, subject=(record.plan if kind == "recover" else record.target) or "",
+                record_seq=record.seq, finished_at=record.finished_at, status=record.status,
+                actor=evidence.get("actor"), reason=evidence.get("reason"),
+                destinations=destinations, rto_achieved_s=evidence.get("rto_achieved_s")))
+    return sorted(rows, key=lambda row: row.record_seq)
