@@ -30,20 +30,21 @@ class RepositoryState:
     recovery_point_at: datetime | None = None
 
 
-def backup_states(session: Session, kind: str = "backup", *, host: str | None = None
+def backup_states(session: Session, kinds: tuple[str, ...] = ("backup",), *,
+                  host: str | None = None
                   ) -> list[RepositoryState]:
     """The state of every (target, repository) pair that has a backup record (made by
     ``host``, when given: a catalog shared by deployments keeps each one's own)."""
     mine = (Record.hostname == host,) if host is not None else ()
     last_success = (
         select(Record.target, Record.repository, func.max(Record.seq).label("seq"))
-        .where(Record.kind == kind, Record.status == "succeeded", *mine)
+        .where(Record.kind.in_(kinds), Record.status == "succeeded", *mine)
         .group_by(Record.target, Record.repository)
         .subquery()
     )
     last_run = (
         select(Record.target, Record.repository, func.max(Record.seq).label("seq"))
-        .where(Record.kind == kind, *mine)
+        .where(Record.kind.in_(kinds), *mine)
         .group_by(Record.target, Record.repository)
         .subquery()
     )

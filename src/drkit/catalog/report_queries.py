@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from drkit.catalog.models import ChainHead, Record
+from drkit.catalog.snapshots import GOOD_KINDS
 
 # The columns of a record in report order (CSV header, JSON keys); evidence is kept as text.
 RECORD_COLUMNS = ("seq", "id", "run_id", "kind", "status", "target", "repository", "plan",
@@ -70,7 +71,8 @@ def subject_filter(scope: Scope) -> ColumnElement[bool]:
         return true()
     return or_(
         and_(Record.kind.in_(("drill", "recover")), _in(Record.plan, scope.plans)),
-        and_(Record.kind.in_(("backup", "prune", "restore")), _in(Record.target, scope.targets)),
+        and_(Record.kind.in_(("backup", "copy", "prune", "restore")),
+             _in(Record.target, scope.targets)),
         and_(Record.kind.in_(("check", "repo_init")), _in(Record.repository, scope.repositories)),
     )
 
@@ -173,11 +175,12 @@ def copy_exposures(session: Session, scope: Scope, target: str,
     back for the newest good backup before the period (the anchor of the first exposure), both
     on ``(kind, status, target, finished_at, repository, started_at)``, which covers them.
     """
-    good = and_(Record.kind == "backup", Record.status == "succeeded", Record.target == target)
+    good = and_(Record.kind.in_(GOOD_KINDS), Record.status == "succeeded",
+                Record.target == target)
     if repositories is None:
         repositories = sorted(r for (r,) in session.execute(
             select(Record.repository).distinct()
-            .where(Record.kind == "backup", Record.target == target, in_period(scope)))
+            .where(Record.kind.in_(GOOD_KINDS), Record.target == target, in_period(scope)))
             if r is not None)
     copies: dict[str, CopyExposure] = {}
 

@@ -14,6 +14,10 @@ from sqlalchemy.orm import Session
 
 from drkit.catalog.models import Record
 
+# Records that put a good snapshot of a target into a repository: a backup, or a copy of a
+# good backup's snapshot into a copy repository (``drkit copy``).
+GOOD_KINDS = ("backup", "copy")
+
 
 def removed_snapshots(session: Session, repository: str, *, uncertain: bool = True
                       ) -> set[str]:
@@ -49,7 +53,7 @@ def expected_snapshots(session: Session, repository: str, host: str
         r.snapshot_id: (r.target or "", r.finished_at)
         for r in session.execute(
             select(Record.snapshot_id, Record.target, Record.finished_at)
-            .where(Record.kind == "backup", Record.status == "succeeded",
+            .where(Record.kind.in_(GOOD_KINDS), Record.status == "succeeded",
                    Record.repository == repository, Record.hostname == host,
                    Record.snapshot_id.is_not(None)))
         if r.snapshot_id and not _is_removed(r.snapshot_id, removed)
@@ -72,7 +76,7 @@ def good_snapshots(session: Session, *, target: str, repository: str, host: str,
     ``succeeded`` (finished after ``since``) and no prune has removed, newest first."""
     removed = removed_snapshots(session, repository)
     query = (select(Record.id, Record.snapshot_id, Record.finished_at)
-             .where(Record.kind == "backup", Record.status == "succeeded",
+             .where(Record.kind.in_(GOOD_KINDS), Record.status == "succeeded",
                     Record.target == target, Record.repository == repository,
                     Record.hostname == host, Record.snapshot_id.is_not(None))
              .order_by(Record.seq.desc()).execution_options(yield_per=100))
@@ -109,7 +113,7 @@ def snapshot_verdict(session: Session, snapshot_id: str) -> str | None:
     """The status of the backup run that made ``snapshot_id`` (a prefix, or the full id of
     a snapshot whose record keeps the short one), if any."""
     return session.scalar(
-        select(Record.status).where(Record.kind == "backup",
+        select(Record.status).where(Record.kind.in_(GOOD_KINDS),
                                     Record.snapshot_id.startswith(snapshot_id)
                                     | (Record.snapshot_id == snapshot_id[:8]))
         .order_by(Record.seq.desc()).limit(1))
@@ -119,7 +123,8 @@ def backup_evidence(session: Session, snapshot_id: str, repository: str) -> dict
     """The evidence of the backup run that made ``snapshot_id`` in ``repository`` (empty when
     the catalog has no such run). Backup records keep the short id."""
     evidence = session.scalar(
-        select(Record.evidence).where(Record.kind == "backup", Record.repository == repository,
+        select(Record.evidence).where(Record.kind.in_(GOOD_KINDS),
+                                      Record.repository == repository,
                                       Record.snapshot_id.in_({snapshot_id, snapshot_id[:8]}))
         .order_by(Record.seq.desc()).limit(1))
     try:
@@ -206,3 +211,28 @@ def last_prune_failed(session: Session, *, target: str, repository: str, host: s
                                     Record.repository == repository, Record.hostname == host)
         .order_by(Record.seq.desc()).limit(1))
     return status is not None and status != "succeeded"
+
+
+def copied_sources(session: Session, repository: str) -> set[str]:
+    """The source snapshots (short ids) recorded as copied into ``repository``."""
+    found: set[str] = set()
+    for (evidence,) in session.execute(
+            select(Record.evidence).where(Record.kind == "copy", Record.status == "succeeded",
+                                          Record.repository == repository)):
+        source = json.loads(evidence).get("source_snapshot")
+        if isinstance(source, str):
+            found.add(source[:8])
+    return found
+
+
+def good_backup_records(session: Session, *, target: str, repository: str,
+                        host: str) -> list[Record]:
+    """``host``'s good backup records of ``target`` in ``repository`` whose snapshots no
+    prune has removed, oldest first (what ``drkit copy`` copies)."""
+    removed = removed_snapshots(session, repository)
+    return [r for r in session.scalars(
+        select(Record).where(Record.kind == "backup", Record.status == "succeeded",
+                             Record.target == target, Record.repository == repository,
+                             Record.hostname == host, Record.snapshot_id.is_not(None))
+        .order_by(Record.seq))
+        if r.snapshot_id and not _is_removed(r.snapshot_id, removed)]

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "file, delete rows) and require them to fail; if they still pass the "
                         "drill is checks_too_weak")
 
+    p = sub.add_parser("copy", parents=[common, as_json],
+                       help="restic copy of the catalog's good snapshots into copy "
+                            "repositories (copy_from)")
+    p.add_argument("repositories", nargs="*", metavar="REPO")
+
     p = sub.add_parser("recover", parents=[common, as_json],
                        help="the real recovery: each step of a plan back to its recover_to")
     p.add_argument("plan", metavar="PLAN")

@@ -22,7 +22,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": cmd_audit_verify,
         "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "demo": cmd_demo,
         "restore": recovery.cmd_restore, "ls": recovery.cmd_ls,
-        "recover": recovery.cmd_recover,
+        "recover": recovery.cmd_recover, "copy": recovery.cmd_copy,
     }
     return handlers[args.command](args)
 

@@ -106,3 +106,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def _some(names: list[str], shown: int = 5) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    from drkit.jobs.common import Recorder
+    from drkit.jobs.copy import copy_repositories
+
+    config = _config(args)
+    runs = copy_repositories(config, Recorder.for_config(config), args.repositories)
+    if args.json:
+        emit_json([run.to_json() for run in runs])
+    else:
+        for run in runs:
+            what = {"up_to_date": "up to date", "succeeded":
+                    f"{len(run.copied)} snapshot(s) copied", "failed": f"failed: {run.error}"}
+            print(f"copy {run.target} {run.source} -> {run.repository}: {what[run.status]}")
+    failed = [run for run in runs if run.status == "failed"]
+    if failed:
+        which = ", ".join(f"{r.target} -> {r.repository}" for r in failed)
+        print(f"drkit: copy failed for: {which}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

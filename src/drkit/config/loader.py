@@ -171,6 +171,22 @@ def _cross_references(data: Any) -> Iterator[tuple[Loc, str]]:
         repo = s3_output.get("repository")
         if isinstance(repo, str) and repo not in known:
             yield ("reports", "output", "s3", "repository"), f"unknown repository {repo!r}{hint}"
+    repos = repos if isinstance(repos, dict) else {}
+    copies = {name: repo.get("copy_from") for name, repo in repos.items()
+              if isinstance(repo, dict) and repo.get("copy_from") is not None}
+    for name, source in copies.items():
+        where = ("repositories", name, "copy_from")
+        if source not in known:
+            yield where, f"unknown repository {source!r}{hint}"
+        elif source == name:
+            yield where, "a repository cannot be a copy of itself"
+        elif source in copies:
+            yield where, (f"{source!r} is itself a copy (of {copies[source]!r}): copy from "
+                          "the repository the backups go to")
+        elif _s3_keys(repos[name]) is not None and _s3_keys(repos[source]) is not None and \
+                _s3_keys(repos[name]) != _s3_keys(repos[source]):
+            yield where, ("restic copy gives both repositories the same S3 credentials: "
+                          f"{name!r} and {source!r} must use the same access and secret keys")
     targets = data.get("targets")
     if not isinstance(targets, dict):
         return
@@ -183,6 +199,17 @@ def _cross_references(data: Any) -> Iterator[tuple[Loc, str]]:
         for index, repo in enumerate(listed):
             if isinstance(repo, str) and repo not in known:
                 yield ("targets", name, "repositories", index), f"unknown repository {repo!r}{hint}"
+            elif isinstance(repo, str) and repo in copies:
+                yield (("targets", name, "repositories", index),
+                       f"{repo!r} is a copy of {copies[repo]!r}: drkit copy fills it; back up "
+                       f"to {copies[repo]!r}")
+
+
+def _s3_keys(repo: Any) -> Any:
+    """A repository's S3 key references as declared (None: not S3 or no keys)."""
+    s3 = repo.get("s3") if isinstance(repo, dict) else None
+    keys = (s3.get("access_key"), s3.get("secret_key")) if isinstance(s3, dict) else None
+    return keys if keys and any(keys) else None
 
 
 M = TypeVar("M", bound=BaseModel)

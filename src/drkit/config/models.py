@@ -138,6 +138,9 @@ class Repository(Strict):
     # and S3 keys (restic gets a minimal environment); the usual ones of the URL's backend
     # (SSH_AUTH_SOCK for sftp:, B2_*, AZURE_*, GOOGLE_*, OS_*/ST_*, RCLONE_*) pass anyway.
     env: list[EnvName] = Field(default_factory=list)
+    # A copy repository: ``drkit copy`` fills it with `restic copy` of the good snapshots of
+    # every target backed up to ``copy_from`` (initialised with its chunker parameters).
+    copy_from: Name | None = None
 
     @property
     def is_s3(self) -> bool:
@@ -335,3 +338,13 @@ class Config(Strict):
     @property
     def base_dir(self) -> Path:
         return self.source.parent if self.source is not None else Path.cwd()
+
+    def copies_of(self, repositories: list[str]) -> list[str]:
+        """The copy repositories filled from any of ``repositories``, in declaration order."""
+        return [name for name, repo in self.repositories.items()
+                if repo.copy_from is not None and repo.copy_from in repositories]
+
+    def holding(self, target: str) -> list[str]:
+        """Every repository holding ``target``'s snapshots: its own, then their copies."""
+        own = list(self.targets[target].repositories)
+        return own + self.copies_of(own)

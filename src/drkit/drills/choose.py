@@ -41,7 +41,7 @@ def step_repositories(config: Config, session: Session, plan: RecoveryPlan,
     """The repositories ``step`` restores from, each with why (empty: the plain case)."""
     from drkit.catalog import snapshots as known
 
-    repositories = config.targets[step.target].repositories
+    repositories = config.holding(step.target)  # its own repositories, then their copies
     if step.repository == "all":
         return [(name, f"repository: all ({index + 1} of {len(repositories)})")
                 for index, name in enumerate(repositories)]

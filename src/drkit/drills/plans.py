@@ -311,11 +311,10 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
                     if isinstance(check, dict) and "fingerprints" in check]
         repo = step.get("repository")
         if isinstance(repo, str) and isinstance(target, str) and \
-                repo not in REPOSITORY_MODES and \
-                repo not in config.targets[target].repositories:
+                repo not in REPOSITORY_MODES and repo not in config.holding(target):
             out.append((("steps", index, "repository"),
                         f"target {target!r} is not backed up to repository {repo!r} (its "
-                        f"repositories: {', '.join(config.targets[target].repositories)}; "
+                        f"repositories: {', '.join(config.holding(target))}; "
                         "or all, rotate)"))
     return out
 

@@ -44,10 +44,11 @@ def browse(config: Config, recorder: Recorder, name: str, *, path: str | None = 
     if target is None:
         raise BadRequestError(f"unknown target {name!r}",
                               hint="known targets: " + ", ".join(config.targets))
-    repo_name = repository or target.repositories[0]
-    if repo_name not in target.repositories:
+    holding = config.holding(name)  # its own repositories, then their copies
+    repo_name = repository or holding[0]
+    if repo_name not in holding:
         raise BadRequestError(f"target {name!r} is not backed up to {repo_name!r}",
-                              hint="its repositories: " + ", ".join(target.repositories))
+                              hint="its repositories: " + ", ".join(holding))
     repo = restic_repository(config, repo_name)
     identity = SnapshotIdentity(config.host, name)
     limits = Limits.after(config.timeouts.restic)

@@ -51,9 +51,14 @@ def detect_restic_version(config: Config) -> str | None:
         return None
 
 
-def restic_repository(config: Config, name: str) -> ResticRepository:
-    """The restic handle for repository ``name`` of ``config``."""
-    return ResticRepository(name=name, config=config.repositories[name],
+def restic_repository(config: Config, name: str, *, with_source: bool = False
+                      ) -> ResticRepository:
+    """The restic handle for repository ``name`` of ``config`` (``with_source``: also the
+    repository it copies from, for ``restic copy`` and its ``init``)."""
+    repo = config.repositories[name]
+    source = config.repositories[repo.copy_from] \
+        if with_source and repo.copy_from is not None else None
+    return ResticRepository(name=name, config=repo, source=source,
                             binary=config.restic_binary, lock_timeout=config.lock_timeout,
                             storage_timeout=config.timeouts.storage,
                             state_dir=config.state_dir, call_timeout=config.timeouts.restic)

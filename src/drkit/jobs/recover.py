@@ -152,7 +152,7 @@ def _refuse_bad_requests(config: Config, plan: RecoveryPlan, *, dry_run: bool,
                               "step")
     if repository is not None:
         lacking = [s.target for s in plan.steps
-                   if repository not in config.targets[s.target].repositories]
+                   if repository not in config.holding(s.target)]
         if lacking:
             raise BadRequestError(f"{', '.join(lacking)} not backed up to {repository!r}")
     if not dry_run and confirm != plan.name:
@@ -193,7 +193,7 @@ def _run_steps(config: Config, recorder: Recorder, plan: RecoveryPlan, result: R
 
 
 def _repository(config: Config, step: PlanStep, chosen: str | None) -> str:
-    repositories = config.targets[step.target].repositories
+    repositories = config.holding(step.target)
     if chosen is not None:
         return chosen
     return step.repository if step.repository in repositories else repositories[0]

@@ -38,6 +38,8 @@ def init_repositories(config: Config, catalog: Catalog, journal: RunJournal,
     Raises :class:`BadRequestError` for unknown names; other failures are recorded and returned.
     """
     selected = select_names(names, config.repositories, "repository")
+    # A copy repository takes its source's chunker parameters: the source first.
+    selected = sorted(selected, key=lambda n: config.repositories[n].copy_from is not None)
     version = detect_restic_version(config)
     return [_init_one(config, catalog, journal, name, version) for name in selected]
 
@@ -56,7 +58,7 @@ def _require_posture(name: str, repository: Repository) -> None:
 def _init_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
               version: str | None) -> RepoInitResult:
     handle = journal.open("repo_init", repository=name, restic_version=version)
-    repo = restic_repository(config, name)
+    repo = restic_repository(config, name, with_source=True)
     result = RepoInitResult(repository=name, status="failed")
     action = f"repo init {name}"
     try:

@@ -111,7 +111,7 @@ def scope_for(config: Config, plans: dict[str, RecoveryPlan], since: datetime, u
         if any(step.target in target_names for step in plan.steps):
             chosen_plans.add(plan.name)
     repositories = {r for t in targets if t in config.targets
-                    for r in config.targets[t].repositories}
+                    for r in config.holding(t)}
     return Scope(since, until, plans=frozenset(chosen_plans), targets=frozenset(targets),
                  repositories=frozenset(repositories))
 

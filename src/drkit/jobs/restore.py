@@ -127,10 +127,11 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
     if target is None:
         raise BadRequestError(f"unknown target {name!r}",
                               hint="known targets: " + ", ".join(config.targets))
-    repo_name = repository or target.repositories[0]
-    if repo_name not in target.repositories:
+    holding = config.holding(name)  # its own repositories, then their copies
+    repo_name = repository or holding[0]
+    if repo_name not in holding:
         raise BadRequestError(f"target {name!r} is not backed up to {repo_name!r}",
-                              hint="its repositories: " + ", ".join(target.repositories))
+                              hint="its repositories: " + ", ".join(holding))
     if snapshot is not None and not re.fullmatch(r"[0-9a-f]{4,64}", snapshot):
         raise BadRequestError(f"--snapshot takes a snapshot id (or a prefix of one), not "
                               f"{snapshot!r}", hint="drkit snapshots lists them")

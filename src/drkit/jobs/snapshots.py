@@ -41,7 +41,7 @@ def list_snapshots(config: Config, names: Sequence[str] = (), *, all_hosts: bool
     """
     selected = select_names(names, config.targets, "target")
     repos = list(dict.fromkeys(
-        repo for name in selected for repo in config.targets[name].repositories))
+        repo for name in selected for repo in config.holding(name)))
     if not names:
         repos += [name for name in config.repositories if name not in repos]
     rows: list[SnapshotRow] = []

@@ -131,13 +131,14 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
     plans = plans or {}
     with catalog.read_session() as session:
         states = {(s.target, s.repository): s
-                  for s in queries.backup_states(session, host=config.host)}
+                  for s in queries.backup_states(session, ("backup", "copy"),
+                                                 host=config.host)}
         drills = queries.last_drills(session)
         checks = queries.last_checks(session)
     out = []
-    for name, target in config.targets.items():
+    for name in config.targets:
         repos = []
-        for repo_name in target.repositories:
+        for repo_name in config.holding(name):
             state = states.get((name, repo_name))
             repos.append(RepositoryStatus(
                 repository=repo_name,
@@ -166,7 +167,7 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
             min(p for p in points if p is not None)
         drilled = [drills[plan.name] for plan in covering if plan.name in drills]
         last_drill = max(drilled, key=lambda d: d.finished_at) if drilled else None
-        checked = [checks[r].status for r in target.repositories if r in checks]
+        checked = [checks[r].status for r in config.holding(name) if r in checks]
         last_check = None if not checked else (
             "failed" if "failed" in checked else checked[-1])
         out.append(TargetStatus(

@@ -157,7 +157,7 @@ def target_summaries(session: Session, config: Config, plans: dict[str, Recovery
     out = []
     for name in names:
         target = config.targets.get(name)
-        declared = list(target.repositories) if target else None
+        declared = config.holding(name) if target else None
         rpo = min((p.objectives.rpo for p in plans.values()
                    if any(step.target == name for step in p.steps)), default=None)
         runs = by_subject.get(("backup", name), {})

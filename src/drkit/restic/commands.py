@@ -75,6 +75,7 @@ class Snapshot:
     hostname: str
     paths: tuple[str, ...]
     tags: tuple[str, ...]
+    original: str | None = None  # a copied snapshot: the id of the snapshot it copies
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Snapshot:
@@ -85,6 +86,7 @@ class Snapshot:
             hostname=str(data.get("hostname", "")),
             paths=tuple(data.get("paths") or ()),
             tags=tuple(data.get("tags") or ()),
+            original=str(data["original"]) if data.get("original") else None,
         )
 
 
@@ -193,9 +195,18 @@ def snapshots(repo: ResticRepository, *, tags: Sequence[str] = (), host: str | N
 
 
 def init(repo: ResticRepository, *, action: str) -> None:
-    """Create the repository (format version 2: compression). Raises
+    """Create the repository (format version 2: compression; a copy repository with its
+    source's chunker parameters, so that copied data deduplicates). Raises
     :class:`RepositoryAlreadyExists` if one is there."""
-    run_restic(repo, ("init", "--repository-version", "2"), action=action)
+    chunker = ("--copy-chunker-params",) if repo.source is not None else ()
+    run_restic(repo, ("init", "--repository-version", "2", *chunker), action=action)
+
+
+def copy(repo: ResticRepository, snapshot_ids: Sequence[str], *, action: str,
+         limits: Limits = NO_LIMITS) -> None:
+    """``restic copy`` of ``snapshot_ids`` from ``repo.source`` into ``repo`` (restic skips
+    those copied before)."""
+    run_restic(repo, ("copy", *snapshot_ids), action=action, limits=limits)
 
 
 def cat_config(repo: ResticRepository, *, action: str) -> dict[str, Any]:

@@ -88,6 +88,9 @@ class ResticRepository:
     storage_timeout: float = 300.0  # seconds restic may retry an unreachable storage
     state_dir: Path | None = None  # where a lock clean-up that must wait is remembered
     call_timeout: float | None = None  # the limit of a call that names none (listing, init)
+    # restic copy / init --copy-chunker-params: the repository copied from (its location and
+    # password reach only those calls, as RESTIC_FROM_*).
+    source: Repository | None = None
 
     @property
     def url(self) -> str:
@@ -121,11 +124,35 @@ class ResticRepository:
                 env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key.resolve()
                 secrets.append(env["AWS_SECRET_ACCESS_KEY"])
             env["AWS_DEFAULT_REGION"] = s3.region
+        if self.source is not None:
+            secrets += _source_environment(self.source, env)
         if "AWS_SECRET_ACCESS_KEY" in env:
             secrets.append(env["AWS_SECRET_ACCESS_KEY"])
         for match in re.finditer(r"://[^/@:]*:([^/@]+)@", self.config.url):
             secrets.append(match.group(1))
         return env, secrets
+
+
+def _source_environment(source: Repository, env: dict[str, str]) -> list[str]:
+    """Add the repository copied from to ``env`` (``RESTIC_FROM_*``; its S3 keys when the
+    destination has none: restic gives both the same). Returns the secrets added."""
+    env["RESTIC_FROM_REPOSITORY"] = source.url
+    value = source.password.resolve()
+    if source.password.file is not None:
+        env["RESTIC_FROM_PASSWORD_FILE"] = str(source.password.file)
+    else:
+        env["RESTIC_FROM_PASSWORD"] = value
+    added = [value]
+    s3 = source.s3
+    if s3 is not None and s3.access_key is not None and s3.secret_key is not None and \
+            "AWS_ACCESS_KEY_ID" not in env:
+        env["AWS_ACCESS_KEY_ID"] = s3.access_key.resolve()
+        env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key.resolve()
+        added.append(env["AWS_SECRET_ACCESS_KEY"])
+    if s3 is not None:
+        env.setdefault("AWS_DEFAULT_REGION", s3.region)
+    added += [m.group(1) for m in re.finditer(r"://[^/@:]*:([^/@]+)@", source.url)]
+    return added
 
 
 @dataclass
