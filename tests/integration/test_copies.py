@@ -83,10 +83,12 @@ def test_copy_holds_the_same_data_deduplicates_and_is_drilled(
     assert copy_config["chunker_polynomial"] == source_config["chunker_polynomial"]
 
     assert project.run("backup").returncode == 0
+    assert project.run("backup").returncode == 0  # two snapshots of each before the copy
     copied = project.run_json("copy")
     assert sorted((c["target"], c["status"], len(c["copied"])) for c in copied) == [
-        ("app", "succeeded", 1), ("shop", "succeeded", 1)]
-    backups = {r["target"]: r for r in records(project, "backup")}
+        ("app", "succeeded", 2), ("shop", "succeeded", 2)]
+    assert len(records(project, "copy")) == 4  # one record per copied snapshot
+    backups = {r["target"]: r for r in records(project, "backup")}  # the newest of each
     copies = {r["target"]: r for r in records(project, "copy")}
     for target in ("app", "shop"):
         evidence = json.loads(copies[target]["evidence"])
@@ -100,7 +102,7 @@ def test_copy_holds_the_same_data_deduplicates_and_is_drilled(
     # Nothing new: nothing copied, nothing recorded.
     again = project.run_json("copy")
     assert {c["status"] for c in again} == {"up_to_date"}
-    assert len(records(project, "copy")) == 2
+    assert len(records(project, "copy")) == 4
 
     # An unchanged tree backed up again and copied adds (almost) nothing to the copy.
     size = tree_bytes(offsite)
@@ -148,3 +150,25 @@ def test_copy_configuration_mistakes_are_bad_requests(
     result = project.run("validate")
     assert result.returncode == 2
     assert message in result.stderr, result.stderr
+
+
+def test_a_source_snapshot_removed_outside_drkit_is_reported_once_not_forever(
+        project: Project, rclone_endpoint: S3Endpoint) -> None:
+    setup(project, rclone_endpoint)
+    assert project.run("backup", "app").returncode == 0
+    (gone,) = [r["snapshot_id"] for r in records(project, "backup")]
+    config = yaml.safe_load(project.config_path.read_text())
+    s3_env = {"AWS_ACCESS_KEY_ID": rclone_endpoint.access_key,
+              "AWS_SECRET_ACCESS_KEY": rclone_endpoint.secret_key}
+    forgot = project.restic(config["repositories"]["primary"]["url"], "forget", gone,
+                            extra_env=s3_env)
+    assert forgot.returncode == 0, forgot.stderr
+    assert project.run("backup", "app").returncode == 0
+    first = project.run("copy", "offsite", "--json")
+    assert first.returncode == 1
+    (app,) = [c for c in json.loads(first.stdout) if c["target"] == "app"]
+    assert app["error"].endswith(f"{gone[:8]} not found in 'primary' (removed outside drkit?)"
+                                 "; the other snapshots were copied")
+    assert len(app["copied"]) == 1  # the snapshot still there was copied and recorded
+    again = project.run_json("copy", "offsite")
+    assert [c["status"] for c in again if c["target"] == "app"] == ["up_to_date"]

@@ -67,6 +67,13 @@ class GoodSnapshot:
     snapshot_id: str
     finished_at: datetime
     record_id: int
+    # When its data was backed up: the record's finish for a backup, the source backup's
+    # for a copy (which may be made long after). ``--at`` and ``random_within`` use it.
+    data_at: datetime | None = None
+
+    @property
+    def backed_up_at(self) -> datetime:
+        return self.data_at or self.finished_at
 
 
 def good_snapshots(session: Session, *, target: str, repository: str, host: str,
@@ -75,7 +82,8 @@ def good_snapshots(session: Session, *, target: str, repository: str, host: str,
     """Snapshots of ``target`` in ``repository`` that ``host``'s backups recorded as
     ``succeeded`` (finished after ``since``) and no prune has removed, newest first."""
     removed = removed_snapshots(session, repository)
-    query = (select(Record.id, Record.snapshot_id, Record.finished_at)
+    query = (select(Record.id, Record.snapshot_id, Record.finished_at, Record.kind,
+                    Record.evidence)
              .where(Record.kind.in_(GOOD_KINDS), Record.status == "succeeded",
                     Record.target == target, Record.repository == repository,
                     Record.hostname == host, Record.snapshot_id.is_not(None))
@@ -85,11 +93,22 @@ def good_snapshots(session: Session, *, target: str, repository: str, host: str,
     found: list[GoodSnapshot] = []
     for row in session.execute(query):
         if row.snapshot_id and not _is_removed(row.snapshot_id, removed):
+            data_at = _source_time(row.evidence) if row.kind == "copy" else None
+            if since is not None and data_at is not None and data_at < since:
+                continue
             found.append(GoodSnapshot(snapshot_id=row.snapshot_id, finished_at=row.finished_at,
-                                      record_id=row.id))
+                                      record_id=row.id, data_at=data_at))
             if limit is not None and len(found) >= limit:
                 break
     return found
+
+
+def _source_time(evidence: str) -> datetime | None:
+    """A copy record's source backup time (naive UTC), if it says."""
+    value = json.loads(evidence).get("source_finished_at")
+    if not isinstance(value, str):
+        return None
+    return datetime.fromisoformat(value.removesuffix("Z")).replace(tzinfo=None)
 
 
 def newest_good_snapshot(session: Session, *, target: str, repository: str,
@@ -214,14 +233,17 @@ def last_prune_failed(session: Session, *, target: str, repository: str, host: s
 
 
 def copied_sources(session: Session, repository: str) -> set[str]:
-    """The source snapshots (short ids) recorded as copied into ``repository``."""
+    """The source snapshots (short ids) recorded as copied into ``repository``, or as found
+    gone from the source by a copy (never to be asked for again)."""
     found: set[str] = set()
     for (evidence,) in session.execute(
-            select(Record.evidence).where(Record.kind == "copy", Record.status == "succeeded",
+            select(Record.evidence).where(Record.kind == "copy",
                                           Record.repository == repository)):
-        source = json.loads(evidence).get("source_snapshot")
+        data = json.loads(evidence)
+        source = data.get("source_snapshot") if "source_snapshots" not in data else None
         if isinstance(source, str):
             found.add(source[:8])
+        found.update(str(gone)[:8] for gone in data.get("source_missing") or ())
     return found
 
 

@@ -183,10 +183,11 @@ def _cross_references(data: Any) -> Iterator[tuple[Loc, str]]:
         elif source in copies:
             yield where, (f"{source!r} is itself a copy (of {copies[source]!r}): copy from "
                           "the repository the backups go to")
-        elif _s3_keys(repos[name]) is not None and _s3_keys(repos[source]) is not None and \
-                _s3_keys(repos[name]) != _s3_keys(repos[source]):
-            yield where, ("restic copy gives both repositories the same S3 credentials: "
-                          f"{name!r} and {source!r} must use the same access and secret keys")
+        elif _s3(repos[name]) is not None and _s3(repos[source]) is not None and \
+                _s3(repos[name]) != _s3(repos[source]):
+            yield where, ("restic copy gives both repositories the same S3 credentials and "
+                          f"region: {name!r} and {source!r} must declare the same keys and "
+                          "region")
     targets = data.get("targets")
     if not isinstance(targets, dict):
         return
@@ -205,11 +206,14 @@ def _cross_references(data: Any) -> Iterator[tuple[Loc, str]]:
                        f"to {copies[repo]!r}")
 
 
-def _s3_keys(repo: Any) -> Any:
-    """A repository's S3 key references as declared (None: not S3 or no keys)."""
-    s3 = repo.get("s3") if isinstance(repo, dict) else None
-    keys = (s3.get("access_key"), s3.get("secret_key")) if isinstance(s3, dict) else None
-    return keys if keys and any(keys) else None
+def _s3(repo: Any) -> Any:
+    """An S3 repository's credentials and region as declared (None: not S3)."""
+    if not isinstance(repo, dict) or not str(repo.get("url", "")).startswith("s3:"):
+        return None
+    s3 = repo.get("s3")
+    if not isinstance(s3, dict):
+        s3 = {}
+    return (s3.get("access_key"), s3.get("secret_key"), s3.get("region", "us-east-1"))
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -102,7 +102,7 @@ def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: Snapsh
         chosen = secrets.choice(good)  # not predictable by whoever prepares for the drill
         reason = (f"picked at random among the {len(good)} good backups of the last "
                   f"{window:.0f} s, record {chosen.record_id} of "
-                  f"{chosen.finished_at.isoformat(timespec='seconds')}")
+                  f"{chosen.backed_up_at.isoformat(timespec='seconds')}")
     return Choice(chosen.snapshot_id, reason,
                   size=recorded_size(recorder, chosen.snapshot_id, repo.name))
 

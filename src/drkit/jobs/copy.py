@@ -25,6 +25,7 @@ from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.identity import SnapshotIdentity
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
+from drkit.notify import notify_failure
 from drkit.restic import commands
 from drkit.supervise import Limits
 
@@ -59,14 +60,37 @@ def copy_repositories(config: Config, recorder: Recorder, names: list[str]) -> l
         source = config.repositories[name].copy_from
         assert source is not None
         targets = [t for t, target in config.targets.items() if source in target.repositories]
-        with ExitStack() as held:
-            for repo_name in sorted((name, source)):
-                held.enter_context(repository_lock(
-                    config.state_dir, repo_name, exclusive=False,
-                    timeout=config.lock_timeout, action=f"copy {source} -> {name}"))
-            runs += [_copy_target(config, recorder, name, source, target, version)
-                     for target in targets]
+        try:
+            with ExitStack() as held:
+                # The copy repository exclusively (two copies at once would both copy), the
+                # source shared (a prune of it waits).
+                for repo_name in sorted((name, source)):
+                    held.enter_context(repository_lock(
+                        config.state_dir, repo_name, exclusive=repo_name == name,
+                        timeout=config.lock_timeout, action=f"copy {source} -> {name}"))
+                runs += [_copy_target(config, recorder, name, source, target, version)
+                         for target in targets]
+        except DrkitError as exc:  # a lock that could not be had: each target's copy failed
+            for target in targets:
+                runs.append(_failed(config, recorder, CopyRun(name, source, target),
+                                    describe(exc), version, {}))
     return runs
+
+
+def _failed(config: Config, recorder: Recorder, run: CopyRun, error: str,
+            version: str | None, evidence: dict[str, Any]) -> CopyRun:
+    """Record ``run`` failed with ``error`` (and notify)."""
+    run.status, run.error = "failed", error
+    log.error("copy %s %s -> %s: %s", run.target, run.source, run.repository, error)
+    handle = recorder.journal.open("copy", target=run.target, repository=run.repository,
+                                   restic_version=version)
+    record = recorder.catalog.get().finish_run(
+        handle, status="failed", error=error,
+        evidence={"source_repository": run.source, **evidence})
+    recorder.journal.close(handle)
+    notify_failure(config, "copy", "failed", target=run.target, repository=run.repository,
+                   error=error, run_id=handle.run_id, record_id=record.id)
+    return run
 
 
 def _copy_target(config: Config, recorder: Recorder, name: str, source: str, target: str,
@@ -76,7 +100,7 @@ def _copy_target(config: Config, recorder: Recorder, name: str, source: str, tar
     run = CopyRun(repository=name, source=source, target=target)
     catalog = recorder.catalog.get()
     with catalog.read_session() as session:
-        done = known.copied_sources(session, name)
+        done = known.copied_sources(session, name)  # copied, or found gone from the source
         pending = [(r.id, r.snapshot_id or "", r.started_at, r.finished_at, r.evidence)
                    for r in known.good_backup_records(session, target=target,
                                                       repository=source, host=config.host)
@@ -91,29 +115,26 @@ def _copy_target(config: Config, recorder: Recorder, name: str, source: str, tar
     action = f"copy {target} {source} -> {name}"
     try:
         commands.copy(repo, [p[1] for p in pending], action=action,
-                      limits=Limits.after(config.timeouts.backup))
+                      limits=Limits.after(config.targets[target].timeout
+                                          or config.timeouts.backup))
         listed = commands.snapshots(repo, tags=identity.tags, host=identity.host,
                                     action=f"{action}: list the copies")
-        copies = {s.original[:8]: s.short_id for s in listed if s.original}
-        missing = [p[1][:8] for p in pending if p[1][:8] not in copies]
-        if missing:
-            raise DrkitError(f"{action}: restic copied without error but no copy of "
-                             f"{', '.join(missing)} is in '{name}'")
     except DrkitError as exc:
-        run.error = describe(exc)
-        log.error("%s", run.error)
-        catalog.finish_run(handle, status="failed", error=run.error,
-                           evidence={"source_repository": source,
-                                     "source_snapshots": [p[1][:8] for p in pending]})
         recorder.journal.close(handle)
-        return run
-    for record_id, snapshot, started, finished, evidence_text in pending:
+        return _failed(config, recorder, run, describe(exc), version,
+                       {"source_snapshots": [p[1][:8] for p in pending]})
+    copies = {s.original[:8]: s.short_id for s in listed if s.original}
+    for index, (record_id, snapshot, started, finished, evidence_text) in enumerate(
+            [p for p in pending if p[1][:8] in copies]):
         evidence = json.loads(evidence_text)
         run.copied[snapshot[:8]] = copies[snapshot[:8]]
         catalog.append(NewRecord(
             kind="copy", status="succeeded", started_at=started, finished_at=utcnow(),
             target=target, repository=name, snapshot_id=copies[snapshot[:8]],
-            restic_version=version, run_id=handle.run_id,
+            restic_version=version,
+            # One record per copied snapshot; the run's id on the first (a run is recorded
+            # once: the journal's crash recovery looks for it), fresh ones on the others.
+            run_id=handle.run_id if index == 0 else None,
             evidence={"source_repository": source, "source_snapshot": snapshot[:8],
                       "source_record": record_id,
                       "source_finished_at": finished.isoformat() + "Z",
@@ -121,6 +142,14 @@ def _copy_target(config: Config, recorder: Recorder, name: str, source: str, tar
                       **{key: evidence[key] for key in ("fingerprints", "restic_summary")
                          if key in evidence}}))
     recorder.journal.close(handle)
+    gone = [p[1][:8] for p in pending if p[1][:8] not in copies]
+    if gone:
+        # restic skips an id it cannot find (exit 0): a snapshot removed from the source
+        # outside drkit. Recorded, so that it is never asked for again, and loud.
+        return _failed(config, recorder, run,
+                       f"{action}: {', '.join(gone)} not found in '{source}' (removed "
+                       "outside drkit?); the other snapshots were copied", version,
+                       {"source_missing": gone})
     run.status = "succeeded"
-    log.info("%s: %d snapshot(s) copied", action, len(pending))
+    log.info("%s: %d snapshot(s) copied", action, len(run.copied))
     return run

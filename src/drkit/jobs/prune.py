@@ -67,7 +67,7 @@ def run_prunes(config: Config, catalog: Catalog | None, journal: RunJournal,
     version = detect_restic_version(config)
     runs = []
     for name in selected:
-        for repo_name in config.holding(name):  # copies keep the same retention
+        for repo_name in config.targets[name].repositories:
             if name in without and not _has_unusable(catalog, config, name, repo_name):
                 continue
             runs.append(_prune_one(config, catalog, journal, name, repo_name, dry_run, version))

@@ -103,10 +103,10 @@ def recover_plan(config: Config, recorder: Recorder, plan: RecoveryPlan, *, dry_
     handle = recorder.journal.open("recover", plan=plan.name,
                                    restic_version=detect_restic_version(config))
     try:
-        # One writer: no backup of these repositories by this host while production is put
-        # back (it would record a half-recovered tree as the newest good backup).
+        # One writer: no backup (or copy) of these targets by this host while production is
+        # put back (it would record a half-recovered tree as the newest good backup).
         with ExitStack() as held:
-            for name in sorted({_repository(config, s, repository) for s in plan.steps}):
+            for name in sorted({r for s in plan.steps for r in config.holding(s.target)}):
                 held.enter_context(repository_lock(
                     config.state_dir, name, exclusive=True, timeout=config.lock_timeout,
                     action=f"recover {plan.name}"))
@@ -215,7 +215,7 @@ def _survey(config: Config, recorder: Recorder, step: PlanStep, at: datetime | N
         good = [g for g in known.good_snapshots(session, target=step.target,
                                                 repository=planned.repository,
                                                 host=config.host)
-                if at is None or g.finished_at <= at]
+                if at is None or g.backed_up_at <= at]
     if not good:
         raise DrillError(f"no good backup of {identity.describe()} in repository "
                          f"'{planned.repository}'"
@@ -267,7 +267,8 @@ def _safety_copy(config: Config, step: PlanStep, planned: RecoverStep) -> bool:
     if not planned.replaces:
         return True
     dest = Path(planned.destination)
-    repo = restic_repository(config, planned.repository)
+    # Into the target's own first repository (not a copy repository, which only copies fill).
+    repo = restic_repository(config, config.targets[step.target].repositories[0])
     started = time.monotonic()
     try:
         summary = commands.backup(

@@ -55,6 +55,18 @@ def _require_posture(name: str, repository: Repository) -> None:
                          + "; ".join(problems))
 
 
+def _same_chunker(config: Config, name: str, found: dict[str, Any], action: str) -> None:
+    """A copy repository that exists already must chunk as its source does, or copied data
+    would not deduplicate."""
+    source = config.repositories[name].copy_from
+    assert source is not None
+    theirs = commands.cat_config(restic_repository(config, source), action=action)
+    if found.get("chunker_polynomial") != theirs.get("chunker_polynomial"):
+        raise DrkitError(f"repository '{name}' exists but does not chunk as '{source}' does "
+                         "(not created with --copy-chunker-params): copied data would not "
+                         "deduplicate; create it anew with drkit repo init")
+
+
 def _init_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
               version: str | None) -> RepoInitResult:
     handle = journal.open("repo_init", repository=name, restic_version=version)
@@ -72,7 +84,9 @@ def _init_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
             commands.init(repo, action=action)
             result.status = "created"
         except RepositoryAlreadyExists:
-            commands.cat_config(repo, action=action)  # proves the password opens it
+            found = commands.cat_config(repo, action=action)  # the password opens it
+            if repo.source is not None:
+                _same_chunker(config, name, found, action)
             result.status = "exists"
     except DrkitError as exc:
         result.error = str(exc)

@@ -216,7 +216,7 @@ def _restore_verified(config: Config, recorder: Recorder, result: RestoreResult,
         with recorder.catalog.get().read_session() as session:
             good = [g for g in known.good_snapshots(
                 session, target=name, repository=result.repository, host=config.host)
-                if at is None or g.finished_at <= at]
+                if at is None or g.backed_up_at <= at]
         if not good:
             raise DrillError(f"no good backup of {identity.describe()} in repository "
                              f"'{result.repository}'"

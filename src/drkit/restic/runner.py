@@ -137,6 +137,12 @@ def _source_environment(source: Repository, env: dict[str, str]) -> list[str]:
     """Add the repository copied from to ``env`` (``RESTIC_FROM_*``; its S3 keys when the
     destination has none: restic gives both the same). Returns the secrets added."""
     env["RESTIC_FROM_REPOSITORY"] = source.url
+    backend = _BACKEND_VARS.get(source.url.partition(":")[0], ())
+    ambient_s3 = source.is_s3 and (source.s3 is None or source.s3.access_key is None)
+    for name, value in os.environ.items():
+        if name in source.env or (backend and name.startswith(backend)) or \
+                (ambient_s3 and name.startswith("AWS_")):
+            env.setdefault(name, value)
     value = source.password.resolve()
     if source.password.file is not None:
         env["RESTIC_FROM_PASSWORD_FILE"] = str(source.password.file)
