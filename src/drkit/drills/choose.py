@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from drkit.catalog.inflight import utcnow
@@ -30,6 +30,7 @@ from drkit.supervise import Limits
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from drkit.catalog.snapshots import GoodSnapshot
     from drkit.config.models import Config
     from drkit.jobs.common import Recorder
 
@@ -105,6 +106,23 @@ def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: Snapsh
                   f"{chosen.backed_up_at.isoformat(timespec='seconds')}")
     return Choice(chosen.snapshot_id, reason,
                   size=recorded_size(recorder, chosen.snapshot_id, repo.name))
+
+
+def newest_by(recorder: Recorder, identity: SnapshotIdentity, repository: str,
+              at: datetime | None) -> tuple[GoodSnapshot, str]:
+    """The catalog's newest good backup of ``identity`` in ``repository`` (backed up by
+    ``at`` when given), and why it was chosen. Raises :class:`DrillError` when none is."""
+    from drkit.catalog import snapshots as known
+
+    with recorder.catalog.get().read_session() as session:
+        good = [g for g in known.good_snapshots(session, target=identity.target,
+                                                repository=repository, host=identity.host)
+                if at is None or g.backed_up_at <= at]
+    by = f" completed by {at.isoformat()}Z" if at else ""
+    if not good:
+        raise DrillError(f"no good backup of {identity.describe()} in repository "
+                         f"'{repository}'{by} is recorded in the catalog")
+    return good[0], f"the catalog's newest good backup{by}, record {good[0].record_id}"
 
 
 def recorded_size(recorder: Recorder, snapshot_id: str, repository: str) -> int | None:

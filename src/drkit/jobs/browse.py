@@ -15,7 +15,7 @@ from drkit.drills.choose import choose_snapshot
 from drkit.drills.restore import list_snapshot
 from drkit.errors import BadRequestError
 from drkit.identity import SnapshotIdentity
-from drkit.jobs.common import Recorder, restic_repository
+from drkit.jobs.common import Recorder, holding_repository, restic_repository
 from drkit.restic.commands import Snapshot
 from drkit.supervise import Limits
 
@@ -40,15 +40,7 @@ def browse(config: Config, recorder: Recorder, name: str, *, path: str | None = 
            snapshot: str | None = None, repository: str | None = None) -> Browse:
     """The entries of ``name``'s snapshot under ``path`` (absolute as in the snapshot, or
     relative to the target's one backed-up path)."""
-    target = config.targets.get(name)
-    if target is None:
-        raise BadRequestError(f"unknown target {name!r}",
-                              hint="known targets: " + ", ".join(config.targets))
-    holding = config.holding(name)  # its own repositories, then their copies
-    repo_name = repository or holding[0]
-    if repo_name not in holding:
-        raise BadRequestError(f"target {name!r} is not backed up to {repo_name!r}",
-                              hint="its repositories: " + ", ".join(holding))
+    repo_name = holding_repository(config, name, repository)
     repo = restic_repository(config, repo_name)
     identity = SnapshotIdentity(config.host, name)
     limits = Limits.after(config.timeouts.restic)

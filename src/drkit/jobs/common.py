@@ -51,6 +51,22 @@ def detect_restic_version(config: Config) -> str | None:
         return None
 
 
+def holding_repository(config: Config, target: str, repository: str | None) -> str:
+    """``repository`` (default: the target's first), checked to hold ``target``'s snapshots
+    (its own repositories or their copies); a bad request otherwise."""
+    from drkit.errors import BadRequestError
+
+    if target not in config.targets:
+        raise BadRequestError(f"unknown target {target!r}",
+                              hint="known targets: " + ", ".join(config.targets))
+    holding = config.holding(target)  # its own repositories, then their copies
+    name = repository or holding[0]
+    if name not in holding:
+        raise BadRequestError(f"target {target!r} is not backed up to {name!r}",
+                              hint="its repositories: " + ", ".join(holding))
+    return name
+
+
 def restic_repository(config: Config, name: str, *, with_source: bool = False
                       ) -> ResticRepository:
     """The restic handle for repository ``name`` of ``config`` (``with_source``: also the

@@ -25,8 +25,9 @@ from typing import Any
 
 from drkit.catalog.inflight import utcnow
 from drkit.config.models import Config
+from drkit.drills.choose import newest_by
 from drkit.drills.plans import PlanStep, RecoveryPlan
-from drkit.drills.restore import DrillError, list_snapshot
+from drkit.drills.restore import list_snapshot
 from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.identity import SnapshotIdentity, os_actor, safety_tags
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
@@ -202,7 +203,6 @@ def _repository(config: Config, step: PlanStep, chosen: str | None) -> str:
 def _survey(config: Config, recorder: Recorder, step: PlanStep, at: datetime | None,
             repository: str | None) -> RecoverStep:
     """Which snapshot the step takes and what at the destination it replaces."""
-    from drkit.catalog import snapshots as known
 
     assert step.recover_to is not None
     dest = step.recover_to.path
@@ -211,21 +211,9 @@ def _survey(config: Config, recorder: Recorder, step: PlanStep, at: datetime | N
     repo = restic_repository(config, planned.repository)
     identity = SnapshotIdentity(config.host, step.target)
     limits = Limits.after(config.timeouts.restic)
-    with recorder.catalog.get().read_session() as session:
-        good = [g for g in known.good_snapshots(session, target=step.target,
-                                                repository=planned.repository,
-                                                host=config.host)
-                if at is None or g.backed_up_at <= at]
-    if not good:
-        raise DrillError(f"no good backup of {identity.describe()} in repository "
-                         f"'{planned.repository}'"
-                         + (f" completed by {at.isoformat()}Z" if at else "")
-                         + " is recorded in the catalog")
-    snap, listing = list_snapshot(repo, identity, good[0].snapshot_id, limits=limits)
+    chosen, planned.chosen_by = newest_by(recorder, identity, planned.repository, at)
+    snap, listing = list_snapshot(repo, identity, chosen.snapshot_id, limits=limits)
     planned.snapshot_id, planned.snapshot_time = snap.id, snap.time.isoformat()
-    planned.chosen_by = (f"the catalog's newest good backup"
-                         f"{f' completed by {at.isoformat()}Z' if at else ''}, record "
-                         f"{good[0].record_id}")
     # Where the data is in the snapshot, as data_root finds it after restoring: under its one
     # backed-up directory, else at the top (a staged copy stored under its own name).
     one = snap.paths[0].rstrip("/") if len(snap.paths) == 1 else None

@@ -40,7 +40,7 @@ from drkit.drills.restore import (
 )
 from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.identity import SnapshotIdentity, os_actor
-from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
+from drkit.jobs.common import Recorder, detect_restic_version, holding_repository, restic_repository
 from drkit.owned import remove_tree
 from drkit.supervise import Limits
 from drkit.targets.sqlite import SqliteTarget
@@ -123,15 +123,8 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
                    repository: str | None = None, snapshot: str | None = None,
                    at: datetime | None = None, overwrite: bool = False) -> RestoreResult:
     """Restore target ``name`` into ``to``; record it; return what happened."""
-    target = config.targets.get(name)
-    if target is None:
-        raise BadRequestError(f"unknown target {name!r}",
-                              hint="known targets: " + ", ".join(config.targets))
-    holding = config.holding(name)  # its own repositories, then their copies
-    repo_name = repository or holding[0]
-    if repo_name not in holding:
-        raise BadRequestError(f"target {name!r} is not backed up to {repo_name!r}",
-                              hint="its repositories: " + ", ".join(holding))
+    repo_name = holding_repository(config, name, repository)
+    target = config.targets[name]
     if snapshot is not None and not re.fullmatch(r"[0-9a-f]{4,64}", snapshot):
         raise BadRequestError(f"--snapshot takes a snapshot id (or a prefix of one), not "
                               f"{snapshot!r}", hint="drkit snapshots lists them")
@@ -197,7 +190,7 @@ def _restore_verified(config: Config, recorder: Recorder, result: RestoreResult,
                       wanted: str | None, at: datetime | None, staging: Path) -> Path:
     """Restore and verify into ``staging``; return where the target's data is in it."""
     from drkit.catalog import snapshots as known
-    from drkit.drills.choose import recorded_fingerprints, recorded_size
+    from drkit.drills.choose import newest_by, recorded_fingerprints, recorded_size
 
     repo = restic_repository(config, result.repository)
     identity = SnapshotIdentity(config.host, name)
@@ -213,19 +206,7 @@ def _restore_verified(config: Config, recorder: Recorder, result: RestoreResult,
         ensure_space(staging, listing.total_bytes)
         seconds = restore(repo, snap.id, staging, limits=limits)
     else:
-        with recorder.catalog.get().read_session() as session:
-            good = [g for g in known.good_snapshots(
-                session, target=name, repository=result.repository, host=config.host)
-                if at is None or g.backed_up_at <= at]
-        if not good:
-            raise DrillError(f"no good backup of {identity.describe()} in repository "
-                             f"'{result.repository}'"
-                             + (f" completed by {at.isoformat()}Z" if at else "")
-                             + " is recorded in the catalog")
-        chosen = good[0]
-        result.chosen_by = ("the catalog's newest good backup"
-                            + (f" completed by {at.isoformat()}Z" if at else "")
-                            + f", record {chosen.record_id}")
+        chosen, result.chosen_by = newest_by(recorder, identity, result.repository, at)
         size = recorded_size(recorder, chosen.snapshot_id, result.repository)
         if size is None:  # no size recorded: list it first
             snap, listing = list_snapshot(repo, identity, chosen.snapshot_id, limits=limits)
