@@ -172,3 +172,24 @@ def test_a_source_snapshot_removed_outside_drkit_is_reported_once_not_forever(
     assert len(app["copied"]) == 1  # the snapshot still there was copied and recorded
     again = project.run_json("copy", "offsite")
     assert [c["status"] for c in again if c["target"] == "app"] == ["up_to_date"]
+
+
+def test_an_existing_copy_repository_that_chunks_differently_is_refused(
+        project: Project) -> None:
+    """A copy repository created by hand without --copy-chunker-params would not
+    deduplicate copied data: repo init says so instead of accepting it."""
+    project.env["OFFSITE_PASSWORD"] = "another-password-for-the-offsite-copy"
+    project.write_config({
+        "repositories": {"primary": {"url": str(project.root / "p"),
+                                     "password": {"env": "DRKIT_TEST_PASSWORD"}},
+                         "offsite": {"url": str(project.root / "o"),
+                                     "password": {"env": "OFFSITE_PASSWORD"},
+                                     "copy_from": "primary"}},
+        "targets": {}})
+    made = project.restic(str(project.root / "o"), "init",
+                          extra_env={"RESTIC_PASSWORD": project.env["OFFSITE_PASSWORD"]})
+    assert made.returncode == 0, made.stderr
+    result = project.run("repo", "init")
+    assert result.returncode == 1
+    assert "repository 'offsite' exists but does not chunk as 'primary' does" in \
+        result.stdout + result.stderr
