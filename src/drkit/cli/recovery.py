@@ -119,7 +119,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     else:
         for run in runs:
             what = {"up_to_date": "up to date", "succeeded":
-                    f"{len(run.copied)} snapshot(s) copied", "failed": f"failed: {run.error}"}
+                    f"{len(run.copied)} snapshot(s) copied", "failed": "failed"}
             print(f"copy {run.target} {run.source} -> {run.repository}: {what[run.status]}")
     failed = [run for run in runs if run.status == "failed"]
     if failed:

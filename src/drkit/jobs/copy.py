@@ -81,7 +81,8 @@ def _failed(config: Config, recorder: Recorder, run: CopyRun, error: str,
             version: str | None, evidence: dict[str, Any]) -> CopyRun:
     """Record ``run`` failed with ``error`` (and notify)."""
     run.status, run.error = "failed", error
-    log.error("copy %s %s -> %s: %s", run.target, run.source, run.repository, error)
+    prefix = f"copy {run.target} {run.source} -> {run.repository}"
+    log.error("%s", error if error.startswith(prefix) else f"{prefix}: {error}")
     handle = recorder.journal.open("copy", target=run.target, repository=run.repository,
                                    restic_version=version)
     record = recorder.catalog.get().finish_run(
