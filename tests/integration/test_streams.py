@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Project
+from tests.conftest import Project, restic_at_least_017
 from tests.databases import DatabaseServer
 from tests.helpers import (
     locks,
@@ -119,7 +119,7 @@ def test_dump_killed_mid_stream_under_a_held_lock(project: Project, postgres: Da
         (record,) = records(project, "backup")[1:]
         torn = record["snapshot_id"]
         listed = ids(project)
-        if project.restic_binary.endswith("trixie/usr/bin/restic"):
+        if restic_at_least_017(project.restic_binary):
             # restic >= 0.17 ran the dump itself and made no snapshot of the torn stream.
             assert torn is None and len(listed) == 1 and same(listed[0], good["snapshot_id"])
         else:
@@ -198,7 +198,7 @@ def test_each_child_sees_only_its_own_secrets(project: Project, postgres: Databa
                    "RESTIC_PASSWORD", "RESTIC_REPOSITORY"):
         assert leaked not in dump_env
     parent_env = (seen / "parent.env").read_text()
-    if project.restic_binary.endswith("trixie/usr/bin/restic"):  # restic runs the dump
+    if restic_at_least_017(project.restic_binary):  # restic runs the dump
         assert "RESTIC_PASSWORD=" + project.env["DRKIT_TEST_PASSWORD"] in parent_env
         assert postgres.password not in parent_env
         assert "unrelated-secret-value-99" not in parent_env
