@@ -99,6 +99,15 @@ def test_copy_holds_the_same_data_deduplicates_and_is_drilled(
         assert copies[target]["started_at"] == backups[target]["started_at"]
     assert json.loads(copies["shop"]["evidence"])["fingerprints"]["orders"]["value"] == "500"
 
+    # `drkit snapshots` shows each copy with the snapshot it is a copy of.
+    listed = project.run_json("snapshots", "shop")
+    sources = {s["id"]: s for s in listed if s["repository"] == "primary"}
+    copied_rows = [s for s in listed if s["repository"] == "offsite"]
+    assert len(copied_rows) == 2 and all(s["copy_of"]["repository"] == "primary"
+                                         for s in copied_rows)
+    assert {s["copy_of"]["snapshot_id"] for s in copied_rows} == set(sources)
+    assert all(s["copy_of"] is None for s in sources.values())
+
     # Nothing new: nothing copied, nothing recorded.
     again = project.run_json("copy")
     assert {c["status"] for c in again} == {"up_to_date"}

@@ -105,6 +105,28 @@ def test_prune_and_report_flows(prefect_harness: None, env: Project) -> None:
     assert [r["kind"] for r in records(project, "report")] == ["report"]
 
 
+def test_copy_flow_fills_the_copy_repository_once(prefect_harness: None,
+                                                  env: Project) -> None:
+    from drkit.flows.flows import backup_flow, copy_flow
+
+    project = env
+    files_project(project)
+    config = load_yaml(project.config_path)
+    config["repositories"]["vault"] = {"url": str(project.root / "vault"),
+                                       "password": {"env": "DRKIT_TEST_PASSWORD"},
+                                       "copy_from": "r", "copy_schedule": "0 2 * * *"}
+    project.write_config(config)
+    assert project.run("repo", "init", "vault").returncode == 0
+    (backup,) = backup_flow(config=str(project.config_path), target="t")
+    (run,) = copy_flow(config=str(project.config_path), repository="vault")
+    assert (run["target"], run["status"]) == ("t", "succeeded")
+    assert list(run["copied"]) == [backup["snapshot_id"][:8]]
+    (again,) = copy_flow(config=str(project.config_path), repository="vault")
+    assert again["status"] == "up_to_date"
+    (record,) = records(project, "copy")
+    assert record["snapshot_id"] == run["copied"][backup["snapshot_id"][:8]]
+
+
 def test_transient_storage_outage_is_retried(prefect_harness: None, env: Project,
                                              tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:

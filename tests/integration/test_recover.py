@@ -161,7 +161,8 @@ def test_recover_to_refused_where_it_cannot_hold(project: Project) -> None:
         "steps": [{"target": "two", "recover_to": {"path": "/srv"}}]}))
     result = project.run("validate")
     assert result.returncode == 2
-    assert "recovering a postgres target into its server is not built yet" in result.stderr
+    assert "a postgres target is recovered into its server: recover_to: {dsn: {env: NAME}}" \
+        in result.stderr
     assert "target 'two' backs up several paths: recover_to needs a target with one" in \
         result.stderr
 

@@ -227,3 +227,38 @@ def test_ls_browses_the_catalogs_snapshot_without_restoring(project: Project) ->
     assert missing.returncode == 2
     assert f"{data}/nothere is not in snapshot" in missing.stderr
     assert records(project, "restore") == []  # read-only: nothing recorded
+
+
+def test_include_puts_back_one_lost_path_and_nothing_else(project: Project) -> None:
+    """A deleted file restored into production with --include: only that path placed (its
+    directory kept as it is, the rest untouched), the tree compared for that path alone; a
+    path already there needs --overwrite; a pattern or an absent path is refused."""
+    data = files_project(project)
+    lost = (data / "uploads" / "scan-3.bin").read_bytes()
+    (data / "uploads" / "scan-3.bin").unlink()
+    (data / "uploads" / "new-since.bin").write_bytes(b"kept")
+    (data / "config.json").write_text("changed since\n")
+    out = restore(project, "app", "--to", str(data), "--include", "uploads/scan-3.bin")
+    assert out["placed"] == ["uploads/scan-3.bin"] and out["moved_aside"] == {}
+    assert out["included"] == [f"{data}/uploads/scan-3.bin"]
+    assert "entries, 1 file, 4.0 KiB match the snapshot" in out["checks"][0]["detail"]
+    assert (data / "uploads" / "scan-3.bin").read_bytes() == lost
+    assert (data / "uploads" / "new-since.bin").read_bytes() == b"kept"
+    assert (data / "config.json").read_text() == "changed since\n"
+    assert sorted(p.name for p in data.iterdir()) == ["config.json", "uploads"]
+    # There now: refused without --overwrite, moved aside with it (its directory stays).
+    refused = project.run("restore", "app", "--to", str(data), "--include", "uploads/scan-3.bin")
+    assert refused.returncode == 2
+    assert "uploads/scan-3.bin exists there: nothing restored" in refused.stderr
+    out = restore(project, "app", "--to", str(data), "--include",
+                  f"{data}/uploads/scan-3.bin", "--overwrite")
+    (aside,) = out["moved_aside"].values()
+    assert aside.startswith("uploads/scan-3.bin.before-restore-")
+    assert (data / "uploads" / "new-since.bin").exists()
+    for bad in ("uploads/*.bin", "../etc"):
+        assert project.run("restore", "app", "--to", str(project.root / "x"),
+                           "--include", bad).returncode == 2
+    missing = project.run("restore", "app", "--to", str(project.root / "x"), "--include",
+                          "uploads/never.bin")
+    assert missing.returncode == 1 and "not in snapshot" in missing.stderr
+    assert not (project.root / "x").exists()

@@ -139,3 +139,24 @@ def test_healthcheck_pinged_on_success_and_failure(
     assert received == [("/ping/abc", "ok"), ("/ping/abc/fail", "r: storage unreachable")]
     monkeypatch.setenv("HC", "http://127.0.0.1:9/dead")  # a dead URL is logged, never fatal
     ping_failures(config, "app", {})
+
+
+def test_a_copy_schedule_is_a_copy_deployment_of_that_repository(tmp_path: Path) -> None:
+    config = {**CONFIG, "repositories": {
+        **CONFIG["repositories"],
+        "vault": {"url": "/srv/vault", "password": {"env": "P"}, "copy_from": "r",
+                  "copy_schedule": "15 2 * * *"}}}
+    loaded = load_config(write(tmp_path, config))
+    copies = [(s.kind, s.name, s.cron, s.parameters) for s in declared_schedules(loaded, {})
+              if s.kind == "copy"]
+    assert copies == [("copy", "copy-vault", "15 2 * * *", {"repository": "vault"})]
+
+
+def test_copy_schedule_needs_a_copy_repository(tmp_path: Path) -> None:
+    from drkit.errors import ConfigError
+
+    config = {**CONFIG, "repositories": {
+        **CONFIG["repositories"],
+        "s": {"url": "/srv/s", "password": {"env": "P"}, "copy_schedule": "15 2 * * *"}}}
+    with pytest.raises(ConfigError, match="copy_schedule applies to a copy repository"):
+        load_config(write(tmp_path, config))

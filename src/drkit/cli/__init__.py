@@ -126,10 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="from this repository (default: the target's first)")
 
     p = sub.add_parser("restore", parents=[common, as_json],
-                       help="put one target's data back into a directory you choose")
+                       help="put one target's data back into a directory (or, for a "
+                            "database target, a database) you choose")
     p.add_argument("target", metavar="TARGET")
-    p.add_argument("--to", required=True, metavar="PATH",
-                   help="the directory to restore into (new or empty, unless --overwrite)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="PATH",
+                       help="the directory to restore into (new or empty, unless --overwrite)")
+    where.add_argument("--into-dsn", metavar="env:NAME|file:PATH|DSN",
+                       help="a database target: load its dump into the database this DSN "
+                            "names (new or empty, unless --overwrite); give the DSN through "
+                            "an environment variable or a file, or without a password")
+    p.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="only this path of the snapshot and what is under it (as drkit ls "
+                        "shows it; repeatable; files targets)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--snapshot", metavar="ID", help="this snapshot (id or prefix)")
     which.add_argument("--at", metavar="TIME",
@@ -139,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore from this repository (default: the target's first)")
     p.add_argument("--overwrite", action="store_true",
                    help="restore into a directory that is not empty: each entry the restore "
-                        "replaces is moved aside to NAME.before-restore-TIME, never deleted")
+                        "replaces is moved aside to NAME.before-restore-TIME, never deleted "
+                        "(a PostgreSQL database is renamed NAME_before_restore_TIME)")
 
     sub.add_parser("status", parents=[common, as_json],
                    help="per target: last good backup, its age against the RPO, last drill")

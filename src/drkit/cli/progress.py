@@ -1,10 +1,10 @@
-"""Progress of long backups on stderr, only when stderr is a terminal."""
+"""Progress of long backups and restores on stderr, only when stderr is a terminal."""
 
 from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -40,5 +40,25 @@ def backup_progress() -> Iterator[ProgressHook | None]:
                     tasks[key] = bar.add_task(f"{target} -> {repo}", total=None)
                 bar.update(tasks[key], completed=progress.bytes_done,
                            total=progress.total_bytes or None)
+
+        yield hook
+
+
+@contextmanager
+def restore_progress(what: str) -> Iterator[Callable[[int, int | None], None] | None]:
+    """Yield a hook drawing one bar (bytes restored of the snapshot's size), or None when
+    stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def hook(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total or None)
 
         yield hook

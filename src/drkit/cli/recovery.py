@@ -32,19 +32,35 @@ def cmd_recover(args: argparse.Namespace) -> int:
                   f"{(step.snapshot_time or '?')[:19]} from {step.repository} "
                   f"({step.chosen_by}) -> {step.destination}")
             for item in step.replaces:
-                print(f"  replaces {item['type']} {item['name']} "
-                      f"({human_bytes(item['bytes'])}, moved aside)")
+                if item["type"] == "database":
+                    sessions = len(item["sessions"])
+                    print(f"  replaces database {item['name']} ({human_bytes(item['bytes'])}, "
+                          f"{item['objects'] if item['objects'] is not None else '?'} objects"
+                          + (f", {sessions} session(s) connected, to be ended" if sessions
+                             else "") + "; renamed aside, closed to connections)")
+                else:
+                    print(f"  replaces {item['type']} {item['name']} "
+                          f"({human_bytes(item['bytes'])}, moved aside)")
             for name in step.adds:
                 print(f"  adds {name}")
+            if step.needs_bytes is not None:
+                print(f"  stages {human_bytes(step.needs_bytes)} on the filesystem of "
+                      f"{step.space_on}")
             if step.safety_snapshot:
                 print(f"  safety copy: snapshot {step.safety_snapshot[:8]} in "
                       f"{step.repository}")
             if not result.dry_run:
                 print(f"  {step.status}" + (f": {step.error}" if step.error else ""))
+        for problem in result.problems:
+            print(f"problem: {problem}")
         if result.dry_run:
             print(f"dry run: nothing changed; recover exactly these snapshots with "
                   f"--confirm {result.plan} --at {result.at}"
                   + (f" --repository {args.repository}" if args.repository else ""))
+    if result.dry_run and result.problems:
+        print(f"drkit: recover {result.plan}: the real run would stop: "
+              + "; ".join(result.problems), file=sys.stderr)
+        return EXIT_FAILED
     if result.status not in ("succeeded", "dry_run"):
         print(f"drkit: recover {result.plan}: {result.status}: {result.error}", file=sys.stderr)
         return EXIT_FAILED
@@ -79,15 +95,31 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from drkit.cli.progress import restore_progress
+    from drkit.errors import BadRequestError
     from drkit.jobs.common import Recorder
     from drkit.jobs.report import parse_moment
-    from drkit.jobs.restore import restore_target
 
     config = _config(args)
     at = parse_moment(args.at) if args.at else None
-    result = restore_target(config, Recorder.for_config(config), args.target, to=Path(args.to),
-                            repository=args.repository, snapshot=args.snapshot, at=at,
-                            overwrite=args.overwrite)
+    recorder = Recorder.for_config(config)
+    with restore_progress(f"restore {args.target}") as progress:
+        if args.into_dsn is not None:
+            from drkit.jobs.restore_db import restore_database
+
+            if args.include:
+                raise BadRequestError("--include restores part of a files target; a "
+                                      "database target's dump is restored whole")
+            result = restore_database(config, recorder, args.target, into=args.into_dsn,
+                                      repository=args.repository, snapshot=args.snapshot,
+                                      at=at, overwrite=args.overwrite, progress=progress)
+        else:
+            from drkit.jobs.restore import restore_target
+
+            result = restore_target(config, recorder, args.target, to=Path(args.to),
+                                    repository=args.repository, snapshot=args.snapshot, at=at,
+                                    overwrite=args.overwrite, include=args.include,
+                                    progress=progress)
     if args.json:
         emit_json(result.to_json())
     if result.status != "succeeded":

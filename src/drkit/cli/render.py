@@ -111,11 +111,12 @@ def backup_table(runs: Sequence[BackupRun]) -> None:
 
 def snapshots_table(rows: Sequence[SnapshotRow]) -> None:
     table = Table(title="snapshots", title_justify="left")
-    for column in ("id", "time", "target", "repository", "host", "paths"):
+    for column in ("id", "time", "target", "repository", "host", "paths", "copy of"):
         table.add_column(column)
     for row in rows:
         table.add_row(row.id[:8], row.time.replace("T", " ")[:19], row.target or "-",
-                      row.repository, row.hostname, ", ".join(row.paths))
+                      row.repository, row.hostname, ", ".join(row.paths),
+                      f"{row.copy_of[1][:8]} in {row.copy_of[0]}" if row.copy_of else "-")
     _console().print(table)
 
 

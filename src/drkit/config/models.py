@@ -141,6 +141,7 @@ class Repository(Strict):
     # A copy repository: ``drkit copy`` fills it with `restic copy` of the good snapshots of
     # every target backed up to ``copy_from`` (initialised with its chunker parameters).
     copy_from: Name | None = None
+    copy_schedule: CronExpr | None = None  # when `drkit serve` runs `drkit copy REPO`
 
     @property
     def is_s3(self) -> bool:
@@ -154,6 +155,12 @@ class Repository(Strict):
             return value
         path = Path(value.removeprefix("local:"))
         return str(resolve_path(path, info))
+
+    @model_validator(mode="after")
+    def _copy_schedule_for_copies(self) -> Repository:
+        if self.copy_schedule is not None and self.copy_from is None:
+            raise ValueError("copy_schedule applies to a copy repository (one with copy_from)")
+        return self
 
     @model_validator(mode="after")
     def _s3_only_for_s3(self) -> Repository:

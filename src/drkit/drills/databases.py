@@ -38,7 +38,7 @@ class ScratchDatabase(Protocol):
 
     def identity(self) -> str: ...
     def create(self) -> None: ...
-    def restore(self, dump: Path) -> None: ...
+    def restore(self, dump: Path, *, as_production: bool = False) -> None: ...
     def scalar(self, sql: str) -> Any: ...
     def tables(self) -> list[str]: ...
     def delete_one_row(self, table: str) -> bool: ...
@@ -102,11 +102,15 @@ class PostgresScratch:
     def create(self) -> None:
         self._psql(f'CREATE DATABASE "{self.name}"', self.server.database or "postgres")
 
-    def restore(self, dump: Path) -> None:
+    def restore(self, dump: Path, *, as_production: bool = False) -> None:
+        """Load ``dump`` (custom format). A drill's copy belongs to the scratch role
+        (``--no-owner --no-privileges``); a restore that puts production back keeps the
+        dump's owners and grants (``as_production``)."""
         env = pg_env(self.server.with_database(self.name))
-        _run(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
-              "--dbname", self.name, str(dump)], env=env,
-             what=f"pg_restore into {self.name}", hidden=self._hidden, limits=self.limits)
+        ownership = [] if as_production else ["--no-owner", "--no-privileges"]
+        _run(["pg_restore", *ownership, "--exit-on-error", "--dbname", self.name, str(dump)],
+             env=env, what=f"pg_restore into {self.name}", hidden=self._hidden,
+             limits=self.limits)
 
     def scalar(self, sql: str) -> Any:
         # Read exactly as fingerprints are read at backup time, so that values compare.
@@ -177,19 +181,21 @@ class MysqlScratch:
     def create(self) -> None:
         self._mysql(f"CREATE DATABASE `{self.name}`")
 
-    def restore(self, dump: Path) -> None:
+    def restore(self, dump: Path, *, as_production: bool = False) -> None:
         """Load ``dump`` with every event it creates disabled (an event restored enabled
         would run on the scratch server's scheduler, and its body may name production's
-        tables); then make sure none is enabled."""
+        tables); then make sure none is enabled. ``as_production``: a restore putting
+        production back, whose events stay as the dump has them."""
         what = f"restore into {self.name}"
+        filters = ["-e", _OWN_DATABASE] if as_production else \
+            ["-e", _DISABLE_EVENTS, "-e", _OWN_DATABASE]
         if shutil.which(self._client) is None:
             raise ScratchError(f"{what}: {self._client} not found (install the database "
                                "client tools)")
         bound = _bound(self.limits)
         try:
             piped = run_pipeline(
-                ChildSpec(argv=["sed", "-E", "-e", _DISABLE_EVENTS, "-e", _OWN_DATABASE,
-                                str(dump)],
+                ChildSpec(argv=["sed", "-E", *filters, str(dump)],
                           what="event filter", env=base_env()),
                 ChildSpec(argv=[self._client, f"--defaults-extra-file={self._options}",
                                 self.name], what=what, env=base_env(), secrets=self._hidden),
@@ -202,6 +208,8 @@ class MysqlScratch:
             if exit_.returncode != 0:
                 lines = exit_.stderr.strip().splitlines() or ["no error output"]
                 raise ScratchError(f"{what}: {lines[-1]}")
+        if as_production:
+            return
         enabled = self.scalar("SELECT COUNT(*) FROM information_schema.EVENTS WHERE "
                               f"EVENT_SCHEMA = '{self.name}' AND STATUS = 'ENABLED'")
         if str(enabled) != "0":

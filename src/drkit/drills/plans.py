@@ -178,16 +178,24 @@ REPOSITORY_MODES = ("all", "rotate")
 
 class RecoverTo(Strict):
     """Where ``drkit recover`` puts a step's data back: production's own location, declared
-    (never guessed)."""
+    (never guessed): a directory (``path``) or, for a database target, the database its
+    server should hold again (``dsn``, naming the database)."""
 
-    path: Path
+    path: Path | None = None
+    dsn: SecretRef | None = None
 
     @field_validator("path")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
             raise ValueError(f"{str(value)!r}: recover_to.path must be an absolute path")
         return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RecoverTo:
+        if (self.path is None) == (self.dsn is None):
+            raise ValueError("give exactly one of 'path' (a directory) or 'dsn' (a database)")
+        return self
 
 
 class PlanStep(Strict):
@@ -291,11 +299,16 @@ def _references(data: dict[str, Any], config: Config) -> list[tuple[tuple[str | 
             out.append((("steps", index),
                         f"a {kind} target is checked in a scratch database: add restore_into: "
                         f"{{{kind}: {{dsn: ...}}}}"))
-        if step.get("recover_to") is not None and kind in DATABASE_KINDS:
+        recover_to = step.get("recover_to")
+        if isinstance(recover_to, dict) and kind in DATABASE_KINDS and "path" in recover_to:
             out.append((("steps", index, "recover_to"),
-                        f"recovering a {kind} target into its server is not built yet: "
-                        "`drkit restore` puts its dump where you say"))
-        elif step.get("recover_to") is not None and kind == "files" and \
+                        f"a {kind} target is recovered into its server: recover_to: "
+                        "{dsn: {env: NAME}} (the DSN naming the database to put back)"))
+        elif isinstance(recover_to, dict) and kind not in DATABASE_KINDS and "dsn" in recover_to:
+            out.append((("steps", index, "recover_to"),
+                        f"recover_to.dsn is for database targets; target {target!r} is a "
+                        f"{kind} target: recover_to: {{path: DIR}}"))
+        elif recover_to is not None and kind == "files" and \
                 isinstance(target, str) and len(getattr(config.targets[target], "paths",
                                                         [])) != 1:
             out.append((("steps", index, "recover_to"),

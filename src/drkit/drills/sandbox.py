@@ -224,18 +224,25 @@ class DrillErrorLike(Exception):
 def _drop(item: dict[str, Any], workdir: Path) -> None:
     from drkit.config.secrets import SecretRef
     from drkit.drills.databases import scratch_for
+    from drkit.drills.livedb import STAGING_PREFIX
     from drkit.errors import DrkitError, describe
     from drkit.targets.dsn import parse_dsn
 
     name = str(item.get("database", ""))
-    if not name.startswith("drkit_drill_"):
-        raise DrillErrorLike(f"not a drill database name: {name!r}; left alone")
+    if not name.startswith(("drkit_drill_", STAGING_PREFIX)):
+        raise DrillErrorLike(f"not a drill or restore database name: {name!r}; left alone")
+    server_item = item.get("server")
     try:
-        source = SecretRef.model_validate(item["server"])
-    except (KeyError, ValueError):  # never echo what was there: it may be a secret
+        if isinstance(server_item, dict) and set(server_item) == {"dsn"}:
+            text = str(server_item["dsn"])  # given on the command line: holds no password
+        else:
+            text = SecretRef.model_validate(server_item).resolve()
+    except ValueError:  # never echo what was there: it may be a secret
         raise DrillErrorLike("the scratch server's source is not valid") from None
+    except DrkitError as exc:
+        raise DrillErrorLike(describe(exc)) from None
     try:
-        server = parse_dsn(source.resolve(), what="scratch server")
+        server = parse_dsn(text, what="scratch server")
         scratch_for(str(item.get("kind")), server, name, workdir / "cleanup",
                     limits=Limits.after(SWEEP_LIMIT_S)).drop()
     except DrkitError as exc:

@@ -181,6 +181,31 @@ def _log() -> Any:
     return get_run_logger()
 
 
+# --- copy -----------------------------------------------------------------------------------
+
+@task(name="copy", task_run_name="copy into {repository}")
+def copy_task(config_path: str, repository: str) -> list[dict[str, Any]]:
+    """``drkit copy REPOSITORY``; raise :class:`RunFailed` when a target's copy failed."""
+    from drkit.jobs.copy import copy_repositories
+
+    config = _config(config_path)
+    runs = copy_repositories(config, _recorder(config), [repository])
+    failed = [run for run in runs if run.status == "failed"]
+    if failed:
+        raise RunFailed("; ".join(f"copy {r.target} {r.source} -> {r.repository}: {r.error}"
+                                  for r in failed),
+                        transient=all(r.transient for r in failed))
+    return [run.to_json() for run in runs]
+
+
+@flow(name="copy", flow_run_name="copy into {repository}")
+def copy_flow(config: str, repository: str) -> list[dict[str, Any]]:
+    """Fill one copy repository from its source (what the catalog says is good, not copied
+    before); transient failures are retried with the config's ``retries``."""
+    result: list[dict[str, Any]] = _retrying(copy_task, _config(config))(config, repository)
+    return result
+
+
 # --- check ----------------------------------------------------------------------------------
 
 @task(name="check", task_run_name="check {repository}")
@@ -293,5 +318,5 @@ def report_flow(config: str, since: str = "30d", fmt: str = "html") -> dict[str,
     return result
 
 
-FLOWS: dict[str, Any] = {"backup": backup_flow, "check": check_flow, "prune": prune_flow,
-                         "drill": drill_flow, "report": report_flow}
+FLOWS: dict[str, Any] = {"backup": backup_flow, "copy": copy_flow, "check": check_flow,
+                         "prune": prune_flow, "drill": drill_flow, "report": report_flow}

@@ -40,6 +40,7 @@ class CopyRun:
     status: str = "failed"   # "succeeded" | "failed" | "up_to_date"
     copied: dict[str, str] = field(default_factory=dict)  # source snapshot -> its copy
     error: str | None = None
+    transient: bool = False  # trying again later may succeed (storage unreachable, locked)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,7 +73,8 @@ def copy_repositories(config: Config, recorder: Recorder, names: list[str]) -> l
                          for target in targets]
         except DrkitError as exc:  # a lock that could not be had: each target's copy failed
             for target in targets:
-                runs.append(_failed(config, recorder, CopyRun(name, source, target),
+                runs.append(_failed(config, recorder, CopyRun(name, source, target,
+                                                              transient=exc.transient),
                                     describe(exc), version, {}))
     return runs
 
@@ -122,6 +124,7 @@ def _copy_target(config: Config, recorder: Recorder, name: str, source: str, tar
                                     action=f"{action}: list the copies")
     except DrkitError as exc:
         recorder.journal.close(handle)
+        run.transient = exc.transient
         return _failed(config, recorder, run, describe(exc), version,
                        {"source_snapshots": [p[1][:8] for p in pending]})
     copies = {s.original[:8]: s.short_id for s in listed if s.original}

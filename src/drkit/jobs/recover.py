@@ -1,14 +1,18 @@
 """``drkit recover PLAN``: the real recovery, following the plan's steps in order, each to its
-declared production location (``recover_to: {path: DIR}``).
+declared production location (``recover_to: {path: DIR}``, or ``{dsn: ...}`` naming the
+database a database target's server should hold again).
 
 Guard rails: every step must declare ``recover_to``; ``--dry-run`` says exactly what would be
 replaced (top-level entries with their sizes) and changes nothing; a real run needs
 ``--confirm PLAN``, first backs up what it is about to overwrite (a restic "safety copy" of
-the destination, tagged ``drkit-safety=TARGET``, never taken for a backup) unless
-``--no-safety-copy``, and stops at the first step that fails. Each step is a
-:func:`drkit.jobs.restore.restore_target` with ``overwrite`` (verified in staging, then
-renamed into place, what it replaces moved aside). The recovery is one ``recover`` record with
-the actor, the reason, every step and the RTO achieved by the real recovery, by stage.
+the destination, or a dump of the database, tagged ``drkit-safety=TARGET``, never taken for
+a backup) unless ``--no-safety-copy``, and stops at the first step that fails. Each step is a
+:func:`drkit.jobs.restore.restore_target` (or, for a database,
+:func:`drkit.jobs.restore_db.restore_database`) with ``overwrite``: verified in staging, then
+put in place, what it replaces moved aside. Before anything changes, the room each step's
+staging needs is checked on its filesystem (a dry run reports it). The recovery is one
+``recover`` record with the actor, the reason, every step and the RTO achieved by the real
+recovery, by stage.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -26,16 +31,23 @@ from typing import Any
 from drkit.catalog.inflight import utcnow
 from drkit.config.models import Config
 from drkit.drills.choose import newest_by
+from drkit.drills.databases import ScratchError
+from drkit.drills.livedb import live_database, refuse_unreplaceable
 from drkit.drills.plans import PlanStep, RecoveryPlan
-from drkit.drills.restore import list_snapshot
+from drkit.drills.restore import SPACE_MARGIN, DrillError, list_snapshot
+from drkit.drills.sandbox import sandbox, sandbox_root
 from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.identity import SnapshotIdentity, os_actor, safety_tags
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
 from drkit.jobs.locks import repository_lock
 from drkit.jobs.restore import check_destination, restore_target, sqlite_sidecars
+from drkit.jobs.restore_db import restore_database
 from drkit.notify import notify_failure
 from drkit.restic import commands
+from drkit.restic.stream import backup_stream
 from drkit.supervise import Limits
+from drkit.targets.dsn import parse_dsn
+from drkit.units import human_bytes
 
 log = logging.getLogger("drkit.recover")
 
@@ -51,6 +63,9 @@ class RecoverStep:
     replaces: list[dict[str, Any]] = field(default_factory=list)  # what is there now
     adds: list[str] = field(default_factory=list)
     moved_aside: dict[str, str] = field(default_factory=dict)      # what the restore moved
+    database: str | None = None    # a database step: the database put back
+    needs_bytes: int | None = None  # room its staging needs (the snapshot's size)
+    space_on: str | None = None     # ...on the filesystem of this directory
     safety_snapshot: str | None = None
     safety_s: float | None = None
     restore_s: float | None = None
@@ -71,6 +86,7 @@ class RecoverResult:
     status: str = "failed"
     rto_achieved_s: float | None = None
     error: str | None = None
+    problems: list[str] = field(default_factory=list)  # what would stop the real run
     record_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -98,7 +114,10 @@ def recover_plan(config: Config, recorder: Recorder, plan: RecoveryPlan, *, dry_
                            rto_objective_s=plan.objectives.rto,
                            at=at.isoformat() + "Z" if at else None)
     if dry_run:
-        result.steps = [_survey(config, recorder, step, at, repository) for step in plan.steps]
+        with sandbox(config, f"recover-{plan.name}", keep=False) as box:
+            result.steps = [_survey(config, recorder, step, at, repository, box.path)
+                            for step in plan.steps]
+        result.problems = space_problems(result.steps)
         result.status = "dry_run"
         return result
     handle = recorder.journal.open("recover", plan=plan.name,
@@ -111,9 +130,14 @@ def recover_plan(config: Config, recorder: Recorder, plan: RecoveryPlan, *, dry_
                 held.enter_context(repository_lock(
                     config.state_dir, name, exclusive=True, timeout=config.lock_timeout,
                     action=f"recover {plan.name}"))
-            result.steps = [_survey(config, recorder, step, at, repository)
+            box = held.enter_context(sandbox(config, f"recover-{plan.name}", keep=False))
+            result.steps = [_survey(config, recorder, step, at, repository, box.path)
                             for step in plan.steps]
-            _run_steps(config, recorder, plan, result, safety_copy=safety_copy)
+            result.problems = space_problems(result.steps)
+            if result.problems:
+                raise DrillError("; ".join(result.problems) + ": nothing changed")
+            _run_steps(config, recorder, plan, result, safety_copy=safety_copy,
+                       workdir=box.path)
         if result.status == "succeeded":
             result.rto_achieved_s = round(time.monotonic() - clock, 3)
     except KeyboardInterrupt:
@@ -140,17 +164,11 @@ def recover_plan(config: Config, recorder: Recorder, plan: RecoveryPlan, *, dry_
 
 def _refuse_bad_requests(config: Config, plan: RecoveryPlan, *, dry_run: bool,
                          confirm: str | None, repository: str | None) -> None:
-    databases = [s.target for s in plan.steps
-                 if config.targets[s.target].kind in ("postgres", "mysql")]
-    if databases:
-        raise BadRequestError(f"plan {plan.name!r} has database steps ({', '.join(databases)})"
-                              ": recovering a database into its server is not built yet",
-                              hint="drkit restore TARGET --to DIR puts a dump where you say")
     missing = [s.target for s in plan.steps if s.recover_to is None]
     if missing:
         raise BadRequestError(f"plan {plan.name!r} does not say where to recover "
-                              f"{', '.join(missing)}: add recover_to: {{path: DIR}} to each "
-                              "step")
+                              f"{', '.join(missing)}: add recover_to: {{path: DIR}} (or, "
+                              "for a database, {dsn: {env: NAME}}) to each step")
     if repository is not None:
         lacking = [s.target for s in plan.steps
                    if repository not in config.holding(s.target)]
@@ -161,25 +179,51 @@ def _refuse_bad_requests(config: Config, plan: RecoveryPlan, *, dry_run: bool,
                               f"{plan.name} (look first with --dry-run)")
     for step in plan.steps:
         assert step.recover_to is not None
-        check_destination(config, step.recover_to.path, overwrite=True)
+        if step.recover_to.path is not None:
+            check_destination(config, step.recover_to.path, overwrite=True)
+        elif not dry_run and config.targets[step.target].kind == "mysql":
+            _refuse_unreplaceable_mysql(config, step)
+
+
+def _refuse_unreplaceable_mysql(config: Config, step: PlanStep) -> None:
+    """A MySQL database that holds anything cannot be put back (a bad request, before
+    anything runs); a server that cannot be reached is the recovery's failure, later."""
+    assert step.recover_to is not None and step.recover_to.dsn is not None
+    with sandbox(config, f"recover-{step.target}", keep=False) as box:
+        live = live_database("mysql", parse_dsn(step.recover_to.dsn.resolve(),
+                                                what=f"recover_to of {step.target}"),
+                             box.path, Limits.after(config.timeouts.restic))
+        try:
+            state = live.state()
+        except ScratchError:
+            return
+        refuse_unreplaceable(live, state)
 
 
 def _run_steps(config: Config, recorder: Recorder, plan: RecoveryPlan, result: RecoverResult,
-               *, safety_copy: bool) -> None:
+               *, safety_copy: bool, workdir: Path) -> None:
     """Every safety copy first (a failed one overwrites nothing anywhere), then each step's
     restore in order, stopping at the first that fails."""
     if safety_copy:
         for step, planned in zip(plan.steps, result.steps, strict=True):
-            if not _safety_copy(config, step, planned):
+            if not _safety_copy(config, step, planned, workdir):
                 result.error = f"step {planned.target}: {planned.error}"
                 return
-    for planned in result.steps:
+    for step, planned in zip(plan.steps, result.steps, strict=True):
         planned.status = "running"
         started = time.monotonic()
+        assert step.recover_to is not None
         try:
-            restored = restore_target(
-                config, recorder, planned.target, to=Path(planned.destination),
-                repository=planned.repository, snapshot=planned.snapshot_id, overwrite=True)
+            if step.recover_to.dsn is not None:
+                restored = restore_database(
+                    config, recorder, planned.target, into=step.recover_to.dsn.describe(),
+                    repository=planned.repository, snapshot=planned.snapshot_id,
+                    overwrite=True)
+            else:
+                restored = restore_target(
+                    config, recorder, planned.target, to=Path(planned.destination),
+                    repository=planned.repository, snapshot=planned.snapshot_id,
+                    overwrite=True)
         except DrkitError as exc:
             planned.status, planned.error = "failed", describe(exc)
         else:
@@ -201,19 +245,26 @@ def _repository(config: Config, step: PlanStep, chosen: str | None) -> str:
 
 
 def _survey(config: Config, recorder: Recorder, step: PlanStep, at: datetime | None,
-            repository: str | None) -> RecoverStep:
-    """Which snapshot the step takes and what at the destination it replaces."""
-
+            repository: str | None, workdir: Path) -> RecoverStep:
+    """Which snapshot the step takes, what at the destination it replaces, and the room its
+    staging needs."""
     assert step.recover_to is not None
-    dest = step.recover_to.path
     planned = RecoverStep(target=step.target, repository=_repository(config, step, repository),
-                          destination=str(dest))
+                          destination="")
     repo = restic_repository(config, planned.repository)
     identity = SnapshotIdentity(config.host, step.target)
     limits = Limits.after(config.timeouts.restic)
     chosen, planned.chosen_by = newest_by(recorder, identity, planned.repository, at)
     snap, listing = list_snapshot(repo, identity, chosen.snapshot_id, limits=limits)
     planned.snapshot_id, planned.snapshot_time = snap.id, snap.time.isoformat()
+    planned.needs_bytes = listing.total_bytes
+    if step.recover_to.dsn is not None:
+        _survey_database(config, step, planned, workdir, limits)
+        return planned
+    dest = step.recover_to.path
+    assert dest is not None
+    planned.destination = str(dest)
+    planned.space_on = str(dest if dest.is_dir() else dest.parent)
     # Where the data is in the snapshot, as data_root finds it after restoring: under its one
     # backed-up directory, else at the top (a staged copy stored under its own name).
     one = snap.paths[0].rstrip("/") if len(snap.paths) == 1 else None
@@ -233,6 +284,44 @@ def _survey(config: Config, recorder: Recorder, step: PlanStep, at: datetime | N
     return planned
 
 
+def _survey_database(config: Config, step: PlanStep, planned: RecoverStep, workdir: Path,
+                     limits: Limits) -> None:
+    """What the server holds under the database's name now (the dump is staged in the drill
+    sandbox root: that is where room is needed)."""
+    assert step.recover_to is not None and step.recover_to.dsn is not None
+    kind = config.targets[step.target].kind
+    dsn = parse_dsn(step.recover_to.dsn.resolve(), what=f"recover_to of {step.target}")
+    live = live_database(kind, dsn, workdir / f"survey-{step.target}", limits)
+    planned.destination, planned.database = dsn.describe(), live.name
+    planned.space_on = str(sandbox_root(config))
+    state = live.state()
+    if state.exists:
+        planned.replaces.append({"name": live.name, "type": "database",
+                                 "bytes": state.bytes or 0, "objects": state.objects,
+                                 "sessions": state.sessions})
+    else:
+        planned.adds.append(f"database {live.name}")
+
+
+def space_problems(steps: list[RecoverStep]) -> list[str]:
+    """Filesystems without room for the staging of the steps that stage on them."""
+    by_device: dict[int, tuple[str, int, list[str]]] = {}
+    for step in steps:
+        if step.space_on is None or step.needs_bytes is None:
+            continue
+        device = os.stat(step.space_on).st_dev
+        where, needed, targets = by_device.get(device, (step.space_on, 0, []))
+        by_device[device] = (where, needed + step.needs_bytes, [*targets, step.target])
+    problems = []
+    for where, needed, targets in by_device.values():
+        free = shutil.disk_usage(where).free
+        if needed * SPACE_MARGIN > free:
+            problems.append(f"not enough space on the filesystem of {where} for "
+                            f"{', '.join(targets)}: needs {human_bytes(needed)}, "
+                            f"{human_bytes(free)} free")
+    return problems
+
+
 def _kind(path: Path) -> str:
     return "symlink" if path.is_symlink() else "dir" if path.is_dir() else "file"
 
@@ -249,20 +338,32 @@ def _size(path: Path) -> int:
     return total
 
 
-def _safety_copy(config: Config, step: PlanStep, planned: RecoverStep) -> bool:
-    """Back up what the step is about to overwrite; False (the step failed, nothing
-    overwritten) when that could not be done."""
+def _safety_copy(config: Config, step: PlanStep, planned: RecoverStep, workdir: Path) -> bool:
+    """Back up what the step is about to overwrite (a directory, or a dump of the database);
+    False (the step failed, nothing overwritten) when that could not be done."""
     if not planned.replaces:
         return True
-    dest = Path(planned.destination)
+    assert step.recover_to is not None
     # Into the target's own first repository (not a copy repository, which only copies fill).
     repo = restic_repository(config, config.targets[step.target].repositories[0])
     started = time.monotonic()
+    limits = Limits.after(config.timeouts.backup)
+    action = f"safety copy of {planned.destination} before recovering {step.target}"
     try:
-        summary = commands.backup(
-            repo, [str(dest)], tags=safety_tags(step.target), host=config.host,
-            action=f"safety copy of {dest} before recovering {step.target}",
-            limits=Limits.after(config.timeouts.backup))
+        if step.recover_to.dsn is not None:
+            kind = config.targets[step.target].kind
+            dsn = parse_dsn(step.recover_to.dsn.resolve(), what=f"recover_to of {step.target}")
+            live = live_database(kind, dsn, workdir / f"safety-{step.target}", limits)
+            extension = "dump" if kind == "postgres" else "sql"
+            (workdir / f"stream-{step.target}").mkdir(mode=0o700)
+            summary = backup_stream(
+                repo, live.dump_producer(), filename=f"{live.name}.{extension}",
+                tags=safety_tags(step.target), host=config.host, dry_run=False,
+                action=action, workdir=workdir / f"stream-{step.target}", limits=limits)
+        else:
+            summary = commands.backup(
+                repo, [planned.destination], tags=safety_tags(step.target), host=config.host,
+                action=action, limits=limits)
     except DrkitError as exc:
         planned.status = "failed"
         planned.error = (f"no safety copy, nothing overwritten: {describe(exc)} "
@@ -270,6 +371,6 @@ def _safety_copy(config: Config, step: PlanStep, planned: RecoverStep) -> bool:
         return False
     planned.safety_snapshot = summary.snapshot_id
     planned.safety_s = time.monotonic() - started
-    log.info("recover %s: safety copy of %s is snapshot %s", step.target, dest,
+    log.info("recover %s: safety copy of %s is snapshot %s", step.target, planned.destination,
              (summary.snapshot_id or "")[:8])
     return True

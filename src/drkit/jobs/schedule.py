@@ -21,7 +21,7 @@ from drkit.errors import BadRequestError
 class Schedule:
     """One scheduled job: a Prefect deployment named ``name`` running flow ``kind``."""
 
-    kind: str  # backup | check | prune | drill | report
+    kind: str  # backup | copy | check | prune | drill | report
     name: str
     cron: str
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -29,14 +29,19 @@ class Schedule:
 
 
 def declared_schedules(config: Config, plans: dict[str, RecoveryPlan]) -> list[Schedule]:
-    """Every schedule in the config (targets' backups, checks, prune, report) and in the
-    plans (drills), in a stable order."""
+    """Every schedule in the config (targets' backups, copies, checks, prune, report) and in
+    the plans (drills), in a stable order."""
     out = []
     for name, target in config.targets.items():
         if target.schedule:
             out.append(Schedule("backup", f"backup-{name}", target.schedule,
                                 {"target": name, "repositories": list(target.repositories)},
                                 f"back up {name} to {', '.join(target.repositories)}"))
+    for name, repo in config.repositories.items():
+        if repo.copy_schedule and repo.copy_from:
+            out.append(Schedule("copy", f"copy-{name}", repo.copy_schedule,
+                                {"repository": name},
+                                f"copy {repo.copy_from}'s good snapshots into {name}"))
     if config.checks and config.checks.schedule:
         out.append(Schedule("check", "check", config.checks.schedule,
                             {"repositories": list(config.repositories)},
@@ -61,7 +66,7 @@ def require_schedules(config: Config, plans: dict[str, RecoveryPlan]) -> list[Sc
     if not found:
         raise BadRequestError(
             "nothing to schedule: no 'schedule:' on any target, plan, 'checks', 'prune' or "
-            "'reports' in the config")
+            "'reports', and no copy_schedule, in the config")
     return found
 
 

@@ -24,17 +24,22 @@ class SnapshotRow:
     hostname: str
     paths: tuple[str, ...]
     tags: tuple[str, ...]
+    # A snapshot ``restic copy`` made: the repository it was copied from and its id there.
+    copy_of: tuple[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "target": self.target, "repository": self.repository,
                 "time": self.time, "hostname": self.hostname, "paths": list(self.paths),
-                "tags": list(self.tags)}
+                "tags": list(self.tags),
+                "copy_of": {"repository": self.copy_of[0], "snapshot_id": self.copy_of[1]}
+                if self.copy_of else None}
 
 
 def list_snapshots(config: Config, names: Sequence[str] = (), *, all_hosts: bool = False
                    ) -> tuple[list[SnapshotRow], list[str]]:
     """drkit's snapshots of ``names`` (all targets when empty) made by this deployment's
-    host (every host's with ``all_hosts``), oldest first, and the errors.
+    host (every host's with ``all_hosts``), oldest first, and the errors. A snapshot in a
+    copy repository names the one it is a copy of (restic keeps its original's id).
 
     A repository that cannot be read adds an error and does not hide the others' snapshots.
     Raises :class:`BadRequestError` for unknown target names.
@@ -56,6 +61,7 @@ def list_snapshots(config: Config, names: Sequence[str] = (), *, all_hosts: bool
         except DrkitError as exc:
             errors.append(str(exc))
             continue
+        source = config.repositories[repo_name].copy_from
         for snap in found:
             target = target_of(snap.tags)
             if names and target not in selected:
@@ -63,6 +69,7 @@ def list_snapshots(config: Config, names: Sequence[str] = (), *, all_hosts: bool
             rows.append(SnapshotRow(
                 id=snap.id, target=target, repository=repo_name,
                 time=canonical_time(snap.time), hostname=snap.hostname, paths=snap.paths,
-                tags=snap.tags))
+                tags=snap.tags,
+                copy_of=(source or "?", snap.original) if snap.original else None))
     rows.sort(key=lambda row: row.time)
     return rows, errors
