@@ -95,9 +95,31 @@ def connected_session(postgres: DatabaseServer, name: str) -> tuple[subprocess.P
     return holder, pid
 
 
+def database_level(postgres: DatabaseServer, name: str) -> dict[str, str]:
+    """What a database has at the database level: owner, limit, grants, settings, collation."""
+    where = f"datname = '{name}'"
+    return {
+        "owner": postgres.sql(f"select pg_get_userbyid(datdba) from pg_database where {where}"),
+        "limit": postgres.sql(f"select datconnlimit from pg_database where {where}"),
+        "acl": postgres.sql(f"select datacl from pg_database where {where}"),
+        "collate": postgres.sql(f"select datcollate || datctype from pg_database where {where}"),
+        "settings": postgres.sql(
+            "select string_agg(coalesce(r.rolname, '*') || ':' || array_to_string(setconfig, "
+            "';'), ' ' order by 1) from pg_db_role_setting s join pg_database d on d.oid = "
+            f"s.setdatabase left join pg_roles r on r.oid = s.setrole where d.{where}")}
+
+
 def test_recover_replaces_a_damaged_database_keeps_it_aside_and_ends_its_sessions(
         project: Project, postgres: DatabaseServer) -> None:
     app, good = shop(project, postgres, "rshop")
+    # Database-level properties production has, which the restored database must keep.
+    postgres.sql("alter database rshop connection limit 7; "
+                 "revoke all on database rshop from public; "
+                 "grant connect, temporary on database rshop to shopapp; "
+                 "alter database rshop set search_path = \"$user\", public, app; "
+                 "alter database rshop set application_name = 'orders api'; "
+                 "alter role shopapp in database rshop set work_mem = '8MB'")
+    level = database_level(postgres, "rshop")
     good_files = digest(app)
     damage(app, postgres, "rshop")
     holder, backend = connected_session(postgres, "rshop")
@@ -126,9 +148,8 @@ def test_recover_replaces_a_damaged_database_keeps_it_aside_and_ends_its_session
     assert out["status"] == "succeeded"
     assert fingerprint(postgres, "rshop") == good
     assert {k: v for k, v in digest(app).items() if "before-restore" not in k} == good_files
-    # Ownership and grants as production had them.
-    assert postgres.sql("select pg_get_userbyid(datdba) from pg_database where datname = "
-                        "'rshop'") == "shopapp"
+    # Ownership, grants, limit and settings as production had them.
+    assert database_level(postgres, "rshop") == level
     assert postgres.sql("select tableowner from pg_tables where tablename = 'orders'",
                         "rshop") == "shopapp"
     # The damaged database is kept aside, closed to connections, with its damage.
@@ -277,3 +298,96 @@ def project_cli(project: Project) -> list[str]:
 
     return [sys.executable, "-m", "drkit", "--config", str(project.config_path)]
 
+
+
+def test_a_long_unicode_name_is_replaced_twice_and_each_aside_is_where_the_record_says(
+        project: Project, postgres: DatabaseServer) -> None:
+    """PostgreSQL cuts names at 63 bytes without a word: the aside name is cut by drkit, in
+    bytes, with a random part, so it is exactly what the record says and never collides."""
+    name = "α" * 30  # 60 bytes
+    postgres.sql(f'drop database if exists "{name}" with (force)')
+    postgres.sql(f'create database "{name}"')
+    postgres.sql("create table t (id int); insert into t values (1), (2)", name)
+    project.env["LONG_DSN"] = postgres.dsn(name)
+    project.write_config({
+        "repositories": {"r": {"url": str(project.root / "repo"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}},
+        "targets": {"long": {"kind": "postgres", "dsn": {"env": "LONG_DSN"},
+                             "repositories": ["r"]}}})
+    assert project.run("repo", "init").returncode == 0
+    assert project.run("backup").returncode == 0
+    asides = []
+    for _ in range(2):
+        out = project.run_json("restore", "long", "--into-dsn", "env:LONG_DSN", "--overwrite")
+        asides.append(out["moved_aside"][name])
+    listed = databases(postgres)
+    assert all(aside in listed for aside in asides) and asides[0] != asides[1]
+    assert all(len(aside.encode()) <= 63 for aside in asides)
+    assert postgres.sql("select count(*) from t", name) == "2"
+
+
+def test_restore_into_a_new_database_killed_mid_load_is_swept_and_mysql_quirks(
+        project: Project, postgres: DatabaseServer, mariadb: DatabaseServer,
+        tmp_path: Path) -> None:
+    """The sweep drops a staging database even when the DSN names a database that does
+    not exist yet. MySQL: a `~/.my.cnf` cannot redirect the client, a name with a backtick
+    is quoted, a database that is not empty is refused by the dry run."""
+    _app, good = shop(project, postgres, "nshop")
+    project.env["NEW_DSN"] = postgres.dsn("nshop_new")
+    postgres.sql("drop database if exists nshop_new with (force)")
+    gate = project.root / "gate"
+    bindir = project.root / "bin"
+    bindir.mkdir()
+    real = subprocess.run(["sh", "-c", "command -v pg_restore"], capture_output=True,
+                          text=True).stdout.strip()
+    script(bindir / "pg_restore", f"""\
+        touch {gate}.reached
+        while [ ! -e {gate}.open ]; do sleep 0.05; done
+        exec {real} "$@"
+        """)
+    env = {**os.environ, **project.env, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([*project_cli(project), "restore", "orders", "--into-dsn",
+                             "env:NEW_DSN"], env=env, cwd=project.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not Path(f"{gate}.reached").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    Path(f"{gate}.open").touch()
+    assert [n for n in databases(postgres) if n.startswith("drkit_restore_")]
+    project.run("status")
+    assert not [n for n in databases(postgres) if n.startswith("drkit_restore_")]
+    assert "nshop_new" not in databases(postgres)
+    assert fingerprint(postgres, "nshop") == good
+
+    # MySQL: the operator's ~/.my.cnf points elsewhere; drkit's clients read only the DSN.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".my.cnf").write_text("[client]\nport=1\nhost=127.0.0.9\nuser=nobody\n")
+    weird = "m`shop"
+    mariadb.sql("drop database if exists `m``shop`; drop database if exists msrc; "
+                "create database msrc; create table msrc.items (id int primary key); "
+                "insert into msrc.items values (1), (2), (3)")
+    project.env.update({"MSRC_DSN": mariadb.dsn("msrc"),
+                        "WEIRD_DSN": mariadb.dsn("m%60shop")})
+    config = yaml.safe_load(project.config_path.read_text())
+    config["targets"]["msrc"] = {"kind": "mysql", "dsn": {"env": "MSRC_DSN"},
+                                 "repositories": ["r"]}
+    project.config_path.write_text(yaml.safe_dump(config))
+    assert project.run("backup", "msrc", extra_env={"HOME": str(home)}).returncode == 0
+    out = project.run("restore", "msrc", "--into-dsn", "env:WEIRD_DSN", "--json",
+                      extra_env={"HOME": str(home)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert mariadb.sql(f"select count(*) from `{weird.replace('`', '``')}`.items") == "3"
+    # The dry run of a recovery into a MySQL database that is not empty says it would stop.
+    plans = project.root / "recovery_plans"
+    (plans / "m.yaml").write_text(yaml.safe_dump({
+        "name": "m", "objectives": {"rpo": "1h", "rto": "15m"},
+        "steps": [{"target": "msrc", "recover_to": {"dsn": {"env": "MSRC_DSN"}}}]}))
+    dry = project.run("recover", "m", "--dry-run")
+    assert dry.returncode == 1
+    assert "msrc: database msrc on drkit@127.0.0.1" in dry.stdout
+    assert "cannot rename a database" in dry.stderr

@@ -255,7 +255,12 @@ def test_include_puts_back_one_lost_path_and_nothing_else(project: Project) -> N
     (aside,) = out["moved_aside"].values()
     assert aside.startswith("uploads/scan-3.bin.before-restore-")
     assert (data / "uploads" / "new-since.bin").exists()
-    for bad in ("uploads/*.bin", "../etc"):
+    # The same path twice, or a path and one inside it: restored once.
+    (data / "uploads" / "scan-3.bin").unlink()
+    out = restore(project, "app", "--to", str(data), "--include", "uploads/scan-3.bin",
+                  "--include", f"{data}/uploads/scan-3.bin")
+    assert out["placed"] == ["uploads/scan-3.bin"]
+    for bad in ("uploads/*.bin", "../etc", ".", str(data), str(data.parent)):
         assert project.run("restore", "app", "--to", str(project.root / "x"),
                            "--include", bad).returncode == 2
     missing = project.run("restore", "app", "--to", str(project.root / "x"), "--include",

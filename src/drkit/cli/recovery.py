@@ -37,7 +37,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
                     print(f"  replaces database {item['name']} ({human_bytes(item['bytes'])}, "
                           f"{item['objects'] if item['objects'] is not None else '?'} objects"
                           + (f", {sessions} session(s) connected, to be ended" if sessions
-                             else "") + "; renamed aside, closed to connections)")
+                             else "") + f"; {item['how']})")
                 else:
                     print(f"  replaces {item['type']} {item['name']} "
                           f"({human_bytes(item['bytes'])}, moved aside)")

@@ -173,13 +173,13 @@ class MysqlScratch:
         return "mariadb:" + out.strip()
 
     def _mysql(self, sql: str, database: str | None = None) -> str:
-        argv = [self._client, f"--defaults-extra-file={self._options}", "-N", "-B",
-                *([database] if database else []), "-e", sql]
+        argv = [self._client, f"--defaults-file={self._options}", "-N", "-B",
+                *([f"--database={database}"] if database else []), "-e", sql]
         return _run(argv, env=None, what=f"scratch database {self.name}", hidden=self._hidden,
                     limits=self.limits)
 
     def create(self) -> None:
-        self._mysql(f"CREATE DATABASE `{self.name}`")
+        self._mysql(f"CREATE DATABASE {_backticks(self.name)}")
 
     def restore(self, dump: Path, *, as_production: bool = False) -> None:
         """Load ``dump`` with every event it creates disabled (an event restored enabled
@@ -197,8 +197,9 @@ class MysqlScratch:
             piped = run_pipeline(
                 ChildSpec(argv=["sed", "-E", *filters, str(dump)],
                           what="event filter", env=base_env()),
-                ChildSpec(argv=[self._client, f"--defaults-extra-file={self._options}",
-                                self.name], what=what, env=base_env(), secrets=self._hidden),
+                ChildSpec(argv=[self._client, f"--defaults-file={self._options}",
+                                f"--database={self.name}"], what=what, env=base_env(),
+                          secrets=self._hidden),
                 limits=bound)
         except ChildError as exc:
             raise ScratchError(str(exc)) from None
@@ -244,7 +245,7 @@ class MysqlScratch:
         return out.split() == ["1"]
 
     def drop(self) -> None:
-        self._mysql(f"DROP DATABASE IF EXISTS `{self.name}`")
+        self._mysql(f"DROP DATABASE IF EXISTS {_backticks(self.name)}")
 
     def check_access(self) -> tuple[str, dict[str, str]]:
         """``{dsn}`` for a check command (no password in it) and the environment that
@@ -266,6 +267,11 @@ _DISABLE_EVENTS = (r"/^\/\*!50106 CREATE\*\/.*\/\*!50106 EVENT /"
 # switches the *original* database's default collation (ALTER DATABASE `shop` ...) and back:
 # without its name, the statement applies to the database being loaded, the scratch one.
 _OWN_DATABASE = r"s/^(\/\*![0-9]+ )?ALTER DATABASE `([^`]|``)*` /\1ALTER DATABASE /"
+
+
+def _backticks(name: str) -> str:
+    """A MySQL identifier, quoted."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _url(scheme: str, server: Dsn, database: str) -> str:

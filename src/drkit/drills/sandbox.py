@@ -231,9 +231,12 @@ def _drop(item: dict[str, Any], workdir: Path) -> None:
     name = str(item.get("database", ""))
     if not name.startswith(("drkit_drill_", STAGING_PREFIX)):
         raise DrillErrorLike(f"not a drill or restore database name: {name!r}; left alone")
-    server_item = item.get("server")
+    server_item = dict(item.get("server") or {})
+    # A restore's staging database is dropped from the server's `postgres` database: the
+    # DSN's own may not exist (a restore into a new database).
+    connect = server_item.pop("connect_database", None)
     try:
-        if isinstance(server_item, dict) and set(server_item) == {"dsn"}:
+        if set(server_item) == {"dsn"}:
             text = str(server_item["dsn"])  # given on the command line: holds no password
         else:
             text = SecretRef.model_validate(server_item).resolve()
@@ -243,6 +246,8 @@ def _drop(item: dict[str, Any], workdir: Path) -> None:
         raise DrillErrorLike(describe(exc)) from None
     try:
         server = parse_dsn(text, what="scratch server")
+        if isinstance(connect, str):
+            server = server.with_database(connect)
         scratch_for(str(item.get("kind")), server, name, workdir / "cleanup",
                     limits=Limits.after(SWEEP_LIMIT_S)).drop()
     except DrkitError as exc:

@@ -26,13 +26,13 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from drkit.catalog.inflight import utcnow
 from drkit.config.models import Config
 from drkit.drills.choose import newest_by
 from drkit.drills.databases import ScratchError
-from drkit.drills.livedb import live_database, refuse_unreplaceable
+from drkit.drills.livedb import PostgresLive, live_database, refuse_unreplaceable
 from drkit.drills.plans import PlanStep, RecoveryPlan
 from drkit.drills.restore import SPACE_MARGIN, DrillError, list_snapshot
 from drkit.drills.sandbox import sandbox, sandbox_root
@@ -47,6 +47,8 @@ from drkit.restic import commands
 from drkit.restic.stream import backup_stream
 from drkit.supervise import Limits
 from drkit.targets.dsn import parse_dsn
+from drkit.targets.mysql import MysqlTarget
+from drkit.targets.mysql import dump_binary as mysql_dump_binary
 from drkit.units import human_bytes
 
 log = logging.getLogger("drkit.recover")
@@ -64,6 +66,7 @@ class RecoverStep:
     adds: list[str] = field(default_factory=list)
     moved_aside: dict[str, str] = field(default_factory=dict)      # what the restore moved
     database: str | None = None    # a database step: the database put back
+    problem: str | None = None      # what would stop this step (a dry run reports it)
     needs_bytes: int | None = None  # room its staging needs (the snapshot's size)
     space_on: str | None = None     # ...on the filesystem of this directory
     safety_snapshot: str | None = None
@@ -117,7 +120,8 @@ def recover_plan(config: Config, recorder: Recorder, plan: RecoveryPlan, *, dry_
         with sandbox(config, f"recover-{plan.name}", keep=False) as box:
             result.steps = [_survey(config, recorder, step, at, repository, box.path)
                             for step in plan.steps]
-        result.problems = space_problems(result.steps)
+        result.problems = space_problems(result.steps) + [
+            f"{step.target}: {step.problem}" for step in result.steps if step.problem]
         result.status = "dry_run"
         return result
     handle = recorder.journal.open("recover", plan=plan.name,
@@ -298,9 +302,15 @@ def _survey_database(config: Config, step: PlanStep, planned: RecoverStep, workd
     if state.exists:
         planned.replaces.append({"name": live.name, "type": "database",
                                  "bytes": state.bytes or 0, "objects": state.objects,
-                                 "sessions": state.sessions})
+                                 "sessions": state.sessions,
+                                 "how": "renamed aside, closed to connections"
+                                 if isinstance(live, PostgresLive) else "loaded into"})
     else:
         planned.adds.append(f"database {live.name}")
+    try:
+        refuse_unreplaceable(live, state)
+    except BadRequestError as exc:
+        planned.problem = exc.message
 
 
 def space_problems(steps: list[RecoverStep]) -> list[str]:
@@ -354,10 +364,15 @@ def _safety_copy(config: Config, step: PlanStep, planned: RecoverStep, workdir: 
             kind = config.targets[step.target].kind
             dsn = parse_dsn(step.recover_to.dsn.resolve(), what=f"recover_to of {step.target}")
             live = live_database(kind, dsn, workdir / f"safety-{step.target}", limits)
+            target = config.targets[step.target]
+            # The target's own dump tool: the version that dumps this server already.
+            producer = live.dump_producer(getattr(target, "pg_dump_binary", "pg_dump")) \
+                if isinstance(live, PostgresLive) else \
+                live.dump_producer(mysql_dump_binary(cast(MysqlTarget, target)))
             extension = "dump" if kind == "postgres" else "sql"
             (workdir / f"stream-{step.target}").mkdir(mode=0o700)
             summary = backup_stream(
-                repo, live.dump_producer(), filename=f"{live.name}.{extension}",
+                repo, producer, filename=f"{live.name}.{extension}",
                 tags=safety_tags(step.target), host=config.host, dry_run=False,
                 action=action, workdir=workdir / f"stream-{step.target}", limits=limits)
         else:

@@ -147,21 +147,28 @@ def include_paths(config: Config, name: str, include: Sequence[str]) -> list[str
     if include and target.kind != "files":
         raise BadRequestError(f"--include is for files targets; {name!r} is a {target.kind} "
                               "target (its snapshot is one file)")
-    paths = [str(p) for p in getattr(target, "paths", [])]
-    out = []
+    paths = [str(p).rstrip("/") for p in getattr(target, "paths", [])]
+    out: list[str] = []
     for item in include:
-        if any(ch in item for ch in "*?[\\") or ".." in item.split("/") or not item.strip("/"):
+        parts = [part for part in item.split("/") if part not in ("", ".")]
+        if any(ch in item for ch in "*?[\\") or ".." in parts or not parts:
             raise BadRequestError(f"--include {item!r}: give a path in the snapshot (as drkit "
                                   "ls shows it), not a pattern")
         if item.startswith("/"):
-            out.append("/" + item.strip("/"))
+            path = "/" + "/".join(parts)
         elif len(paths) == 1:
-            out.append(paths[0].rstrip("/") + "/" + item.strip("/"))
+            path = paths[0] + "/" + "/".join(parts)
         else:
             raise BadRequestError(f"--include {item!r}: target {name!r} does not back up "
                                   "one directory; give the path as drkit ls shows it "
                                   "(absolute)")
-    return out
+        if any(path == p or p.startswith(path + "/") for p in paths):
+            raise BadRequestError(f"--include {item!r} is the whole backed-up directory (or "
+                                  "above it): restore without --include")
+        out.append(path)
+    # One path each, none inside another (its parent brings it along).
+    unique = sorted(set(out))
+    return [p for p in unique if not any(p.startswith(q + "/") for q in unique)]
 
 
 def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,

@@ -17,6 +17,7 @@ without a password (a command line is visible to every local user).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,6 @@ from drkit.drills.livedb import (
     DatabaseState,
     LiveDatabase,
     PostgresLive,
-    aside_name,
     live_database,
     refuse_unreplaceable,
 )
@@ -52,11 +52,13 @@ def dsn_reference(text: str) -> tuple[Dsn, dict[str, str]]:
     A password on the command line is a bad request."""
     if text.startswith(("env:", "file:")):
         kind, _, where = text.partition(":")
+        if kind == "file":
+            where = os.path.abspath(where)  # the sweep may run from another directory
         ref = SecretRef.model_validate({kind: where})
         return parse_dsn(ref.resolve(), what=f"--into-dsn {text}"), \
             ref.model_dump(mode="json", exclude_none=True)
     dsn = parse_dsn(text, what="--into-dsn")
-    if dsn.password is not None:
+    if dsn.password is not None or any(key == "password" for key, _ in dsn.params):
         raise BadRequestError("--into-dsn: a password on the command line is visible to "
                               "every local user",
                               hint="put the DSN in an environment variable or a file and pass "
@@ -102,7 +104,8 @@ def restore_database(config: Config, recorder: Recorder, name: str, *, into: str
         try:
             if state is not None:
                 _restore_into(config, recorder, result, live, state, box, source,
-                              snapshot=snapshot, at=at, progress=progress)
+                              snapshot=snapshot, at=at, overwrite=overwrite,
+                              progress=progress)
                 result.status = "succeeded"
         except DrkitError as exc:
             result.error = describe(exc)
@@ -128,7 +131,7 @@ def restore_database(config: Config, recorder: Recorder, name: str, *, into: str
 def _restore_into(config: Config, recorder: Recorder, result: RestoreResult,
                   live: LiveDatabase, state: DatabaseState, box: Any,
                   source: dict[str, str], *, snapshot: str | None, at: datetime | None,
-                  progress: ProgressHook | None) -> None:
+                  overwrite: bool, progress: ProgressHook | None) -> None:
     """Restore the dump into the sandbox, load it, verify it, put it in place."""
     from drkit.drills.choose import recorded_fingerprints
 
@@ -141,15 +144,17 @@ def _restore_into(config: Config, recorder: Recorder, result: RestoreResult,
         raise DrillError(f"snapshot {snap.short_id} holds {len(dumps)} files, not one dump")
     started = time.monotonic()
     if not isinstance(live, PostgresLive):
-        live.load(dumps[0], create=not state.exists)
+        live.load(dumps[0])  # checked again right before: still missing or empty
         result.placed.append(f"database {live.name}")
         result.restore_s = (result.restore_s or 0.0) + time.monotonic() - started
         return
     staging = live.staging()
-    box.will_create("postgres", staging.name, source)  # dropped by the next command if killed
+    # Dropped by the next command if this one is killed (connecting to `postgres`: the
+    # DSN's own database may not exist).
+    box.will_create("postgres", staging.name, {**source, "connect_database": "postgres"})
     swapped = False
     try:
-        staging.create()
+        live.create_staging(staging, state)
         staging.restore(dumps[0], as_production=True)
         recorded = recorded_fingerprints(recorder, snap.id, result.repository)
         if recorded:
@@ -159,19 +164,25 @@ def _restore_into(config: Config, recorder: Recorder, result: RestoreResult,
             result.checks.append(check)
             if not check.passed:
                 raise DrillError(f"fingerprints differ: {check.detail}: nothing replaced")
-        aside = aside_name(live.name, time.strftime("%Y%m%d_%H%M%S", time.gmtime())) \
-            if state.exists else None
-        ended = live.swap_in(staging.name, aside=aside, owner=state.owner)
+        else:
+            result.checks.append(CheckResult(
+                name="fingerprints equal to the backup's", status="passed",
+                detail="not compared: the backup of this snapshot recorded none"))
+        done = live.swap_in(staging.name, overwrite=overwrite)
         swapped = True
         result.placed.append(f"database {live.name}")
-        if aside is not None:
-            result.moved_aside[live.name] = aside
+        if done.aside is not None:
+            result.moved_aside[live.name] = done.aside
             log.warning("restore %s: the database it replaced is kept as %s (closed to "
-                        "connections)%s", result.target, aside,
-                        f"; {len(ended)} session(s) ended" if ended else "")
-        if ended:
+                        "connections)%s", result.target, done.aside,
+                        f"; {len(done.ended)} session(s) ended" if done.ended else "")
+        if done.ended:
             result.checks.append(CheckResult(name="sessions ended before the swap",
-                                             status="passed", detail="; ".join(ended)))
+                                             status="passed", detail="; ".join(done.ended)))
+        for warning in done.warnings:
+            log.warning("restore %s: %s", result.target, warning)
+            result.checks.append(CheckResult(name="left with the replaced database",
+                                             status="passed", detail=warning))
     finally:
         if not swapped:
             try:

@@ -70,6 +70,8 @@ def list_snapshots(config: Config, names: Sequence[str] = (), *, all_hosts: bool
                 id=snap.id, target=target, repository=repo_name,
                 time=canonical_time(snap.time), hostname=snap.hostname, paths=snap.paths,
                 tags=snap.tags,
-                copy_of=(source or "?", snap.original) if snap.original else None))
+                # restic also keeps `original` through `tag` and `rewrite`: only a copy
+                # repository's snapshots are copies.
+                copy_of=(source, snap.original) if source and snap.original else None))
     rows.sort(key=lambda row: row.time)
     return rows, errors

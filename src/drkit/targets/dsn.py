@@ -1,8 +1,9 @@
 """Database connection strings, turned into what the dump tools read without argv secrets.
 
 PostgreSQL tools get libpq environment variables (``PGPASSWORD`` among them); MySQL/MariaDB
-tools get a ``--defaults-extra-file`` (mode 0600) holding the password. A DSN is never logged:
-:func:`describe` gives ``user@host:port/db``.
+tools get a ``--defaults-file`` (mode 0600) holding the password and the rest of the DSN
+(the only option file they read: a ``~/.my.cnf`` cannot point them elsewhere). A DSN is
+never logged: :func:`describe` gives ``user@host:port/db``.
 """
 
 from __future__ import annotations

@@ -43,9 +43,9 @@ class MysqlKind:
         dsn, database = target_dsn(name, config.dsn.resolve())
         options = mysql_defaults_file(dsn, staging)
         # --skip-dump-date: an unchanged database dumps to the same bytes (deduplicated).
-        argv = [dump_binary(config), f"--defaults-extra-file={options}",
+        argv = [dump_binary(config), f"--defaults-file={options}",
                 "--single-transaction", "--routines", "--triggers", "--events",
-                "--hex-blob", "--skip-dump-date", database]
+                "--hex-blob", "--skip-dump-date", "--", database]
         producer = ChildSpec(argv=argv, what=f"dump of {dsn.describe()}",
                              secrets=[dsn.password or ""])
         try:
