@@ -226,10 +226,19 @@ class Project:
 
     def run(self, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
-        """Run the real `drkit` CLI (a subprocess) against this project's config."""
+        """Run the real `drkit` CLI (a process of its own) against this project's config:
+        forked from the test session's pre-imported drkit (tests/zygote.py), or a new
+        `python -m drkit` when DRKIT_TEST_NO_ZYGOTE is set."""
         env = {**os.environ, **self.env, **(extra_env or {})}
+        argv = ["--config", str(self.config_path), *args]
+        if _ZYGOTE:
+            from tests.zygote import run
+
+            code, out, err = run(_ZYGOTE[0], argv, env=env, cwd=str(self.root),
+                                 timeout=timeout)
+            return subprocess.CompletedProcess(["drkit", *argv], code, out, err)
         return subprocess.run(
-            [sys.executable, "-m", "drkit", "--config", str(self.config_path), *args],
+            [sys.executable, "-m", "drkit", *argv],
             capture_output=True, text=True, timeout=timeout, env=env, cwd=self.root)
 
     def run_json(self, *args: str, expect: int = 0) -> Any:
@@ -244,6 +253,30 @@ class Project:
                "RESTIC_PASSWORD": self.env["DRKIT_TEST_PASSWORD"], **(extra_env or {})}
         return subprocess.run([self.restic_binary, *args], capture_output=True, text=True,
                               env=env, timeout=600)
+
+
+_ZYGOTE: list[str] = []  # the socket of this test session's zygote, once started
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One pre-imported drkit per test process, which every `Project.run` forks."""
+    if os.environ.get("DRKIT_TEST_NO_ZYGOTE"):
+        yield
+        return
+    path = str(tmp_path_factory.mktemp("zygote") / "socket")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "zygote.py"), path],
+                            stdout=subprocess.PIPE, cwd=REPO_ROOT,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    _ZYGOTE.append(path)
+    try:
+        yield
+    finally:
+        _ZYGOTE.clear()
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture

@@ -66,3 +66,22 @@ def os_actor() -> str:
         name = f"uid {uid}"
     via = os.environ.get("SUDO_USER")
     return f"{name} (sudo by {via})" if via and uid == 0 else name
+
+
+_ACTOR_OVERRIDE: list[str] = []  # set while a Prefect flow run works (see drkit.flows)
+
+
+def current_actor() -> str:
+    """Who the records of this process name as actor: the Prefect flow run (with its
+    deployment) while one runs, else the OS user (:func:`os_actor`)."""
+    return _ACTOR_OVERRIDE[-1] if _ACTOR_OVERRIDE else os_actor()
+
+
+def push_actor(actor: str) -> None:
+    """Make ``actor`` the current actor until :func:`pop_actor`."""
+    _ACTOR_OVERRIDE.append(actor)
+
+
+def pop_actor() -> None:
+    if _ACTOR_OVERRIDE:
+        _ACTOR_OVERRIDE.pop()

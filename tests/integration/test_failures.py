@@ -20,9 +20,11 @@ from tests.helpers import wait_for
 
 
 def records(project: Project) -> list[dict[str, Any]]:
+    """The runs' records (not the `config` record of the config they ran with)."""
     with closing(sqlite3.connect(project.catalog_path)) as db:
         db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute("select * from records order by seq")]
+        return [dict(row) for row in db.execute("select * from records where kind != "
+                                                "'config' order by seq")]
 
 
 def local_repo(project: Project, name: str = "repo") -> dict[str, Any]:

@@ -165,8 +165,10 @@ def test_csv_has_one_row_per_record_with_stable_columns(
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert tuple(rows[0].keys()) == CSV_COLUMNS
-    # backups, drills, checks, the repo init (the report's own record comes after it)
-    assert len(rows) == 18 + 4 + 3 + 1
+    # backups, drills, checks, the repo init, the config in force when the CLI first
+    # appended (the report's own record comes after it)
+    assert len(rows) == 18 + 4 + 3 + 1 + 1
+    assert [r["kind"] for r in rows].count("config") == 1
     breached = next(r for r in rows if r["kind"] == "drill" and r["status"] == "breached")
     assert float(breached["rto_achieved_s"]) == 900 and float(breached["rto_objective_s"]) == 600
     assert json.loads(breached["evidence"])["rpo_achieved_s"] == 1800

@@ -299,12 +299,13 @@ def test_an_unreadable_journal_file_is_recorded_once(project: Project) -> None:
     runs.mkdir(parents=True)
     (runs / "0d2c1e2a-torn.json").write_bytes(b'{"run_id": "0d2c1e2a", "kind": "back')
     assert project.run("status").returncode == 1  # nothing backed up yet
-    (record,) = records(project)
+    config, record = records(project)
+    assert config["kind"] == "config"  # the config in force, recorded with the first record
     assert record["kind"] == "unknown" and record["status"] == "interrupted"
     assert "0d2c1e2a-torn.json" in record["error"] and "unreadable" in record["error"]
     assert (runs / "0d2c1e2a-torn.json.unreadable").exists()
     project.run("status")
-    assert len(records(project)) == 1  # reported once, not skipped (or repeated) forever
+    assert len(records(project)) == 2  # reported once, not skipped (or repeated) forever
 
 
 @pytest.mark.every_restic

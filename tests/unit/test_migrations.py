@@ -12,9 +12,10 @@ from sqlalchemy import inspect, text
 
 from drkit.catalog import migrate
 from drkit.catalog.audit import verify_chain
+from drkit.catalog.chain import record_hash
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.models import Base
-from drkit.catalog.store import Catalog, NewRecord, open_catalog
+from drkit.catalog.store import NewRecord, open_catalog
 
 VERSIONS = Path(migrate.__file__).parent / "migrations" / "versions"
 
@@ -45,12 +46,25 @@ def test_catalog_from_before_migrations_is_upgraded_in_place(catalog_url: str) -
     with engine.begin() as connection:
         command.upgrade(migrate.alembic_config(connection), "0001")
         connection.execute(text("DROP TABLE alembic_version"))
-    old = Catalog(engine)
-    old._ensure_head()
     now = utcnow()
-    for index in range(3):
-        old.append(NewRecord(kind="drill", status="passed", plan=f"p{index}",
-                             started_at=now, finished_at=now + timedelta(seconds=1)))
+    previous = "0" * 64
+    with engine.begin() as connection:  # records as drkit 0.1 wrote them: format 1
+        for index in range(3):
+            fields = {"seq": index + 1, "run_id": f"run-{index}", "kind": "drill",
+                      "status": "passed", "target": None, "repository": None,
+                      "plan": f"p{index}", "hostname": "old-host", "drkit_version": "0.1.0",
+                      "restic_version": None, "started_at": now,
+                      "finished_at": now + timedelta(seconds=1), "snapshot_id": None,
+                      "error": None, "evidence": "{}", "prev_hash": previous}
+            fields["hash"] = previous = record_hash(fields)
+            connection.execute(text(
+                "INSERT INTO records (seq, run_id, kind, status, plan, hostname, "
+                          "drkit_version, started_at, finished_at, evidence, prev_hash, hash) "
+                          "VALUES (:seq, :run_id, :kind, :status, :plan, :hostname, "
+                          ":drkit_version, :started_at, :finished_at, :evidence, :prev_hash, "
+                          ":hash)"), fields)
+        connection.execute(text("INSERT INTO chain_head (id, seq, hash) VALUES (1, 3, :h)"),
+                           {"h": previous})
     engine.dispose()
 
     upgraded = open_catalog(catalog_url)

@@ -42,6 +42,10 @@ class Record(Base):
     evidence: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    # Format 2 (drkit.catalog.chain): who ran it and which effective config was in force.
+    format: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
+    actor: Mapped[str | None] = mapped_column(String(255))
+    config_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_records_kind_target_finished", "kind", "target", "finished_at"),
@@ -67,3 +71,25 @@ class ChainHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class Checkpoint(Base):
+    """A signed statement of the chain's head: its ``payload`` (canonical JSON: sequence,
+    head hash, the hashes of the records since the previous checkpoint, time, host, signer)
+    and an Ed25519 ``signature`` of it (base64). Written after every run that appended
+    records; copies are anchored outside the database (a local append-only file, the
+    evidence bucket under object lock), which is what makes them evidence. ``anchored``
+    says where the copy in the bucket went (set after the upload; not part of the payload).
+    """
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
+    head_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    key_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    payload: Mapped[str] = mapped_column(Text, nullable=False)
+    signature: Mapped[str] = mapped_column(String(128), nullable=False)
+    anchored: Mapped[str | None] = mapped_column(Text)

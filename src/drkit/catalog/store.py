@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import uuid
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drkit import __version__
-from drkit.catalog.chain import canonical_json, record_hash
+from drkit.catalog.chain import FORMAT, canonical_json, record_hash
 from drkit.catalog.inflight import RunHandle, RunJournal, Unreadable, utcnow
 from drkit.catalog.migrate import ensure_schema
 from drkit.catalog.models import GENESIS_HASH, ChainHead, Record
@@ -103,14 +104,24 @@ class Catalog:
     """
 
     def __init__(self, engine: Engine, *, hostname: str | None = None,
-                 secrets: Sequence[str] = ()) -> None:
+                 secrets: Sequence[str] = (), actor: str | None = None) -> None:
         self.engine = engine
         self.hostname = hostname or socket.gethostname()
         self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len,
                               reverse=True)
+        self.actor = actor  # who runs this process (OS user, or the Prefect flow run)
+        # The effective config (and plans) in force, by hash: set by whoever opened the
+        # catalog for a config; the first append records it when it changed (a `config`
+        # record), every record carries its hash.
+        self.config_hash: str | None = None
+        self.config_content: dict[str, Any] | None = None
+        self._config_recorded = False
+        self.appended = 0  # records this process appended (a checkpoint covers them)
+        self.settings: Any = None  # the Config it was opened for (evidence settings)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(engine.execution_options(drkit_readonly=True),
                                            expire_on_commit=False)
+        _OPENED.append(self)
 
     def session(self) -> AbstractContextManager[Session]:
         """A session in one transaction, committed on success, rolled back on error."""
@@ -151,6 +162,8 @@ class Catalog:
         head = session.execute(
             select(ChainHead).where(ChainHead.id == 1).with_for_update()
         ).scalar_one()
+        if not self._config_recorded and self.config_hash is not None and new.kind != "config":
+            self._record_config(session, head)
         if new.run_id is not None:  # a run is recorded once, whatever happens after its commit
             known = session.scalars(select(Record).where(Record.run_id == new.run_id)
                                     .limit(1)).first()
@@ -173,8 +186,11 @@ class Catalog:
             "finished_at": _naive(new.finished_at),
             "snapshot_id": new.snapshot_id,
             "error": self.redact(new.error),
-            "evidence": canonical_json(self.redact(new.evidence)),
+            "evidence": _evidence_text(self.redact(new.evidence)),
             "prev_hash": head.hash,
+            "format": FORMAT,
+            "actor": self.actor,
+            "config_hash": self.config_hash,
         }
         fields["hash"] = record_hash(fields)
         record = Record(**fields)
@@ -182,7 +198,23 @@ class Catalog:
         head.seq = fields["seq"]
         head.hash = fields["hash"]
         session.flush()
+        self.appended += 1
         return record
+
+    def _record_config(self, session: Session, head: ChainHead) -> None:
+        """Append a ``config`` record holding the effective config when this host's newest
+        one has another hash (the first append of a process checks, once)."""
+        self._config_recorded = True
+        latest = session.scalar(select(Record.config_hash).where(
+            Record.kind == "config", Record.hostname == self.hostname)
+            .order_by(Record.seq.desc()).limit(1))
+        if latest == self.config_hash:
+            return
+        now = utcnow()
+        self._append(session, NewRecord(
+            kind="config", status="recorded", started_at=now, finished_at=now,
+            evidence={"config_hash": self.config_hash, "previous_hash": latest,
+                      "effective": self.config_content or {}}))
 
     def finish_run(self, handle: RunHandle, *, status: str, snapshot_id: str | None = None,
                    error: str | None = None, evidence: dict[str, Any] | None = None,
@@ -239,6 +271,38 @@ class Catalog:
         return recovered
 
 
+_OPENED: list[Catalog] = []  # every catalog this process opened (checkpoints at its end)
+
+
+def opened_catalogs() -> list[Catalog]:
+    """The catalogs this process opened, in order."""
+    return list(_OPENED)
+
+
+def _evidence_text(evidence: Any) -> str:
+    """Canonical JSON of ``evidence``; a NaN or an infinity (which JSON cannot carry and the
+    canonical form refuses) becomes null, its path named under ``non_finite``."""
+    try:
+        return canonical_json(evidence)
+    except ValueError:
+        found: list[str] = []
+
+        def finite(value: Any, path: str) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                found.append(path)
+                return None
+            if isinstance(value, dict):
+                return {k: finite(v, f"{path}.{k}") for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [finite(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return value
+
+        cleaned = finite(evidence, "evidence")
+        if isinstance(cleaned, dict):
+            cleaned["non_finite"] = found
+        return canonical_json(cleaned)
+
+
 @contextmanager
 def _transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     try:
@@ -255,7 +319,7 @@ def _naive(value: datetime) -> datetime:
 
 
 def open_catalog(url: str, *, base_dir: Path | None = None, hostname: str | None = None,
-                 secrets: Sequence[str] = ()) -> Catalog:
+                 secrets: Sequence[str] = (), actor: str | None = None) -> Catalog:
     """Open (and create if new) the catalog at SQLAlchemy ``url``.
 
     A relative SQLite path is taken relative to ``base_dir`` (the config file's directory).
@@ -268,7 +332,7 @@ def open_catalog(url: str, *, base_dir: Path | None = None, hostname: str | None
         if engine.dialect.name == "sqlite":
             _sqlite_pragmas(engine)
         ensure_schema(engine)
-        catalog = Catalog(engine, hostname=hostname, secrets=secrets)
+        catalog = Catalog(engine, hostname=hostname, secrets=secrets, actor=actor)
         with contextlib.suppress(IntegrityError):  # another process created it just now
             catalog._ensure_head()
     except ModuleNotFoundError as exc:
@@ -278,6 +342,34 @@ def open_catalog(url: str, *, base_dir: Path | None = None, hostname: str | None
         orig = getattr(exc, "orig", None) or exc
         raise CatalogError(f"cannot open catalog {masked_url(url)}: {orig}") from None
     return catalog
+
+
+def open_readonly(url: str, *, base_dir: Path | None = None) -> Engine:
+    """An engine on the catalog at ``url`` that never writes: no schema creation or
+    migration, no chain head row; SQLite opened read-only (``mode=ro``). Raises
+    :class:`CatalogError` when there is no catalog there."""
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = Path(parsed.database or "").expanduser()
+            if not path.is_absolute():
+                path = (base_dir or Path.cwd()) / path
+            if not path.is_file():
+                raise CatalogError(f"no catalog at {path}")
+            engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
+                                   connect_args={"timeout": 60, "check_same_thread": False})
+        else:
+            engine = create_engine(url)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+            connection.rollback()
+    except ModuleNotFoundError as exc:
+        raise CatalogError(f"catalog {masked_url(url)}: database driver missing ({exc.name})"
+                           ) from None
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise CatalogError(f"cannot open catalog {masked_url(url)}: {orig}") from None
+    return engine
 
 
 def _connect_args(url: str) -> dict[str, Any]:

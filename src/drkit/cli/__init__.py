@@ -177,8 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", parents=[common], help="the catalog's evidence chain")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND",
                                      parser_class=_Parser)
-    audit_sub.add_parser("verify", parents=[common, as_json],
-                         help="re-hash the record chain and say where it breaks, if anywhere")
+    p = audit_sub.add_parser("verify", parents=[common, as_json],
+                             help="re-hash the record chain, check every signed checkpoint "
+                                  "and its anchors; say where it breaks, if anywhere")
+    p.add_argument("--offline", action="store_true",
+                   help="do not read the anchors in the evidence bucket (this host's anchor "
+                        "file and the catalog's checkpoints only)")
+    p = audit_sub.add_parser("export", parents=[common, as_json],
+                             help="write an evidence bundle anyone can verify offline "
+                                  "(sha256sum, openssl, jq, or its own verify.py)")
+    p.add_argument("--since", metavar="AGE|DATE", help="start of the period (default: 30d)")
+    p.add_argument("--until", metavar="DATE", help="end of the period (default: now)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="a new (or empty) directory for the bundle")
+
+    p = sub.add_parser("keygen", parents=[common],
+                       help="write an Ed25519 key pair for signing the chain's checkpoints")
+    p.add_argument("--output", default=".", metavar="DIR",
+                   help="where to write evidence.key and evidence.pub (default: .)")
 
     sub.add_parser("serve", parents=[common],
                    help="run every schedule in the config through Prefect (embedded server "
@@ -269,3 +285,18 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"drkit: internal error: {type(exc).__name__}: {exc} "
               "(run with --verbose for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        _finish_evidence()
+
+
+def _finish_evidence() -> None:
+    """The signed checkpoint of what this command appended to the catalog (if it opened
+    one): one place for every command. Its problems are logged, never raised."""
+    if "drkit.catalog.store" not in sys.modules:
+        return  # no catalog was opened: nothing to sign (and nothing to import)
+    try:
+        from drkit.jobs.evidence import finish
+
+        finish()
+    except Exception as exc:
+        log.error("evidence: no checkpoint written: %s: %s", type(exc).__name__, exc)

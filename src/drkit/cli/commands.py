@@ -14,15 +14,16 @@ from drkit.errors import EXIT_BAD_REQUEST, EXIT_FAILED, EXIT_OK, BadRequestError
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the command named in ``args``; return its exit code."""
-    from drkit.cli import recovery
+    from drkit.cli import evidence, recovery
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
-        "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": cmd_audit_verify,
+        "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": evidence.cmd_audit,
         "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "demo": cmd_demo,
         "restore": recovery.cmd_restore, "ls": recovery.cmd_ls,
         "recover": recovery.cmd_recover, "copy": recovery.cmd_copy,
+        "keygen": evidence.cmd_keygen,
     }
     return handlers[args.command](args)
 
@@ -286,33 +287,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"drkit: error: {run.error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED if bad and args.strict else EXIT_OK
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from drkit.catalog.audit import verify_chain
-    from drkit.jobs.common import open_config_catalog
-
-    config = _config(args)
-    result = verify_chain(open_config_catalog(config))
-    if args.json:
-        emit_json(result.to_json())
-    elif result.intact:
-        print(f"chain intact: {result.records} records, head {result.head_hash}")
-    else:
-        for item in result.problems:
-            print(f"{_where(item)}: {item['problem']}: {item['detail']}")
-    if not result.intact:
-        first = result.problems[0]
-        print(f"drkit: chain broken at {_where(first)} ({first['problem']}); "
-              f"{len(result.problems)} problem(s)", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def _where(problem: dict[str, Any]) -> str:
-    if problem["seq"] is None:
-        return "the chain head"
-    return f"record {problem['record_id']} (seq {problem['seq']})"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

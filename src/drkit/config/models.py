@@ -298,6 +298,41 @@ class NotifySettings(Strict):
     webhook: Webhook | None = None
 
 
+class EvidenceSettings(Strict):
+    """What makes the record chain evidence: checkpoints of its head signed with an Ed25519
+    key held outside the catalog (``signing_key``, a PEM private key: ``drkit keygen``),
+    verified with ``public_key`` (the base64 body of the PEM public key, which also goes in
+    every report), anchored in a local append-only file and, with ``bucket``, in an
+    object-locked bucket (``lock_mode`` for ``retain_days``), where nobody can rewrite them."""
+
+    signing_key: SecretRef | None = None
+    public_key: str | None = None
+    bucket: S3Output | None = None
+    lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = "COMPLIANCE"
+    retain_days: PositiveInt = 400
+    anchor_file: Annotated[Path, AfterValidator(resolve_path)] | None = None
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from drkit.signing import PublicKeyError, load_public_key
+
+        try:
+            load_public_key(value)
+        except PublicKeyError as exc:
+            raise ValueError(str(exc)) from None
+        return "".join(value.split())
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> EvidenceSettings:
+        if self.signing_key is not None and self.public_key is None:
+            raise ValueError("a signing_key needs its public_key (drkit keygen prints it): "
+                             "audit verify checks every signature with it")
+        return self
+
+
 class Config(Strict):
     """The whole of ``drkit.yaml``. ``source`` and ``base_dir`` are set by the loader."""
 
@@ -322,6 +357,7 @@ class Config(Strict):
     retries: RetrySettings = Field(default_factory=RetrySettings)
     reports: ReportSettings | None = None
     notify: NotifySettings | None = None
+    evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
 
     source: Path | None = Field(default=None, exclude=True)
 

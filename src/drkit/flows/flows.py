@@ -12,6 +12,8 @@ on any host with drkit installed can run them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, task
@@ -54,6 +56,26 @@ def _config(path: str) -> Config:
     from drkit.config.loader import load_config
 
     return load_config(path)
+
+
+@contextmanager
+def _as_flow_run() -> Iterator[None]:
+    """While a task works: the records it appends name the flow run and its deployment as
+    their actor; afterwards, the signed checkpoint of what it appended."""
+    from prefect.runtime import deployment
+
+    from drkit.identity import os_actor, pop_actor, push_actor
+
+    name = deployment.name or "no deployment"
+    push_actor(f"prefect flow run {flow_run.name} ({flow_run.id}), deployment {name}, "
+               f"as {os_actor()}")
+    try:
+        yield
+    finally:
+        pop_actor()
+        from drkit.jobs.evidence import finish
+
+        finish()
 
 
 def _recorder(config: Config) -> Any:
@@ -109,18 +131,19 @@ def _backup_task_name() -> str:
 def backup_task(config_path: str, target: str, repositories: list[str]) -> list[dict[str, Any]]:
     """Back ``target`` up to ``repositories`` exactly as ``drkit backup`` does (one prepared
     copy for all of them); raise :class:`BackupFailed` with every run if any failed."""
-    from drkit.jobs.backup import backup_target
-    from drkit.jobs.common import Recorder, detect_restic_version
+    with _as_flow_run():
+        from drkit.jobs.backup import backup_target
+        from drkit.jobs.common import Recorder, detect_restic_version
 
-    config = _config(config_path)
-    runs = [run.to_json() for run in backup_target(
-        config, Recorder.for_config(config), target, repositories=repositories, ping=False,
-        restic_version=detect_restic_version(config))]
-    failed = [r for r in runs if r["status"] != "succeeded"]
-    if failed:
-        raise BackupFailed("; ".join(f"backup {r['target']} -> {r['repository']}: {r['error']}"
-                                     for r in failed), runs=runs)
-    return runs
+        config = _config(config_path)
+        runs = [run.to_json() for run in backup_target(
+            config, Recorder.for_config(config), target, repositories=repositories, ping=False,
+            restic_version=detect_restic_version(config))]
+        failed = [r for r in runs if r["status"] != "succeeded"]
+        if failed:
+            raise BackupFailed("; ".join(f"backup {r['target']} -> {r['repository']}: {r['error']}"
+                                         for r in failed), runs=runs)
+        return runs
 
 
 def _backup_name() -> str:
@@ -186,16 +209,17 @@ def _log() -> Any:
 @task(name="copy", task_run_name="copy into {repository}")
 def copy_task(config_path: str, repository: str) -> list[dict[str, Any]]:
     """``drkit copy REPOSITORY``; raise :class:`RunFailed` when a target's copy failed."""
-    from drkit.jobs.copy import copy_repositories
+    with _as_flow_run():
+        from drkit.jobs.copy import copy_repositories
 
-    config = _config(config_path)
-    runs = copy_repositories(config, _recorder(config), [repository])
-    failed = [run for run in runs if run.status == "failed"]
-    if failed:
-        raise RunFailed("; ".join(f"copy {r.target} {r.source} -> {r.repository}: {r.error}"
-                                  for r in failed),
-                        transient=all(r.transient for r in failed))
-    return [run.to_json() for run in runs]
+        config = _config(config_path)
+        runs = copy_repositories(config, _recorder(config), [repository])
+        failed = [run for run in runs if run.status == "failed"]
+        if failed:
+            raise RunFailed("; ".join(f"copy {r.target} {r.source} -> {r.repository}: {r.error}"
+                                      for r in failed),
+                            transient=all(r.transient for r in failed))
+        return [run.to_json() for run in runs]
 
 
 @flow(name="copy", flow_run_name="copy into {repository}")
@@ -211,16 +235,17 @@ def copy_flow(config: str, repository: str) -> list[dict[str, Any]]:
 @task(name="check", task_run_name="check {repository}")
 def check_task(config_path: str, repository: str) -> dict[str, Any]:
     """``drkit check REPOSITORY``; raise :class:`RunFailed` when it did not pass."""
-    from drkit.jobs.check import run_checks
+    with _as_flow_run():
+        from drkit.jobs.check import run_checks
 
-    config = _config(config_path)
-    catalog, journal = _catalog_and_journal(config)
-    (run,) = run_checks(config, catalog, journal, [repository])
-    if run.status != "passed":
-        raise RunFailed(f"check {repository}: {'; '.join(run.errors)}",
-                        transient=run.transient)
-    result: dict[str, Any] = run.to_json()
-    return result
+        config = _config(config_path)
+        catalog, journal = _catalog_and_journal(config)
+        (run,) = run_checks(config, catalog, journal, [repository])
+        if run.status != "passed":
+            raise RunFailed(f"check {repository}: {'; '.join(run.errors)}",
+                            transient=run.transient)
+        result: dict[str, Any] = run.to_json()
+        return result
 
 
 def _check_name() -> str:
@@ -240,17 +265,18 @@ def check_flow(config: str, repositories: list[str] | None = None) -> list[dict[
 @task(name="prune", task_run_name="prune {target}")
 def prune_task(config_path: str, target: str) -> list[dict[str, Any]]:
     """``drkit prune TARGET`` in each of its repositories."""
-    from drkit.jobs.prune import run_prunes
+    with _as_flow_run():
+        from drkit.jobs.prune import run_prunes
 
-    config = _config(config_path)
-    catalog, journal = _catalog_and_journal(config)
-    runs = run_prunes(config, catalog, journal, [target])
-    failed = [r for r in runs if r.status != "succeeded"]
-    if failed:
-        raise RunFailed("; ".join(f"prune {r.target} in {r.repository}: {r.error}"
-                                  for r in failed),
-                        transient=all(r.transient for r in failed))
-    return [r.to_json() for r in runs]
+        config = _config(config_path)
+        catalog, journal = _catalog_and_journal(config)
+        runs = run_prunes(config, catalog, journal, [target])
+        failed = [r for r in runs if r.status != "succeeded"]
+        if failed:
+            raise RunFailed("; ".join(f"prune {r.target} in {r.repository}: {r.error}"
+                                      for r in failed),
+                            transient=all(r.transient for r in failed))
+        return [r.to_json() for r in runs]
 
 
 def _prune_name() -> str:
@@ -271,16 +297,17 @@ def prune_flow(config: str, targets: list[str] | None = None) -> list[dict[str, 
 @task(name="drill", task_run_name="drill {plan}")
 def drill_task(config_path: str, plan: str) -> dict[str, Any]:
     """``drkit drill PLAN``. Not retried: a failed or breached drill is the finding."""
-    from drkit.drills.plans import find_plan, load_plans
-    from drkit.drills.runner import run_drill
+    with _as_flow_run():
+        from drkit.drills.plans import find_plan, load_plans
+        from drkit.drills.runner import run_drill
 
-    config = _config(config_path)
-    result = run_drill(config, find_plan(load_plans(config), plan), _recorder(config))
-    if result.status != "passed":
-        raise RunFailed(f"drill {plan}: {result.status}"
-                        + (f": {result.error}" if result.error else ""), transient=False)
-    data: dict[str, Any] = result.to_json()
-    return data
+        config = _config(config_path)
+        result = run_drill(config, find_plan(load_plans(config), plan), _recorder(config))
+        if result.status != "passed":
+            raise RunFailed(f"drill {plan}: {result.status}"
+                            + (f": {result.error}" if result.error else ""), transient=False)
+        data: dict[str, Any] = result.to_json()
+        return data
 
 
 @flow(name="drill", flow_run_name="drill {plan}")
@@ -295,20 +322,21 @@ def drill_flow(config: str, plan: str) -> dict[str, Any]:
 @task(name="report", task_run_name="report {fmt} last {since}")
 def report_task(config_path: str, since: str, fmt: str) -> dict[str, Any]:
     """``drkit report`` into the reports directory (and the evidence bucket, if set)."""
-    from drkit.drills.plans import load_plans
-    from drkit.jobs.report import parse_period, run_report, scope_for
+    with _as_flow_run():
+        from drkit.drills.plans import load_plans
+        from drkit.jobs.report import parse_period, run_report, scope_for
 
-    config = _config(config_path)
-    plans = load_plans(config)
-    start, end = parse_period(since, None)
-    catalog, _ = _catalog_and_journal(config)
-    run = run_report(config, plans, catalog, scope_for(config, plans, start, end, plan_names=[],
-                                                       target_names=[]),
-                     fmt=fmt, output=None, interactive=False)
-    if run.status != "succeeded":
-        raise RunFailed(f"report: {run.error}", transient=False)
-    return {"path": str(run.path), "records": run.records, "uploads": run.uploads,
-            "non_compliant": [f"{c.control}:{c.subject}" for c in run.report.non_compliant]}
+        config = _config(config_path)
+        plans = load_plans(config)
+        start, end = parse_period(since, None)
+        catalog, _ = _catalog_and_journal(config)
+        run = run_report(config, plans, catalog, scope_for(config, plans, start, end, plan_names=[],
+                                                           target_names=[]),
+                         fmt=fmt, output=None, interactive=False)
+        if run.status != "succeeded":
+            raise RunFailed(f"report: {run.error}", transient=False)
+        return {"path": str(run.path), "records": run.records, "uploads": run.uploads,
+                "non_compliant": [f"{c.control}:{c.subject}" for c in run.report.non_compliant]}
 
 
 @flow(name="report", flow_run_name="report {fmt} last {since}")

@@ -84,9 +84,11 @@ def open_config_catalog(config: Config, *, recover: RunJournal | None = None) ->
     """The catalog of ``config`` (its records carry the config's ``host`` identity); with
     ``recover``, runs of that journal cut short by a crash are recorded as interrupted."""
     from drkit.catalog.store import open_catalog
+    from drkit.jobs.evidence import prepare_catalog
 
     catalog = open_catalog(config.catalog, base_dir=config.base_dir, hostname=config.host,
                            secrets=config_secrets(config))
+    prepare_catalog(catalog, config)
     if recover is not None:
         catalog.recover_interrupted(recover)
     return catalog

@@ -1,0 +1,134 @@
+"""Signed checkpoints of the chain's head, and their anchors outside the database.
+
+A checkpoint's payload is canonical JSON (:func:`drkit.catalog.chain.canonical_json`)::
+
+    {"format": 1, "type": "drkit-checkpoint", "seq": N, "head_hash": H,
+     "first_seq": F, "hashes": [hash of record F, ..., hash of record N],
+     "previous": sha256 of the previous checkpoint's payload (or null),
+     "created_at": T, "host": ..., "actor": ..., "key_id": ...}
+
+signed with Ed25519 (the signature, base64, is over the payload's UTF-8 bytes). It is written
+under the chain head's lock, so checkpoints follow each other: each covers the records since
+the previous one (``hashes``: an edit is named exactly) and links to it (``previous``).
+
+Copies go into an append-only file (one JSON line ``{"payload": ..., "signature": ...}``
+each, fsync'd) and, by :mod:`drkit.storage.anchors`, into an object-locked bucket: an insider
+holding the database (and even the key) cannot change them, so ``audit verify`` can tell
+whether the chain still passes through every anchored head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from drkit.catalog.chain import canonical_json, canonical_time
+from drkit.catalog.inflight import utcnow
+from drkit.catalog.models import ChainHead, Checkpoint, Record
+
+CHECKPOINT_FORMAT = 1
+TYPE = "drkit-checkpoint"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A checkpoint as found somewhere (the catalog, the anchor file, the bucket)."""
+
+    payload: str
+    signature: str
+    source: str
+
+    @property
+    def data(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.payload)
+        return loaded
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.payload.encode("utf-8")).hexdigest()
+
+    def line(self) -> str:
+        """Its line in an anchor file."""
+        return json.dumps({"payload": self.payload, "signature": self.signature},
+                          separators=(",", ":"), ensure_ascii=False)
+
+
+def write_checkpoint(catalog: Any, signer: Any, *, actor: str | None) -> Anchor | None:
+    """Sign the chain's head (under its lock) and store the checkpoint in the catalog; None
+    when the newest checkpoint already covers the head (another process just wrote one)."""
+    with catalog.session() as session:
+        head = session.execute(select(ChainHead).where(ChainHead.id == 1)
+                               .with_for_update()).scalar_one()
+        last = session.scalars(select(Checkpoint).order_by(Checkpoint.seq.desc(),
+                                                           Checkpoint.id.desc()).limit(1)).first()
+        if head.seq == 0 or (last is not None and last.seq >= head.seq):
+            return None
+        first = last.seq + 1 if last is not None else 1
+        hashes = list(session.scalars(select(Record.hash).where(
+            Record.seq >= first, Record.seq <= head.seq).order_by(Record.seq)))
+        now = utcnow()
+        payload = canonical_json({
+            "format": CHECKPOINT_FORMAT, "type": TYPE, "seq": head.seq,
+            "head_hash": head.hash, "first_seq": first, "hashes": hashes,
+            "previous": hashlib.sha256(last.payload.encode("utf-8")).hexdigest()
+            if last is not None else None,
+            "created_at": canonical_time(now), "host": catalog.hostname, "actor": actor,
+            "key_id": signer.key_id})
+        signature = signer.sign(payload.encode("utf-8"))
+        row = Checkpoint(seq=head.seq, head_hash=head.hash, created_at=now,
+                         hostname=catalog.hostname, key_id=signer.key_id, payload=payload,
+                         signature=signature)
+        session.add(row)
+        session.flush()
+        return Anchor(payload=payload, signature=signature, source=f"catalog #{row.id}")
+
+
+def mark_anchored(catalog: Any, head_hash: str, where: str) -> None:
+    """Note where the checkpoint of ``head_hash`` was anchored (not part of its payload)."""
+    with catalog.session() as session:
+        row = session.scalars(select(Checkpoint).where(Checkpoint.head_hash == head_hash)
+                              .limit(1)).first()
+        if row is not None:
+            row.anchored = where
+
+
+def catalog_checkpoints(session: Any) -> list[Anchor]:
+    """Every checkpoint in the catalog, oldest first."""
+    return [Anchor(payload=row.payload, signature=row.signature, source=f"catalog #{row.id}")
+            for row in session.execute(select(Checkpoint.id, Checkpoint.payload,
+                                              Checkpoint.signature)
+                                       .order_by(Checkpoint.seq, Checkpoint.id))]
+
+
+def append_anchor(path: Path, anchor: Anchor) -> None:
+    """Append ``anchor`` to the anchor file (created 0644 in a 0700 directory), fsync'd."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (anchor.line() + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_anchor_file(path: Path) -> Iterator[Anchor | str]:
+    """The anchors in the file, oldest first; a line that is not one yields its problem."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                yield Anchor(payload=str(item["payload"]), signature=str(item["signature"]),
+                             source=f"{path}:{number}")
+            except (ValueError, KeyError, TypeError):
+                yield f"{path}:{number}: not an anchor line"
