@@ -54,6 +54,7 @@ bench: test-system setup
 	$(BIN)/python -m bench.check_cost
 	$(BIN)/python -m bench.pg_backup
 	$(BIN)/python -m bench.report_scale
+	$(BIN)/python -m bench.audit_scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

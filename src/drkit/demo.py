@@ -3,7 +3,9 @@
 It starts ``rclone serve s3`` on a free port with fresh credentials, makes sample files and a
 SQLite database, writes a config for them and the example recovery plan, then runs the real
 commands one after the other: validate, repo init, backup, snapshots, check, drill, status,
-report (an HTML report left next to the temporary directory, its path printed).
+report (an HTML report left next to the temporary directory, its path printed), audit verify
+and audit export (an evidence bundle, then checked by its own verify.py). Its records are
+signed with a key made for the demo.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ targets:
     fingerprints:                    # taken on the backed-up copy; drills compare them
       invoices: "select count(*) from invoices"
       total_cents: "select sum(amount_cents) from invoices"
+evidence:                            # every run's records end in a signed checkpoint
+  signing_key: {{file: ../keys/evidence.key}}
+  public_key: {public_key}
 """
 
 
@@ -84,10 +89,18 @@ def write_demo_config(workdir: Path, s3: LocalS3) -> Path:
     os.environ["DRKIT_DEMO_RESTIC_PASSWORD"] = secrets.token_urlsafe(24)
     os.environ["DRKIT_DEMO_S3_ACCESS_KEY"] = s3.access_key
     os.environ["DRKIT_DEMO_S3_SECRET_KEY"] = s3.secret_key
+    from drkit.signing import generate, public_base64, public_bytes
+
+    private, public = generate()  # what `drkit keygen` writes
+    (workdir / "keys").mkdir(mode=0o700)
+    key = workdir / "keys" / "evidence.key"
+    key.write_text(private)
+    key.chmod(0o600)
     path = workdir / "config" / "drkit.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(CONFIG.format(url=s3.restic_url("drkit-demo", "restic"),
-                                  endpoint=s3.endpoint))
+                                  endpoint=s3.endpoint,
+                                  public_key=public_base64(public_bytes(public))))
     plans = workdir / "recovery_plans"
     plans.mkdir(exist_ok=True)
     plan = resources.files("drkit").joinpath("templates", "example-plan.yaml")
@@ -110,15 +123,26 @@ def run_demo(*, keep: bool = False, verbose: bool = False) -> int:
             make_sample_data(workdir / "app")
             config = write_demo_config(workdir, s3)
             base = ["--config", str(config)] + (["--verbose"] if verbose else [])
+            bundle = workdir / "evidence-bundle"
             for step in (["validate"], ["repo", "init"], ["backup"], ["snapshots"],
-                         ["check"], ["drill", "example", "--prove-checks"], ["status"],
-                         ["report", "--output", str(report)]):
+                         ["check"], ["drill", "example", "--prove-checks", "--scenario",
+                                     "the application server's disk is lost",
+                                     "--approved-by", "demo DR lead"], ["status"],
+                         ["report", "--output", str(report)], ["audit", "verify"],
+                         ["audit", "export", "--since", "1d", "--output", str(bundle)]):
                 print(f"\n$ drkit {' '.join(step)}", flush=True)
                 result = main(base + step)
                 if result != 0:
                     print(f"demo: 'drkit {' '.join(step)}' exited {result}")
                     code = code or result
                     break
+            if code == 0:  # an auditor checks the bundle without drkit
+                import subprocess
+                import sys
+
+                print(f"\n$ python3 -I {bundle / 'verify.py'}", flush=True)
+                code = subprocess.run([sys.executable, "-I", str(bundle / "verify.py")]
+                                      ).returncode
     finally:
         if keep:
             print(f"\nkept {workdir} (config in {workdir / 'config' / 'drkit.yaml'})")

@@ -51,3 +51,30 @@ def last(catalog: Any) -> Record:
         record: Record = session.scalars(select(Record).order_by(Record.seq.desc())).first()
         session.expunge(record)
         return record
+
+
+def test_the_walk_on_every_core_names_the_same_breaks(catalog_url: str,
+                                                      monkeypatch: Any) -> None:
+    """Long chains are walked in ranges, one process each, then stitched: a record deleted at
+    the second range's first sequence, one edited inside it and one whose link was rewritten
+    are named exactly as one walk names them."""
+    from drkit.catalog import walk
+
+    catalog = open_catalog(catalog_url)
+    now = utcnow()
+    for index in range(40):
+        catalog.append(NewRecord(kind="backup", status="succeeded", target="t",
+                                 repository="r", started_at=now + timedelta(seconds=index),
+                                 finished_at=now + timedelta(seconds=index + 1)))
+    with catalog.engine.begin() as db:
+        db.execute(text("DELETE FROM records WHERE seq = 21"))  # the second range's first
+        db.execute(text("UPDATE records SET status = 'failed' WHERE seq = 30"))
+        db.execute(text("UPDATE records SET prev_hash = :h WHERE seq = 11"), {"h": "e" * 64})
+    serial = verify_chain(catalog)
+    monkeypatch.setattr(walk, "PARALLEL_RECORDS", 10)
+    monkeypatch.setattr(walk.os, "cpu_count", lambda: 2)
+    parallel = verify_chain(catalog)
+    found = [(p["seq"], p["problem"]) for p in parallel.problems]
+    assert found == [(p["seq"], p["problem"]) for p in serial.problems]
+    assert found == [(11, "edited"), (22, "deleted"), (22, "relinked"), (30, "edited")]
+    assert parallel.records == serial.records == 39

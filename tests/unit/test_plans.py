@@ -13,7 +13,8 @@ from drkit.config.models import parse_duration
 from drkit.drills.expect import evaluate, parse_expectation
 from drkit.drills.plans import load_plans
 from drkit.drills.restore import DrillError, ensure_space
-from drkit.drills.runner import StepResult, score
+from drkit.drills.result import StepResult
+from drkit.drills.runner import score
 from drkit.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -22,19 +22,17 @@ core when there are many.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from json.encoder import encode_basestring
 from typing import Any
 
 from sqlalchemy import Engine, inspect
 
-from drkit.catalog.chain import SORTED, canonical_time
 from drkit.catalog.checkpoints import CHECKPOINT_FORMAT, TYPE, Anchor
 from drkit.catalog.models import GENESIS_HASH
+from drkit.catalog.walk import stitch, walk
 
 MAX_PROBLEMS = 50
 PARALLEL_SIGNATURES = 2000  # from this many checkpoints on, signatures are checked on all cores
@@ -74,48 +72,6 @@ class AuditResult:
 
 # --- reading rows fast ------------------------------------------------------------------------
 
-def _text(value: Any) -> str:
-    if value is None:
-        return "null"
-    return str(encode_basestring(value))
-
-
-def _time(value: Any) -> str:
-    if isinstance(value, datetime):
-        return f'"{canonical_time(value)}"'
-    text = str(value)  # SQLite: "YYYY-MM-DD HH:MM:SS.ffffff" as SQLAlchemy stores it
-    if len(text) == 19:
-        text += ".000000"
-    return f'"{text[:10]}T{text[11:]}Z"'
-
-
-def _int(value: Any) -> str:
-    return "null" if value is None else str(int(value))
-
-
-_ENCODERS = {"seq": _int, "format": _int, "started_at": _time, "finished_at": _time}
-
-
-def stream_rows(engine: Engine, columns: list[str], *, where: str = "TRUE"
-                ) -> Iterator[tuple[Any, ...]]:
-    """Every record's ``columns`` (of those matching ``where``, SQL written by drkit) in
-    chain order, streamed through the driver."""
-    raw: Any = engine.raw_connection()
-    try:
-        if engine.dialect.name == "postgresql":
-            cursor = raw.driver_connection.cursor(name="drkit_audit")  # server-side
-            cursor.itersize = _BATCH
-        else:
-            cursor = raw.cursor()
-        cursor.execute(f"SELECT {', '.join(columns)} FROM records WHERE {where} ORDER BY seq")
-        while batch := cursor.fetchmany(_BATCH):
-            yield from batch
-        cursor.close()
-    finally:
-        raw.rollback()
-        raw.close()
-
-
 # --- the walk ---------------------------------------------------------------------------------
 
 def verify_catalog(engine: Engine, *, public_key: str | None, anchors: Iterable[Anchor | str],
@@ -132,8 +88,19 @@ def verify_catalog(engine: Engine, *, public_key: str | None, anchors: Iterable[
     found = list(anchors)
     if "checkpoints" in tables:
         found = [*_catalog_checkpoints(engine), *found]
-    interest = _checked_anchors(found, public_key, result)
-    seen, last = _walk(engine, has, interest, result)
+    items, sources = _collect(found, result)
+    if items and public_key is None:
+        result.notes.append("no evidence.public_key configured: checkpoint signatures not "
+                            "checked")
+        items = []
+    checks = _Signatures(items, public_key) if items and public_key else None
+    seen, last = _walk(engine, has, _seqs(items), result)
+    interest: dict[int, list[Anchor]] = {}
+    if checks is not None and public_key is not None:
+        from drkit.signing import Verifier
+
+        interest = _checked_anchors(items, sources, checks.results(), Verifier(public_key),
+                                    result)
     _head(engine, result, last)
     _against_anchors(engine, interest, seen, last, result)
     return result
@@ -152,50 +119,15 @@ def _catalog_checkpoints(engine: Engine) -> list[Anchor]:
                    source=f"catalog checkpoint #{ident}") for ident, payload, signature in rows]
 
 
-def _walk(engine: Engine, has: set[str], interest: dict[int, list[Anchor]],
+def _walk(engine: Engine, has: set[str], interest: set[int],
           result: AuditResult) -> tuple[dict[int, str], int]:
-    """Re-hash and link every record; return the hashes at the sequences anchors sign and
-    the last sequence."""
-    base = ["id", "seq", "hash", "prev_hash"]
-    v1 = list(SORTED[1])
-    v2 = [name for name in SORTED[2] if name in has]
-    fmt_column = ["format"] if "format" in has else []
-    columns = list(dict.fromkeys([*base, *fmt_column, *v2, *v1]))
-    position = {name: index for index, name in enumerate(columns)}
-    plans = {fmt: [(f'"{name}":', position[name], _ENCODERS.get(name, _text))
-                   for name in SORTED[fmt]]
-             for fmt in (1, 2) if all(name in position for name in SORTED[fmt])}
-    sha256 = hashlib.sha256
-    previous, expected = GENESIS_HASH, 1
-    seen: dict[int, str] = {}
-    fmt_at = position.get("format")
-    for row in stream_rows(engine, columns):
-        ident, seq, stored, prev = row[0], row[1], row[2], row[3]
-        result.records += 1
-        fmt = (row[fmt_at] or 1) if fmt_at is not None else 1
-        plan = plans.get(fmt)
-        if plan is None:
-            result.problem("unreadable", f"format {fmt} is not one this drkit knows",
-                           record_id=ident, seq=seq)
-            text = ""
-        else:
-            text = "{" + ",".join(key + encode(row[index]) for key, index, encode in plan) + "}"
-        if seq != expected:
-            result.problem("deleted", f"records {expected}..{seq - 1} are missing before this "
-                           "one" if seq > expected else
-                           f"sequence {seq} is out of order (expected {expected})",
-                           record_id=ident, seq=seq)
-        if sha256(text.encode("utf-8")).hexdigest() != stored:
-            result.problem("edited", "its content no longer matches its hash",
-                           record_id=ident, seq=seq)
-        elif prev != previous:
-            result.problem("relinked", "it does not link to the record before it (a record "
-                           "was deleted or inserted out of order)", record_id=ident, seq=seq)
-        if seq in interest:
-            seen[seq] = stored
-        previous, expected = stored, seq + 1
-    result.head_hash = previous
-    return seen, expected - 1
+    """Re-hash and link every record (:mod:`drkit.catalog.walk`); return the hashes at the
+    sequences anchors sign and the last sequence."""
+    problems, seen, last, head, count = stitch(walk(engine, has, interest))
+    for kind, detail, ident, seq in sorted(problems, key=lambda p: p[3] or 0):
+        result.problem(kind, detail, record_id=ident, seq=seq)
+    result.records, result.head_hash = count, head
+    return seen, last
 
 
 def _head(engine: Engine, result: AuditResult, last: int) -> None:
@@ -214,10 +146,13 @@ def _head(engine: Engine, result: AuditResult, last: int) -> None:
 
 # --- checkpoints and anchors -------------------------------------------------------------------
 
-def _checked_anchors(found: list[Anchor | str], public_key: str | None,
-                     result: AuditResult) -> dict[int, list[Anchor]]:
-    """The anchors whose signature verifies, by the sequence they sign; every other one is
-    a problem."""
+_SEQ = re.compile(r'[{,]"seq":(\d+)[,}]')
+
+
+def _collect(found: list[Anchor | str], result: AuditResult
+             ) -> tuple[list[Anchor], dict[tuple[str, str], list[str]]]:
+    """The distinct anchors (the same checkpoint may be in the catalog, the file and the
+    bucket) and where each was found; a string found is a problem."""
     unique: dict[tuple[str, str], Anchor] = {}
     sources: dict[tuple[str, str], list[str]] = {}
     for item in found:
@@ -230,23 +165,25 @@ def _checked_anchors(found: list[Anchor | str], public_key: str | None,
         key = (item.payload, item.signature)
         unique.setdefault(key, item)
         sources.setdefault(key, []).append(item.source)
-    if not unique:
-        return {}
-    if public_key is None:
-        result.notes.append("no evidence.public_key configured: checkpoint signatures not "
-                            "checked")
-        return {}
-    from drkit.signing import Verifier
+    return list(unique.values()), sources
 
-    verifier = Verifier(public_key)
+
+def _seqs(anchors: list[Anchor]) -> set[int]:
+    """The sequences the anchors sign, read without parsing them whole."""
+    return {int(m.group(1)) for a in anchors if (m := _SEQ.search(a.payload))}
+
+
+def _checked_anchors(items: list[Anchor], sources: dict[tuple[str, str], list[str]],
+                     verdicts: list[bool], verifier: Any, result: AuditResult
+                     ) -> dict[int, list[Anchor]]:
+    """The anchors whose signature verifies, by the sequence they sign; every other one is
+    a problem."""
     result.signed = True
-    items = list(unique.items())
-    verdicts = _signatures([(p, s) for (p, s), _ in items], public_key)
     result.checkpoints = len(items)
     interest: dict[int, list[Anchor]] = {}
     previous_by_source: dict[str, str] = {}
-    for ((payload, _signature), anchor), valid in zip(items, verdicts, strict=True):
-        where = ", ".join(sources[(payload, _signature)])
+    for anchor, valid in zip(items, verdicts, strict=True):
+        where = ", ".join(sources[(anchor.payload, anchor.signature)])
         anchor = Anchor(payload=anchor.payload, signature=anchor.signature, source=where)
         try:
             data = anchor.data
@@ -281,18 +218,33 @@ def _checked_anchors(found: list[Anchor | str], public_key: str | None,
     return interest
 
 
-def _signatures(items: list[tuple[str, str]], public_key: str) -> list[bool]:
-    """Whether each (payload, signature) verifies; on every core when there are many."""
-    if len(items) < PARALLEL_SIGNATURES or (os.cpu_count() or 1) < 2:
-        return _verify_chunk((public_key, items))
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+class _Signatures:
+    """Signature checks that run on the other cores while the chain is walked."""
 
-    workers = min(os.cpu_count() or 1, 8)
-    size = -(-len(items) // workers)
-    chunks = [(public_key, items[i:i + size]) for i in range(0, len(items), size)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return [ok for chunk in pool.map(_verify_chunk, chunks) for ok in chunk]
+    def __init__(self, items: list[Anchor], public_key: str) -> None:
+        self._pairs = [(a.payload, a.signature) for a in items]
+        self._public_key = public_key
+        self._pool: Any = None
+        self._futures: list[Any] = []
+        if len(self._pairs) >= PARALLEL_SIGNATURES and (os.cpu_count() or 1) >= 2:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            workers = min(os.cpu_count() or 1, 8)
+            size = -(-len(self._pairs) // workers)
+            self._pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork"))
+            self._futures = [self._pool.submit(_verify_chunk, (public_key,
+                                                               self._pairs[i:i + size]))
+                             for i in range(0, len(self._pairs), size)]
+
+    def results(self) -> list[bool]:
+        if self._pool is None:
+            return _verify_chunk((self._public_key, self._pairs))
+        try:
+            return [ok for future in self._futures for ok in future.result()]
+        finally:
+            self._pool.shutdown()
 
 
 def _verify_chunk(job: tuple[str, list[tuple[str, str]]]) -> list[bool]:

@@ -36,7 +36,8 @@ from drkit.catalog.snapshots import GOOD_KINDS
 # The columns of a record in report order (CSV header, JSON keys); evidence is kept as text.
 RECORD_COLUMNS = ("seq", "id", "run_id", "kind", "status", "target", "repository", "plan",
                   "started_at", "finished_at", "snapshot_id", "hostname", "drkit_version",
-                  "restic_version", "error", "hash", "prev_hash", "evidence")
+                  "restic_version", "error", "hash", "prev_hash", "format", "actor",
+                  "config_hash", "evidence")
 
 
 @dataclass(frozen=True)
@@ -280,3 +281,23 @@ def period_records(session: Session, scope: Scope) -> Iterator[Any]:
     yield from session.connection().execute(
         select(*columns).where(in_period(scope), subject_filter(scope)).order_by(Record.seq)
         .execution_options(yield_per=5000))
+
+
+def config_in_force(session: Session, until: datetime) -> Record | None:
+    """The newest ``config`` record before ``until``: the config and plans in force then."""
+    return session.scalars(select(Record).where(Record.kind == "config",
+                                                Record.finished_at < until)
+                           .order_by(Record.seq.desc()).limit(1)).first()
+
+
+def checkpoint_covering(session: Session, scope: Scope) -> tuple[Any, int | None]:
+    """The period's last record's sequence and the newest checkpoint that covers it (None
+    when none does)."""
+    from drkit.catalog.models import Checkpoint
+
+    last = session.scalar(select(func.max(Record.seq)).where(in_period(scope)))
+    if last is None:
+        return None, None
+    newest = session.scalars(select(Checkpoint).where(Checkpoint.seq >= last)
+                             .order_by(Checkpoint.seq.desc()).limit(1)).first()
+    return newest, int(last)

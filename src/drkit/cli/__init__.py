@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the checks pass, damage the restored copy (flip bytes in a "
                         "file, delete rows) and require them to fail; if they still pass the "
                         "drill is checks_too_weak")
+    p.add_argument("--scenario", metavar="TEXT",
+                   help="what this drill rehearses (default: the plan's scenario)")
+    p.add_argument("--approved-by", metavar="NAME", help="who approved the drill")
+    p.add_argument("--participant", action="append", default=[], metavar="NAME",
+                   help="who took part (repeatable)")
 
     p = sub.add_parser("copy", parents=[common, as_json],
                        help="restic copy of the catalog's good snapshots into copy "
@@ -155,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per target: last good backup, its age against the RPO, last drill")
 
     p = sub.add_parser("report", parents=[common],
-                       help="compliance report for a period: summary, controls, every record")
+                       help="compliance report for a period: summary, controls, every record "
+                            "(or `report drill RECORD_ID`: the DR test report of one drill)")
+    p.add_argument("subject", nargs="?", choices=("drill",), metavar="drill",
+                   help="the DR test report of one drill (give its RECORD_ID)")
+    p.add_argument("record_id", nargs="?", type=int, metavar="RECORD_ID")
     p.add_argument("--since", metavar="AGE|DATE",
                    help="start of the period: a duration back from --until (30d, 12h) or a "
                         "date (default: 30d)")
@@ -190,6 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="DATE", help="end of the period (default: now)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="a new (or empty) directory for the bundle")
+
+    rem = sub.add_parser("remediation", parents=[common],
+                         help="items a drill found to fix: add, close, list (records)")
+    rem_sub = rem.add_subparsers(dest="remediation_command", metavar="SUBCOMMAND",
+                                 parser_class=_Parser)
+    p = rem_sub.add_parser("add", parents=[common, as_json], help="open an item for a plan")
+    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("text", nargs="+", metavar="TEXT", help="what must be done")
+    p.add_argument("--owner", required=True, metavar="WHO")
+    p.add_argument("--due", required=True, metavar="YYYY-MM-DD")
+    p.add_argument("--drill", type=int, metavar="RECORD_ID",
+                   help="the drill (record id) that found it")
+    p = rem_sub.add_parser("close", parents=[common, as_json], help="close an item")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--note", metavar="TEXT", help="what was done")
+    p = rem_sub.add_parser("list", parents=[common, as_json], help="the open items")
+    p.add_argument("--all", action="store_true", help="closed ones too")
 
     p = sub.add_parser("keygen", parents=[common],
                        help="write an Ed25519 key pair for signing the chain's checkpoints")
@@ -251,7 +277,8 @@ def _run(argv: Sequence[str] | None) -> int:
     verbose = bool(getattr(args, "verbose", False))
     _configure_logging(verbose)
     if args.command is None or (args.command == "repo" and args.repo_command is None) or (
-            args.command == "audit" and args.audit_command is None):
+            args.command == "audit" and args.audit_command is None) or (
+            args.command == "remediation" and args.remediation_command is None):
         parser.print_help(sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

@@ -23,7 +23,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "demo": cmd_demo,
         "restore": recovery.cmd_restore, "ls": recovery.cmd_ls,
         "recover": recovery.cmd_recover, "copy": recovery.cmd_copy,
-        "keygen": evidence.cmd_keygen,
+        "keygen": evidence.cmd_keygen, "remediation": evidence.cmd_remediation,
     }
     return handlers[args.command](args)
 
@@ -169,7 +169,12 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from drkit.drills.plans import load_plans
-    from drkit.jobs.status import plan_statuses, repository_checks, target_statuses
+    from drkit.jobs.status import (
+        evidence_status,
+        plan_statuses,
+        repository_checks,
+        target_statuses,
+    )
 
     config = _config(args)
     plans = load_plans(config)
@@ -177,10 +182,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     statuses = target_statuses(config, catalog, plans)
     drills = plan_statuses(plans, catalog)
     checks = repository_checks(config, catalog)
+    evidence = evidence_status(config, catalog)
     if args.json:
         emit_json({"targets": [s.to_json() for s in statuses],
                    "repositories": [c.to_json() for c in checks],
-                   "plans": [p.to_json() for p in drills]})
+                   "plans": [p.to_json() for p in drills],
+                   "evidence": evidence.to_json() if evidence else None})
     else:
         from drkit.cli import render  # rich: only for people, not for --json
 
@@ -188,8 +195,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         render.checks_table(checks)
         if drills:
             render.plans_table(drills)
+        if evidence is not None:
+            print(f"evidence: chain head #{evidence.head_seq}, newest signed checkpoint "
+                  f"#{evidence.checkpoint_seq or '-'}"
+                  + (f", anchored {evidence.anchored}" if evidence.anchored else
+                     ", not in the evidence bucket" if evidence.bucket else "")
+                  + ("" if evidence.healthy else "  (NOT COVERED: see the errors of the "
+                                                  "last runs, or run `drkit audit verify`)"))
     healthy = (all(s.healthy for s in statuses) and all(p.healthy for p in drills)
-               and all(c.last_check_status != "failed" for c in checks))
+               and all(c.last_check_status != "failed" for c in checks)
+               and (evidence is None or evidence.healthy))
     return EXIT_OK if healthy else EXIT_FAILED
 
 
@@ -241,7 +256,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
     recorder.catalog.start()  # opened in the background while the plans load
     plan = find_plan(load_plans(config), args.plan)
     result = run_drill(config, plan, recorder, snapshot=args.snapshot,
-                       keep_sandbox=args.keep_sandbox, prove_checks=args.prove_checks)
+                       keep_sandbox=args.keep_sandbox, prove_checks=args.prove_checks,
+                       scenario=args.scenario, approved_by=args.approved_by,
+                       participants=tuple(args.participant))
     if args.json:
         emit_json(result.to_json())
     else:
@@ -262,6 +279,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json and args.format not in (None, "json"):
         raise BadRequestError("--json and --format disagree; give one of them")
     fmt = "json" if args.json else (args.format or "html")
+    if args.subject == "drill" or args.record_id is not None:
+        return _drill_report(args, fmt)
     since, until = parse_period(args.since, args.until)
     config = _config(args)
     plans = load_plans(config)
@@ -278,15 +297,41 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"drkit: uploaded s3://{upload['bucket']}/{upload['key']}"
               + (f" (retained until {upload['retain_until']})" if upload["retain_until"] else
                  " (no object lock on the bucket)"), file=sys.stderr)
+    broken = report.audit is not None and not report.audit.get("intact")
+    if broken:
+        print(f"drkit: {report.verdict_line}", file=sys.stderr)
     if bad:
-        print(f"drkit: {len(bad)} of {len(report.controls)} controls non-compliant: "
+        print(f"drkit: {len(bad)} of {len(report.evaluated)} evaluated controls non-compliant: "
               + ", ".join(f"{c.control} {c.subject}" for c in bad), file=sys.stderr)
     if run.path is not None:
         print(run.path)
     if run.status != "succeeded":
         print(f"drkit: error: {run.error}", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_FAILED if bad and args.strict else EXIT_OK
+    return EXIT_FAILED if broken or (bad and args.strict) else EXIT_OK
+
+
+def _drill_report(args: argparse.Namespace, fmt: str) -> int:
+    from drkit.jobs.drill_report import run_drill_report
+
+    if args.subject != "drill" or args.record_id is None:
+        raise BadRequestError("a drill's report is `drkit report drill RECORD_ID`")
+    if args.since or args.until or args.plan or args.target:
+        raise BadRequestError("--since, --until, --plan and --target are for period reports")
+    config = _config(args)
+    run = run_drill_report(config, _catalog(config), args.record_id, fmt=fmt,
+                           output=args.output)
+    print(f"drkit: DR test report of drill {args.record_id} ({fmt}) written to "
+          f"{run.path or 'stdout'}", file=sys.stderr)
+    audit = run.report.audit or {}
+    if not audit.get("intact"):
+        print(f"drkit: {run.report.verdict_line}", file=sys.stderr)
+    if run.path is not None:
+        print(run.path)
+    if run.status != "succeeded":
+        print(f"drkit: error: {run.error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if audit.get("intact") else EXIT_FAILED
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

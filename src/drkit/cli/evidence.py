@@ -96,3 +96,49 @@ def _where(problem: dict[str, Any]) -> str:
     return "the chain" if problem["problem"] != "truncated" else "the chain head"
 
 
+
+
+def cmd_remediation(args: argparse.Namespace) -> int:
+    """``remediation add|close|list``: items to fix after a drill, as records."""
+    from datetime import date
+
+    from drkit.jobs import remediation
+    from drkit.jobs.common import open_config_catalog
+
+    config = _config(args)
+    catalog = open_config_catalog(config)
+    if args.remediation_command == "add":
+        from drkit.drills.plans import find_plan, load_plans
+
+        plan = find_plan(load_plans(config), args.plan)
+        try:
+            due = date.fromisoformat(args.due)
+        except ValueError:
+            raise BadRequestError(f"--due {args.due!r}: give a date, YYYY-MM-DD") from None
+        item = remediation.add(catalog, plan.name, owner=args.owner, due=due,
+                               text=" ".join(args.text), drill_record=args.drill)
+        if args.json:
+            emit_json(item.to_json())
+        else:
+            print(f"remediation {item.id} opened for plan {item.plan}: {item.owner}, due "
+                  f"{item.due.isoformat()} (record {item.opened_record})")
+        return EXIT_OK
+    if args.remediation_command == "close":
+        item = remediation.close(catalog, args.id, note=args.note)
+        if args.json:
+            emit_json(item.to_json())
+        else:
+            late = " (after its due date)" if item.closed_at and item.late_at(item.closed_at) \
+                else ""
+            print(f"remediation {item.id} closed (record {item.closed_record}){late}")
+        return EXIT_OK
+    with catalog.read_session() as session:
+        found = [i for i in remediation.items(session) if args.all or i.closed_at is None]
+    if args.json:
+        emit_json([item.to_json() for item in found])
+    else:
+        for item in found:
+            state = "closed" if item.closed_at else "open"
+            print(f"{item.id}  {state:<6} {item.plan:<20} due {item.due.isoformat()}  "
+                  f"{item.owner}: {item.text}")
+    return EXIT_OK

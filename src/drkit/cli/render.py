@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from drkit.units import human_age, human_bytes
 
 if TYPE_CHECKING:
-    from drkit.drills.runner import DrillResult
+    from drkit.drills.result import DrillResult
     from drkit.jobs.backup import BackupRun
     from drkit.jobs.check import CheckRun
     from drkit.jobs.prune import PruneRun

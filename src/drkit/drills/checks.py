@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,6 +44,7 @@ class CheckResult:
     output: dict[str, str] = field(default_factory=dict)
     # Failed without a verdict on the data: the check raised, or ran out of time.
     inconclusive: bool = False
+    started_at: datetime | None = None  # when it started (the DR test report's timeline)
 
     @property
     def passed(self) -> bool:
@@ -57,6 +58,8 @@ class CheckResult:
             data["output"] = self.output
         if self.inconclusive:
             data["inconclusive"] = True
+        if self.started_at is not None:
+            data["started_at"] = self.started_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return data
 
 
@@ -132,6 +135,7 @@ def inside(base: Path, relative: str) -> Path:
 def run_check(check: Check, context: StepContext) -> CheckResult:
     """Run one check; never raises for a failing check (the result says why)."""
     name = check_name(check)
+    started_at = datetime.now(UTC).replace(tzinfo=None)
     start = time.monotonic()
     runner: Callable[[Any, StepContext], tuple[bool, str, dict[str, str]]] = _RUNNERS[type(check)]
     inconclusive = False
@@ -146,7 +150,8 @@ def run_check(check: Check, context: StepContext) -> CheckResult:
     return CheckResult(name=name, status="passed" if ok else "failed", detail=redact(detail),
                        duration_s=time.monotonic() - start,
                        output={key: redact(text) for key, text in output.items()},
-                       inconclusive=inconclusive or detail.startswith(TIMED_OUT))
+                       inconclusive=inconclusive or detail.startswith(TIMED_OUT),
+                       started_at=started_at)
 
 
 def _files_exist(check: FilesExistCheck, context: StepContext

@@ -223,6 +223,8 @@ class RecoveryPlan(Strict):
 
     name: Name
     description: str = ""
+    owner: str | None = None     # who answers for the plan (the DR test report names them)
+    scenario: str | None = None  # what a drill rehearses by default (drill --scenario wins)
     objectives: Objectives
     schedule: CronExpr | None = None
     timeout: Limit | None = None  # the whole drill; default: timeouts.drill

@@ -198,6 +198,9 @@ def restore_while_listing(repo: ResticRepository, identity: SnapshotIdentity,
 def compare_tree(listing: Listing, into: Path) -> CheckResult:
     """Compare the restored tree with the snapshot's listing: every node present, of the
     right type, files of the right size, symlinks pointing where they did."""
+    from datetime import UTC, datetime
+
+    started_at = datetime.now(UTC).replace(tzinfo=None)
     start = time.monotonic()
     missing: list[str] = []
     wrong: list[str] = []
@@ -227,7 +230,7 @@ def compare_tree(listing: Listing, into: Path) -> CheckResult:
               if not problems else "; ".join(problems))
     return CheckResult(name="restored tree matches snapshot listing",
                        status="failed" if problems else "passed", detail=detail,
-                       duration_s=time.monotonic() - start)
+                       duration_s=time.monotonic() - start, started_at=started_at)
 
 
 def _summarise(label: str, items: Sequence[str]) -> list[str]:

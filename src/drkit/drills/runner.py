@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import replace
+from datetime import UTC
 
-from drkit.catalog.chain import canonical_time
 from drkit.catalog.inflight import RunHandle, utcnow
 from drkit.config.models import Config
 from drkit.drills.checks import CheckResult, StepContext, run_check
 from drkit.drills.choose import choose_snapshot, recorded_fingerprints, step_repositories
-from drkit.drills.damage import Proof, prove
+from drkit.drills.damage import prove
 from drkit.drills.databases import ScratchDatabase, open_scratch
 from drkit.drills.plans import PlanStep, RecoveryPlan
 from drkit.drills.restore import (
@@ -33,6 +31,7 @@ from drkit.drills.restore import (
     restore,
     restore_while_listing,
 )
+from drkit.drills.result import DrillContext, DrillResult, StepResult
 from drkit.drills.sandbox import Sandbox, sandbox, sweep
 from drkit.errors import DrkitError, describe
 from drkit.identity import SnapshotIdentity
@@ -42,101 +41,6 @@ from drkit.supervise import Limits
 from drkit.targets.sqlite import SqliteTarget
 
 log = logging.getLogger("drkit.drill")
-
-
-@dataclass
-class StepResult:
-    target: str
-    repository: str
-    snapshot_id: str | None = None
-    snapshot_time: datetime | None = None
-    chosen_by: str | None = None  # why this snapshot: the catalog's newest good backup, or asked
-    restore_s: float | None = None
-    verify_s: float | None = None      # the restored tree against the snapshot's listing
-    load_s: float | None = None        # database steps: loading the dump into scratch
-    checks_s: float | None = None      # the plan's checks
-    proof_s: float | None = None       # --prove-checks: damaging the copy, checking it again
-    bytes_restored: int | None = None
-    production_server: bool = False    # restored into a new database on production's server
-    checks: list[CheckResult] = field(default_factory=list)
-    proof: Proof | None = None         # --prove-checks: the checks against a damaged copy
-    error: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and all(check.passed for check in self.checks)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target, "repository": self.repository,
-            "snapshot_id": self.snapshot_id,
-            "snapshot_time": canonical_time(self.snapshot_time) if self.snapshot_time else None,
-            "chosen_by": self.chosen_by, "restore_s": _round(self.restore_s),
-            "verify_s": _round(self.verify_s), "load_s": _round(self.load_s),
-            "checks_s": _round(self.checks_s),
-            "bytes_restored": self.bytes_restored, "error": self.error,
-            **({"production_server": True} if self.production_server else {}),
-            "checks": [check.to_json() for check in self.checks],
-            **({"proof": self.proof.to_json(), "proof_s": _round(self.proof_s)}
-               if self.proof is not None else {}),
-        }
-
-
-@dataclass
-class DrillResult:
-    plan: str
-    status: str
-    started_at: datetime
-    finished_at: datetime
-    rpo_objective_s: float
-    rto_objective_s: float
-    rpo_achieved_s: float | None
-    rto_achieved_s: float | None
-    steps: list[StepResult]
-    error: str | None = None
-    sandbox: str | None = None
-    sandbox_kept: bool = False
-    prove_checks: bool = False
-    record_id: int | None = None
-    record_hash: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "plan": self.plan, "status": self.status,
-            "started_at": canonical_time(self.started_at),
-            "finished_at": canonical_time(self.finished_at),
-            "rpo_objective_s": self.rpo_objective_s, "rpo_achieved_s": _round(self.rpo_achieved_s),
-            "rto_objective_s": self.rto_objective_s, "rto_achieved_s": _round(self.rto_achieved_s),
-            "rpo_met": _met(self.rpo_achieved_s, self.rpo_objective_s) and all(
-                step.restore_s is not None for step in self.steps),
-            "rto_met": _met(self.rto_achieved_s, self.rto_objective_s),
-            "rpo_complete": bool(self.steps) and all(
-                step.restore_s is not None for step in self.steps),
-            "rto_stages": rto_stages(self.steps),
-            "steps": [step.to_json() for step in self.steps], "error": self.error,
-            "sandbox": self.sandbox, "sandbox_kept": self.sandbox_kept,
-            "prove_checks": self.prove_checks,
-            "record_id": self.record_id, "record_hash": self.record_hash,
-        }
-
-
-def _round(value: float | None) -> float | None:
-    return round(value, 3) if value is not None else None
-
-
-def _met(achieved: float | None, objective: float) -> bool | None:
-    return None if achieved is None else achieved <= objective
-
-
-STAGES = (("restore", "restore_s"), ("verify", "verify_s"), ("database_load", "load_s"),
-          ("checks", "checks_s"))
-
-
-def rto_stages(steps: list[StepResult]) -> dict[str, float]:
-    """Where the recovery time went, summed over the steps: restore, verify (the tree against
-    the snapshot), database load, checks."""
-    return {stage: round(sum(getattr(step, key) or 0.0 for step in steps), 3)
-            for stage, key in STAGES}
 
 
 def score(steps: list[StepResult], *, failed: bool, rpo_achieved: float | None,
@@ -152,7 +56,9 @@ def score(steps: list[StepResult], *, failed: bool, rpo_achieved: float | None,
 
 def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
               snapshot: str | None = None, keep_sandbox: bool = False,
-              prove_checks: bool = False) -> DrillResult:
+              prove_checks: bool = False, scenario: str | None = None,
+              approved_by: str | None = None, participants: tuple[str, ...] = ()
+              ) -> DrillResult:
     """Rehearse ``plan``; record the drill in the catalog and return its result.
 
     Each step restores the newest snapshot that the catalog recorded as a good backup of its
@@ -224,12 +130,23 @@ def run_drill(config: Config, plan: RecoveryPlan, recorder: Recorder, *,
         status = "failed"
     if error is None:
         error = next((s.error for s in steps if s.error), None) or _first_failed_check(steps)
+    from datetime import timedelta
+
+    from drkit.identity import current_actor
+
+    context = DrillContext(scenario=scenario or plan.scenario, approved_by=approved_by,
+                           participants=tuple(participants), owner=plan.owner,
+                           actor=current_actor())
+    next_due = None
+    if plan.drill_every is not None:  # a drill that did not pass leaves the next one due now
+        next_due = finished + timedelta(seconds=plan.drill_every) \
+            if status == "passed" else finished
     result = DrillResult(
         plan=plan.name, status=status, started_at=handle.started_at, finished_at=finished,
         rpo_objective_s=plan.objectives.rpo, rto_objective_s=plan.objectives.rto,
         rpo_achieved_s=rpo_achieved, rto_achieved_s=rto_achieved, steps=steps, error=error,
         sandbox=str(box.path) if box else None, sandbox_kept=keep_sandbox,
-        prove_checks=prove_checks)
+        prove_checks=prove_checks, context=context, next_due=next_due)
     _record(recorder, handle, result)
     if interrupted:
         raise KeyboardInterrupt
@@ -265,9 +182,20 @@ def _record(recorder: Recorder, handle: RunHandle, result: DrillResult) -> None:
 def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str, why: str,
               index: int, box: Sandbox, wanted: str | None, plan_name: str,
               limits: Limits, prove_checks: bool = False) -> StepResult:
+    result = StepResult(target=step.target, repository=repo_name, started_at=utcnow())
+    try:
+        return _restore_and_check(config, recorder, step, repo_name, why, index, box, wanted,
+                                  plan_name, limits, prove_checks, result)
+    finally:
+        result.finished_at = utcnow()
+
+
+def _restore_and_check(config: Config, recorder: Recorder, step: PlanStep, repo_name: str,
+                       why: str, index: int, box: Sandbox, wanted: str | None,
+                       plan_name: str, limits: Limits, prove_checks: bool,
+                       result: StepResult) -> StepResult:
     target = config.targets[step.target]
     repo = restic_repository(config, repo_name)
-    result = StepResult(target=step.target, repository=repo_name)
     identity = SnapshotIdentity(config.host, step.target)
     try:
         choice = choose_snapshot(recorder, repo, identity, wanted, step.pick, limits)
@@ -315,6 +243,7 @@ def _run_step(config: Config, recorder: Recorder, step: PlanStep, repo_name: str
                 assert ref is not None
                 box.will_create(scratch.kind, scratch.name,
                                 ref.dsn.model_dump(mode="json", exclude_none=True))
+                result.scratch_database = scratch.name
                 scratch.create()
                 scratch.restore(dump)
                 where = " (on the production server, or one that could not be told apart "\

@@ -34,11 +34,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from drkit import __version__
-from drkit.catalog.audit import stream_rows
 from drkit.catalog.chain import SORTED, canonical_record, canonical_time
 from drkit.catalog.checkpoints import catalog_checkpoints
 from drkit.catalog.models import Record
 from drkit.catalog.store import open_readonly
+from drkit.catalog.walk import stream_rows
 from drkit.config.models import Config
 from drkit.errors import BadRequestError, DrkitError
 from drkit.signing import public_bytes, public_pem

@@ -121,12 +121,57 @@ def default_name(report: Report, fmt: str) -> str:
             f"{report.generated_at:%Y%m%dT%H%M%SZ}.{fmt}")
 
 
+def in_force(session: Any, config: Config, plans: dict[str, RecoveryPlan], until: datetime,
+             current_hash: str | None = None
+             ) -> tuple[Config, dict[str, RecoveryPlan], dict[str, Any] | None]:
+    """The config and plans in force at ``until`` (its ``config`` record), and what the
+    report says of them; today's when none was recorded or it cannot be read back."""
+    import json
+
+    from pydantic import ValidationError
+
+    from drkit.catalog.chain import optional_time
+
+    record = q.config_in_force(session, until)
+    if record is None:
+        return config, plans, None
+    evidence = json.loads(record.evidence)
+    meta: dict[str, Any] = {
+        "config_hash": evidence.get("config_hash"), "record_id": record.id,
+        "recorded_at": optional_time(record.finished_at), "hostname": record.hostname,
+        "current": evidence.get("config_hash") == current_hash}
+    effective = evidence.get("effective") or {}
+    from drkit.config.loader import config_model
+
+    try:
+        past = config_model().model_validate(effective["config"])
+        past_plans = {name: RecoveryPlan.model_validate(data)
+                      for name, data in effective["plans"].items()}
+    except (ValidationError, KeyError, TypeError, AttributeError) as exc:
+        meta["note"] = f"recorded config not readable ({type(exc).__name__}): today's used"
+        return config, plans, meta
+    return past, past_plans, meta
+
+
 def _render(catalog: Catalog, config: Config, plans: dict[str, RecoveryPlan], scope: Scope,
             fmt: str, path: Path) -> tuple[Report, int]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from drkit.reports import render
 
-    with catalog.read_session() as session:
-        report = build_report(session, config, plans, scope, series=fmt in ("html", "pdf"))
+    # Verified by another process while this one builds the report (on another core); the
+    # forked worker finds the config here (a config model cannot be pickled).
+    _FOR_AUDIT[:] = [config]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        checking = pool.submit(_audit_job)
+        with catalog.read_session() as session:
+            config, plans, meta = in_force(session, config, plans, scope.until,
+                                           catalog.config_hash)
+            report = build_report(session, config, plans, scope,
+                                  series=fmt in ("html", "pdf"))
+        report.audit, report.config_in_force = checking.result(), meta
+        report.evidence_key = evidence_key(config)
         with path.open("w", encoding="utf-8", newline="") as out:
             if fmt == "json":
                 return report, render.write_json(report, q.period_records_json(session, scope),
@@ -142,6 +187,41 @@ def _render(catalog: Catalog, config: Config, plans: dict[str, RecoveryPlan], sc
                 return report, report.records_in_period
     path.write_bytes(render.render_pdf(html))
     return report, report.records_in_period
+
+
+_FOR_AUDIT: list[Config] = []
+
+
+def _audit_job() -> dict[str, Any]:
+    return audit_verdict(_FOR_AUDIT[0])
+
+
+def audit_verdict(config: Config) -> dict[str, Any]:
+    """``audit verify``'s verdict, run before any report is built."""
+    from drkit.jobs.audit import verify
+
+    try:
+        result = verify(config).to_json()
+    except (DrkitError, OSError) as exc:
+        if not isinstance(exc, DrkitError):
+            exc = DrkitError(f"{type(exc).__name__}: {exc}")
+        return {"intact": False, "problems": [{"problem": "unverifiable",
+                                               "detail": describe(exc)}],
+                "first_break": {"problem": "unverifiable", "detail": describe(exc)}}
+    if not result["intact"]:
+        log.error("audit verify: the chain is broken (%s): the report says so first",
+                  result["first_break"]["problem"])
+    return result
+
+
+def evidence_key(config: Config) -> dict[str, str] | None:
+    """The evidence public key (and its id), which every report carries."""
+    if config.evidence.public_key is None:
+        return None
+    from drkit.signing import key_id, public_bytes
+
+    return {"public_key": config.evidence.public_key,
+            "key_id": key_id(public_bytes(config.evidence.public_key))}
 
 
 def run_report(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, scope: Scope,
@@ -164,7 +244,7 @@ def run_report(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog,
                 shutil.copyfileobj(source, sys.stdout.buffer)
             sys.stdout.flush()
         else:
-            path = Path(output) if output else _reports_dir(config) / default_name(report, fmt)
+            path = Path(output) if output else reports_dir(config) / default_name(report, fmt)
             path = path.expanduser().absolute()
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,14 +252,26 @@ def run_report(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog,
             except OSError as exc:
                 raise DrkitError(f"cannot write the report to {path}: {exc.strerror}") from None
         run = ReportRun(format=fmt, path=path, report=report, records=count, sha256=digest)
-        s3 = config.reports.output.s3 if config.reports and config.reports.output else None
-        if s3 is not None:
+        if report_output(config) is not None:
             _upload(config, plans, catalog, scope, run, Path(work), path or scratch)
     _record(config, catalog, run, started)
     return run
 
 
-def _reports_dir(config: Config) -> Path:
+def report_output(config: Config) -> tuple[Any, tuple[str, int] | None] | None:
+    """Where reports are uploaded, and the lock each upload gets: ``reports.output.s3``
+    (the bucket's default lock), else the evidence bucket (``evidence.lock_mode`` for
+    ``evidence.retain_days``, under ``reports/``); None when neither is set."""
+    if config.reports and config.reports.output and config.reports.output.s3:
+        return config.reports.output.s3, None
+    bucket = config.evidence.bucket
+    if bucket is None:
+        return None
+    return (bucket.model_copy(update={"prefix": bucket.prefix + "reports/"}),
+            (config.evidence.lock_mode, config.evidence.retain_days))
+
+
+def reports_dir(config: Config) -> Path:
     if config.reports and config.reports.output and config.reports.output.directory:
         return config.reports.output.directory
     return config.state_dir / "reports"
@@ -189,7 +281,9 @@ def _upload(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, sc
             run: ReportRun, work: Path, written: Path) -> None:
     from drkit.storage.evidence import upload_evidence
 
-    assert config.reports and config.reports.output and config.reports.output.s3
+    target = report_output(config)
+    assert target is not None
+    output, lock = target
     name = default_name(run.report, run.format)
     files = [(written, name, CONTENT_TYPES[run.format])]
     if run.format != "json":  # a machine-readable copy next to every report
@@ -197,8 +291,7 @@ def _upload(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, sc
         _render(catalog, config, plans, scope, "json", copy)
         files.append((copy, default_name(run.report, "json"), CONTENT_TYPES["json"]))
     try:
-        run.uploads = [u.to_json() for u in upload_evidence(config, config.reports.output.s3,
-                                                            files)]
+        run.uploads = [u.to_json() for u in upload_evidence(config, output, files, lock=lock)]
     except DrkitError as exc:
         run.status, run.error = "failed", f"upload failed: {describe(exc)}"
 

@@ -207,3 +207,42 @@ def repository_checks(config: Config, catalog: Catalog) -> list[RepositoryCheckS
             read_data_subset=evidence.get("read_data_subset"),
             errors=list(evidence.get("errors") or [])))
     return out
+
+
+@dataclass
+class EvidenceStatus:
+    """Whether the chain's head is signed and anchored (with a signing key configured)."""
+
+    head_seq: int
+    checkpoint_seq: int | None
+    anchored: str | None
+    bucket: bool
+
+    @property
+    def healthy(self) -> bool:
+        if self.checkpoint_seq is None or self.checkpoint_seq < self.head_seq:
+            return False  # a run's checkpoint was not written
+        anchored = self.anchored or ""
+        return not self.bucket or (bool(anchored) and "NOT LOCKED" not in anchored)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"head_seq": self.head_seq, "checkpoint_seq": self.checkpoint_seq,
+                "anchored": self.anchored, "healthy": self.healthy}
+
+
+def evidence_status(config: Config, catalog: Catalog) -> EvidenceStatus | None:
+    """The newest checkpoint against the chain's head; None without a signing key."""
+    if config.evidence.signing_key is None:
+        return None
+    from sqlalchemy import select
+
+    from drkit.catalog.models import ChainHead, Checkpoint
+
+    with catalog.read_session() as session:
+        head = session.get(ChainHead, 1)
+        newest = session.scalars(select(Checkpoint).order_by(Checkpoint.seq.desc())
+                                 .limit(1)).first()
+    return EvidenceStatus(head_seq=head.seq if head else 0,
+                          checkpoint_seq=newest.seq if newest else None,
+                          anchored=newest.anchored if newest else None,
+                          bucket=config.evidence.bucket is not None)

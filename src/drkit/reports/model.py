@@ -20,6 +20,7 @@ from drkit import __version__
 from drkit.catalog import report_queries as q
 from drkit.catalog.chain import optional_time as iso
 from drkit.catalog.inflight import utcnow
+from drkit.catalog.remediation import items as remediation_items
 from drkit.config.models import Config
 from drkit.drills.plans import RecoveryPlan
 from drkit.reports import controls as ctl
@@ -60,7 +61,33 @@ class Report:
     controls: list[Control]
     drills: list[DrillRow] = field(default_factory=list)  # every drill of the period
     recoveries: list[RecoveryRow] = field(default_factory=list)  # real recoveries, restores
+    remediations: list[dict[str, Any]] = field(default_factory=list)  # open, or of the period
+    # ``audit verify``'s verdict on the chain the report was built from (run first).
+    audit: dict[str, Any] | None = None
+    # The key that signs checkpoints: a reviewer checks signatures with it.
+    evidence_key: dict[str, str] | None = None
+    # The config and plans in force at the period's end (its `config` record), if recorded.
+    config_in_force: dict[str, Any] | None = None
     drkit_version: str = __version__
+
+    @property
+    def evaluated(self) -> list[Control]:
+        return [c for c in self.controls if c.status != NOT_EVALUATED]
+
+    @property
+    def verdict_line(self) -> str:
+        """The report's first line: a broken chain first, then the controls."""
+        if self.audit is not None and not self.audit.get("intact"):
+            first = self.audit.get("first_break") or {}
+            return (f"CHAIN BROKEN: audit verify found {len(self.audit.get('problems', []))} "
+                    f"problem(s), first: {first.get('problem')}: {first.get('detail')}. "
+                    "Nothing in this report can be relied on until that is explained.")
+        bad, evaluated = self.non_compliant, self.evaluated
+        skipped = len(self.controls) - len(evaluated)
+        tail = f" ({skipped} not evaluated)" if skipped else ""
+        if bad:
+            return f"{len(bad)} of {len(evaluated)} evaluated controls non-compliant{tail}"
+        return f"All {len(evaluated)} evaluated controls compliant{tail}"
 
     @property
     def records_in_period(self) -> int:
@@ -73,8 +100,12 @@ class Report:
     def header_json(self) -> dict[str, Any]:
         """Everything but the records (which the renderers stream after this)."""
         return {
+            "verdict": self.verdict_line,
+            "audit": self.audit,
             "report": {"generated_at": iso(self.generated_at), "hostname": self.hostname,
                        "drkit_version": self.drkit_version, "filters": self.filters},
+            "evidence_key": self.evidence_key,
+            "config_in_force": self.config_in_force,
             "period": {"since": iso(self.since), "until": iso(self.until)},
             "chain": {"head_seq": self.chain_head_seq, "head_hash": self.chain_head_hash},
             "summary": {
@@ -84,6 +115,7 @@ class Report:
                 "repositories": [r.to_json() for r in self.repositories],
                 "drills": [d.to_json() for d in self.drills],
                 "recoveries": [r.to_json() for r in self.recoveries],
+                "remediations": self.remediations,
             },
             "controls": [c.to_json() for c in self.controls],
         }
@@ -109,6 +141,8 @@ def build_report(session: Session, config: Config, plans: dict[str, RecoveryPlan
     target_rows = summaries.target_summaries(session, config, plans, scope, by_subject, end,
                                              series)
     repo_rows = summaries.repository_summaries(session, config, scope, by_subject)
+    found = remediation_items(session)
+    checkpoint, last_seq = q.checkpoint_covering(session, scope)
     for target in target_rows:
         for repo in repo_rows:
             if repo.repository in target.repositories:
@@ -121,6 +155,11 @@ def build_report(session: Session, config: Config, plans: dict[str, RecoveryPlan
                  "targets": sorted(scope.targets) if scope.targets is not None else None},
         totals=totals, plans=plan_rows, targets=target_rows, repositories=repo_rows,
         drills=drill_rows, recoveries=summaries.recovery_rows(session, scope),
-        controls=(ctl.rpo_controls(target_rows) + ctl.rto_controls(plan_rows)
-                  + ctl.frequency_controls(plan_rows, end) + ctl.check_controls(repo_rows)
-                  + ctl.immutability_controls(config, repo_rows)))
+        remediations=[i.to_json() for i in found if i.plan in {p.plan for p in plan_rows}
+                      and (i.open_at(end) or scope.since <= (i.closed_at or end) <= end)],
+        controls=ctl.with_references(
+            ctl.rpo_controls(target_rows) + ctl.rto_controls(plan_rows)
+            + ctl.frequency_controls(plan_rows, end) + ctl.check_controls(repo_rows)
+            + ctl.immutability_controls(config, repo_rows)
+            + ctl.remediation_controls([p.plan for p in plan_rows], found, end)
+            + ctl.evidence_controls(checkpoint, last_seq)))

@@ -27,7 +27,8 @@ CSV_COLUMNS = ("seq", "record_id", "run_id", "kind", "status", "target", "reposi
                "started_at", "finished_at", "duration_s", "snapshot_id", "rpo_achieved_s",
                "rpo_objective_s", "rto_achieved_s", "rto_objective_s", "hostname",
                "drkit_version", "restic_version", "error", "hash", "prev_hash", "evidence",
-               "rto_restore_s", "rto_verify_s", "rto_load_s", "rto_checks_s")
+               "rto_restore_s", "rto_verify_s", "rto_load_s", "rto_checks_s", "format",
+               "actor", "config_hash")
 _DRILL_FIELDS = ("rpo_achieved_s", "rpo_objective_s", "rto_achieved_s", "rto_objective_s")
 
 
@@ -64,7 +65,8 @@ def write_csv(rows: Iterable[Any], out: TextIO) -> int:
             row.seq, row.id, row.run_id, row.kind, row.status, row.target, row.repository,
             row.plan, row.started_at, row.finished_at, f"{row.duration_s:.3f}",
             row.snapshot_id, *drill, row.hostname, row.drkit_version, row.restic_version,
-            row.error, row.hash, row.prev_hash, row.evidence, *stages))
+            row.error, row.hash, row.prev_hash, row.evidence, *stages, row.format,
+            row.actor, row.config_hash))
         count += 1
     return count
 
@@ -76,13 +78,26 @@ def _rate(value: float | None) -> str:
 def write_markdown(report: Report, out: TextIO) -> None:
     """The summary and control tables in GitHub-flavoured Markdown."""
     w = out.write
+    w(f"**{report.verdict_line}**\n\n")
     w(f"# drkit compliance report: {iso(report.since)} to {iso(report.until)}\n\n")
     w(f"Generated {iso(report.generated_at)} on {report.hostname} by drkit "
       f"{report.drkit_version} from catalog chain head {report.chain_head_seq} "
       f"(`{report.chain_head_hash}`). Records in the period: {report.records_in_period}.\n\n")
-    w("## Controls\n\n| control | subject | status | detail |\n|---|---|---|---|\n")
+    key = report.evidence_key
+    w(f"Checkpoints signed by Ed25519 key `{key['key_id']}` (public key `{key['public_key']}`)."
+      "\n\n" if key else "No evidence signing key is configured: the chain is not signed.\n\n")
+    w("## Controls\n\n| control | subject | status | detail | references |\n"
+      "|---|---|---|---|---|\n")
     for c in report.controls:
-        w(f"| {c.control} | {c.subject} | {c.status} | {c.detail} |\n")
+        w(f"| {c.control} | {c.subject} | {c.status} | {c.detail} "
+          f"| {', '.join(c.references)} |\n")
+    w("\n## Remediation items\n\n| item | plan | status | owner | due | what |\n"
+      "|---|---|---|---|---|---|\n")
+    for item in report.remediations:
+        w(f"| {item['id']} | {item['plan']} | {item['status']} | {item['owner']} "
+          f"| {item['due']} | {item['text']} |\n")
+    if not report.remediations:
+        w("| none open | | | | | |\n")
     w("\n## Recovery plans\n\n| plan | drills | passed | breached | failed | checks too weak "
       "| RPO compliance | RTO compliance | RPO worst / median / objective "
       "| RTO worst / median / objective | drill every | last passed drill |\n"
@@ -97,13 +112,15 @@ def write_markdown(report: Report, out: TextIO) -> None:
           f"{human_duration(p.rpo_objective_s)} | {human_duration(p.rto_worst_s)} / "
           f"{human_duration(p.rto_median_s)} / {human_duration(p.rto_objective_s)} "
           f"| {every} | {iso(p.last_passed_at) or 'never'} |\n")
-    w("\n## Drills\n\n| plan | finished | status | RPO achieved | RTO achieved | restore "
+    w("\n## Drills\n\n| plan | finished | status | RPO achieved / objective then "
+      "| RTO achieved / objective then | restore "
       "| verify | database load | checks | repositories restored | checks proven |\n"
       "|---|---|---|---|---|---|---|---|---|---|---|\n")
     for d in report.drills:
         stages = " | ".join(human_duration(d.rto_stages.get(n)) for n in RTO_STAGES)
-        w(f"| {d.plan} | {iso(d.finished_at)} | {d.status} | {_rpo(d)} "
-          f"| {human_duration(d.rto_achieved_s)} | {stages} "
+        w(f"| {d.plan} | {iso(d.finished_at)} | {d.status} | {_rpo(d)} / "
+          f"{human_duration(d.rpo_objective_s)} | {human_duration(d.rto_achieved_s)} / "
+          f"{human_duration(d.rto_objective_s)} | {stages} "
           f"| {', '.join(d.repositories) or '-'} | {_proven(d)} |\n")
     if not report.drills:
         w("| no drill in the period | | | | | | | | | | |\n")

@@ -46,6 +46,11 @@ class DrillRow:
     repositories: list[str]     # the repositories restored from, in step order
     proofs: int | None = None   # --prove-checks: steps whose checks met a damaged copy
     proofs_detected: int | None = None  # ... and failed on it, as they should
+    # The objectives in force when it ran (recorded with it) and that config's hash.
+    rpo_objective_s: float | None = None
+    rto_objective_s: float | None = None
+    config_hash: str | None = None
+    record_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "finished_at": iso(self.finished_at)}
@@ -187,6 +192,7 @@ class Control:
     detail: str
     counts: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
+    references: list[str] = field(default_factory=list)  # the frameworks' clauses it serves
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

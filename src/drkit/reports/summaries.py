@@ -50,7 +50,10 @@ def drill_row(record: Record, evidence: dict[str, Any]) -> DrillRow:
         rto_stages={stage: stages.get(stage) for stage in RTO_STAGES},
         repositories=repositories,
         proofs=len(proofs) if proved else None,
-        proofs_detected=sum(bool(p.get("detected")) for p in proofs) if proved else None)
+        proofs_detected=sum(bool(p.get("detected")) for p in proofs) if proved else None,
+        rpo_objective_s=evidence.get("rpo_objective_s"),
+        rto_objective_s=evidence.get("rto_objective_s"),
+        config_hash=getattr(record, "config_hash", None), record_id=record.id)
 
 
 def plan_summaries(session: Session, plans: dict[str, RecoveryPlan], scope: q.Scope,

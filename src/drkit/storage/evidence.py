@@ -61,16 +61,18 @@ def _retention(client: Any, output: S3Output) -> tuple[str, int] | None:
 
 
 def upload_evidence(config: Config, output: S3Output, files: list[tuple[Path, str, str]],
-                    *, now: datetime | None = None) -> list[Uploaded]:
+                    *, now: datetime | None = None, lock: tuple[str, int] | None = None
+                    ) -> list[Uploaded]:
     """Upload each ``(path, key name, content type)`` under ``output.prefix``; set retention
-    when the bucket has object lock. Raises :class:`StorageError` on any failure."""
+    (``lock``: this mode and days; else the bucket's default) when the bucket has object
+    lock. Raises :class:`StorageError` on any failure."""
     import hashlib
 
     now = now or datetime.now(UTC)
     client = _client(output, config)
     uploaded = []
     with _storage_errors(output.bucket, "upload the report"):
-        retention = _retention(client, output)
+        retention = lock or _retention(client, output)
         if retention is None:
             log.warning("evidence bucket '%s' has no object lock: the uploaded report can be "
                         "deleted or overwritten", output.bucket)

@@ -1,0 +1,168 @@
+"""Re-hashing the record chain for ``audit verify``, on every core when it is long.
+
+The chain is cut into ranges of sequence numbers; each range is walked by its own process
+(forked, with its own read-only connection): every record's canonical text, built by the
+database (:func:`drkit.catalog.chain.sql_canonical`), must hash to the record's hash, and
+each record must link to the one before it. The ranges are then stitched: each range's first
+record must follow the previous range's last, in sequence and by ``prev_hash``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from drkit.catalog.chain import SORTED, record_hash, sql_canonical
+from drkit.catalog.models import GENESIS_HASH
+
+PARALLEL_RECORDS = 200_000  # from this many records on, the walk uses every core
+_BATCH = 20000
+Problem = tuple[str, str, int | None, int | None]  # kind, detail, record id, seq
+
+
+@dataclass
+class Part:
+    """What walking one range found."""
+
+    lo: int = 1
+    count: int = 0
+    first: tuple[int, int, str] | None = None  # id, seq, prev_hash of its first record
+    first_intact: bool = True  # ... and whether it matched its hash
+    last_seq: int | None = None
+    last_hash: str | None = None
+    seen: dict[int, str] = field(default_factory=dict)  # hashes at the sequences asked for
+    problems: list[Problem] = field(default_factory=list)
+
+
+def stream_rows(engine: Engine, columns: list[str], *, where: str = "TRUE"
+                ) -> Any:
+    """Every record's ``columns`` (of those matching ``where``, SQL written by drkit) in
+    chain order, streamed through the driver."""
+    raw: Any = engine.raw_connection()
+    try:
+        if engine.dialect.name == "postgresql":
+            cursor = raw.driver_connection.cursor(name="drkit_audit")  # server-side
+            cursor.itersize = _BATCH
+        else:
+            cursor = raw.cursor()
+        cursor.execute(f"SELECT {', '.join(columns)} FROM records WHERE {where} ORDER BY seq")
+        while batch := cursor.fetchmany(_BATCH):
+            yield from batch
+        cursor.close()
+    finally:
+        raw.rollback()
+        raw.close()
+
+
+def walk_range(engine: Engine, has: set[str], interest: set[int], lo: int, hi: int) -> Part:
+    """Walk the records with ``lo <= seq < hi``."""
+    dialect = engine.dialect.name
+    if "format" in has:
+        text = (f"CASE WHEN format = 2 THEN {sql_canonical(dialect, 2)} "
+                f"WHEN format = 1 THEN {sql_canonical(dialect, 1)} END")
+        columns = ["id", "seq", "hash", "prev_hash", "format", text]
+    else:
+        columns = ["id", "seq", "hash", "prev_hash", "1", sql_canonical(dialect, 1)]
+    part = Part(lo=lo)
+    sha256 = hashlib.sha256
+    previous: str | None = GENESIS_HASH if lo <= 1 else None
+    expected: int | None = 1 if lo <= 1 else None
+    for ident, seq, stored, prev, fmt, canonical in stream_rows(
+            engine, columns, where=f"seq >= {int(lo)} AND seq < {int(hi)}"):
+        part.count += 1
+        if part.first is None:
+            part.first = (ident, seq, prev)
+        if expected is not None and seq != expected:
+            part.problems.append((
+                "deleted", f"records {expected}..{seq - 1} are missing before this one"
+                if seq > expected else f"sequence {seq} is out of order (expected {expected})",
+                ident, seq))
+        if canonical is None:
+            part.problems.append(("unreadable", f"format {fmt} is not one this drkit knows",
+                                  ident, seq))
+            part.first_intact = part.first_intact and part.count > 1
+        elif sha256(canonical.encode("utf-8")).hexdigest() != stored and \
+                exact_hash(engine, ident, has) != stored:
+            part.problems.append(("edited", "its content no longer matches its hash", ident,
+                                  seq))
+            part.first_intact = part.first_intact and part.count > 1
+        elif previous is not None and prev != previous:
+            part.problems.append(("relinked", "it does not link to the record before it (a "
+                                  "record was deleted or inserted out of order)", ident, seq))
+        if seq in interest:
+            part.seen[seq] = stored
+        previous, expected = stored, seq + 1
+    part.last_seq, part.last_hash = expected - 1 if expected else None, previous
+    return part
+
+
+def exact_hash(engine: Engine, ident: int, has: set[str]) -> str:
+    """A record's hash computed by :func:`drkit.catalog.chain.record_hash` itself (a
+    record whose text from the database did not match: told apart from an edit here)."""
+    names = [name for name in SORTED[2] if name in has]
+    row = next(stream_rows(engine, names, where=f"id = {int(ident)}"))
+    fields = dict(zip(names, row, strict=True))
+    for name in ("started_at", "finished_at"):
+        if isinstance(fields[name], str):
+            fields[name] = datetime.fromisoformat(fields[name])
+    return record_hash(fields)
+
+
+_ENGINE: list[Engine] = []  # the engine the forked workers inherit
+
+
+def _job(args: tuple[set[str], set[int], int, int]) -> Part:
+    engine = _ENGINE[0]
+    engine.dispose(close=False)  # never the parent's connections, in a forked child
+    return walk_range(engine, *args)
+
+
+def walk(engine: Engine, has: set[str], interest: set[int]) -> list[Part]:
+    """Every record, in ranges walked in parallel when there are many; the parts in order."""
+    with engine.connect() as connection:
+        top = connection.exec_driver_sql("SELECT max(seq) FROM records").scalar() or 0
+        connection.rollback()
+    workers = min(os.cpu_count() or 1, 8)
+    if top < PARALLEL_RECORDS or workers < 2:
+        return [walk_range(engine, has, interest, 1, top + 1)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = -(-top // workers)
+    ranges = [(has, interest, lo, lo + size) for lo in range(1, top + 1, size)]
+    _ENGINE[:] = [engine]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")
+                                 ) as pool:
+            return list(pool.map(_job, ranges))
+    finally:
+        _ENGINE.clear()
+
+
+def stitch(parts: list[Part]) -> tuple[list[Problem], dict[int, str], int, str, int]:
+    """The parts as one walk: (problems, hashes seen, last sequence, head hash, count)."""
+    problems: list[Problem] = []
+    seen: dict[int, str] = {}
+    previous, expected, count = GENESIS_HASH, 1, 0
+    for part in parts:
+        if part.first is None:
+            continue
+        ident, seq, prev = part.first
+        if part.lo > 1:  # its first record was not checked against what comes before it
+            if seq != expected:
+                problems.append(("deleted", f"records {expected}..{seq - 1} are missing "
+                                 "before this one", ident, seq))
+            if part.first_intact and prev != previous:
+                problems.append(("relinked", "it does not link to the record before it (a "
+                                 "record was deleted or inserted out of order)", ident, seq))
+        problems += part.problems
+        seen.update(part.seen)
+        count += part.count
+        previous = part.last_hash or previous
+        expected = (part.last_seq or expected - 1) + 1
+    return problems, seen, expected - 1, previous, count
