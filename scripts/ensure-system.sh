@@ -4,7 +4,8 @@
 #   scripts/ensure-system.sh          restic (and python3-venv): what drkit and `make demo` need
 #   scripts/ensure-system.sh test     also PostgreSQL and MariaDB servers, Chromium (the HTML
 #                                     report test), poppler-utils (pdftotext) and Pango (PDF
-#                                     reports via WeasyPrint) for the test suite
+#                                     reports via WeasyPrint), openssl and jq (the evidence
+#                                     bundle is verified as an auditor would) for the tests
 set -euo pipefail
 
 missing=()
@@ -18,6 +19,9 @@ if [ "${1:-}" = "test" ]; then
   { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } \
     || missing+=(chromium)
   command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+  # The evidence bundle test verifies it as an auditor would: sha256sum, openssl, jq.
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v jq >/dev/null 2>&1 || missing+=(jq)
   ldconfig -p 2>/dev/null | grep -q 'libpangoft2-1.0.so.0' || missing+=(libpango-1.0-0 libpangoft2-1.0-0)
   # WeasyPrint needs at least one font; any of these will do.
   compgen -G "/usr/share/fonts/truetype/*/*.ttf" >/dev/null || missing+=(fonts-dejavu-core)

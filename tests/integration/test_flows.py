@@ -4,6 +4,7 @@ a transient failure (storage briefly down, repository locked) and never a wrong 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from contextlib import closing
@@ -75,6 +76,11 @@ def test_backup_check_and_drill_flows_record_what_the_cli_records(
         assert flow_backup[field] == cli_backup[field], field
     assert flow_backup["snapshot_id"] == runs[0]["snapshot_id"]
     assert set(flow_backup["evidence"]) == set(cli_backup["evidence"])
+    # Who did it: the flow run (and its deployment), or the OS user.
+    assert flow_backup["actor"].startswith("prefect flow run ")
+    assert "deployment no deployment" in flow_backup["actor"]
+    import pwd
+    assert cli_backup["actor"] == pwd.getpwuid(os.geteuid()).pw_name
 
     checks = check_flow(config=config)
     assert checks[0]["status"] == "passed" and records(project, "check")[0]["status"] == "passed"

@@ -173,7 +173,8 @@ def test_csv_has_one_row_per_record_with_stable_columns(
     assert float(breached["rto_achieved_s"]) == 900 and float(breached["rto_objective_s"]) == 600
     assert json.loads(breached["evidence"])["rpo_achieved_s"] == 1800
     stages = ("rto_restore_s", "rto_verify_s", "rto_load_s", "rto_checks_s")
-    assert CSV_COLUMNS[-4:] == stages
+    assert CSV_COLUMNS[-7:-3] == stages  # appended, then format, actor, config_hash
+    assert CSV_COLUMNS[-3:] == ("format", "actor", "config_hash")
     assert [breached[c] for c in stages] == ["600.5", "100", "150", "49.5"]
     passed = next(r for r in rows if r["kind"] == "drill" and r["status"] == "passed")
     assert [passed[c] for c in stages] == ["", "", "", ""]

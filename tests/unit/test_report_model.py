@@ -175,13 +175,13 @@ def test_drill_frequency_and_checks_too_weak(history: History) -> None:
     assert rto.status == "non_compliant" and rto.counts["checks_too_weak"] == 1
     assert rto.detail == ("1 of 1 drills restored within the RTO; 1 with checks too weak "
                           "(they passed on data damaged on purpose)")
-    frequency = found[("drill_frequency", "app-plan")]
+    frequency = found[("drill_not_overdue", "app-plan")]
     assert frequency.status == "non_compliant"
     assert frequency.detail == ("the last passed drill finished 2026-02-28T00:00:00.000000Z, "
                                 "2d 10h before 2026-03-02T10:00:00.000000Z: beyond "
                                 "drill_every 1d 0h")
-    assert found[("drill_frequency", "db-plan")].status == "compliant"
-    assert ("drill_frequency", "other-plan") not in found
+    assert found[("drill_not_overdue", "db-plan")].status == "compliant"
+    assert ("drill_not_overdue", "other-plan") not in found
     out = io.StringIO()
     write_markdown(report, out)
     assert "| app-plan | 1 | 0 | 0 | 0 | 1 |" in out.getvalue()
@@ -192,11 +192,11 @@ def test_drill_frequency_is_judged_now_when_the_period_has_not_ended(
         history: History) -> None:
     history.drill("app-plan", at(60), "passed", rto_achieved_s=60)
     never = history.report(until=T0 + timedelta(days=30), now=at(120))
-    assert controls(never)[("drill_frequency", "app-plan")].status == "compliant"
-    assert controls(never)[("drill_frequency", "db-plan")].detail == \
+    assert controls(never)[("drill_not_overdue", "app-plan")].status == "compliant"
+    assert controls(never)[("drill_not_overdue", "db-plan")].detail == \
         "no drill of this plan ever passed (drill_every 7d 0h)"
     later = history.report(until=T0 + timedelta(days=30), now=T0 + timedelta(days=2))
-    assert controls(later)[("drill_frequency", "app-plan")].status == "non_compliant"
+    assert controls(later)[("drill_not_overdue", "app-plan")].status == "non_compliant"
 
 
 STAGES = {"restore": 12.5, "verify": 3.25, "database_load": 40.0, "checks": 1.5}
@@ -221,22 +221,24 @@ def test_drills_table_and_csv_show_the_rto_stages(history: History) -> None:
     assert report.header_json()["summary"]["drills"][0]["rto_stages"] == STAGES
     out = io.StringIO()
     write_markdown(report, out)
-    assert ("| db-plan | 2026-03-02T02:00:00.000000Z | breached | 15m 0s (incomplete) "
-            "| 11m 40s | 12s | 3.2s | 40s | 1.5s | primary "
+    # Each drill against the objectives recorded with it (in force when it ran).
+    assert ("| db-plan | 2026-03-02T02:00:00.000000Z | breached | 15m 0s (incomplete) / 1h 0m "
+            "| 11m 40s / 10m 0s | 12s | 3.2s | 40s | 1.5s | primary "
             "| 1 of 1 steps detected the damage |") in out.getvalue()
     html = render_html(report, [])
     table = html[html.index('id="drills-table"'):]
     assert '<td class="num">40s</td><td class="num">1.5s</td>' in table[:table.index("</table>")]
 
-    assert CSV_COLUMNS[-5:] == ("evidence", "rto_restore_s", "rto_verify_s", "rto_load_s",
-                                "rto_checks_s")
+    assert CSV_COLUMNS[-8:] == ("evidence", "rto_restore_s", "rto_verify_s", "rto_load_s",
+                                "rto_checks_s", "format", "actor", "config_hash")
     text = io.StringIO()
     with history.catalog.read_session() as session:
         write_csv(q.period_records_csv(session, q.Scope(T0, UNTIL)), text)
     rows = {r["kind"] + ":" + (r["plan"] or ""): r
             for r in csv.DictReader(io.StringIO(text.getvalue()))}
     drill = rows["drill:db-plan"]
-    assert [drill[c] for c in CSV_COLUMNS[-4:]] == ["12.5", "3.25", "40.0", "1.5"]
+    stages = CSV_COLUMNS[-7:-3]
+    assert [drill[c] for c in stages] == ["12.5", "3.25", "40.0", "1.5"]
     assert json.loads(drill["evidence"])["rto_stages"] == STAGES
-    assert [rows["drill:other-plan"][c] for c in CSV_COLUMNS[-4:]] == ["", "", "", ""]
-    assert [rows["backup:"][c] for c in CSV_COLUMNS[-4:]] == ["", "", "", ""]
+    assert [rows["drill:other-plan"][c] for c in stages] == ["", "", "", ""]
+    assert [rows["backup:"][c] for c in stages] == ["", "", "", ""]

@@ -192,6 +192,9 @@ class Catalog:
             "actor": self.actor,
             "config_hash": self.config_hash,
         }
+        for name, value in fields.items():  # PostgreSQL text cannot hold NUL (stderr may)
+            if isinstance(value, str) and "\x00" in value:
+                fields[name] = value.replace("\x00", "\ufffd")
         fields["hash"] = record_hash(fields)
         record = Record(**fields)
         session.add(record)
