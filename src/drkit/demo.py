@@ -11,6 +11,7 @@ signed with a key made for the demo.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -140,9 +141,10 @@ def run_demo(*, keep: bool = False, verbose: bool = False) -> int:
                 import subprocess
                 import sys
 
-                print(f"\n$ python3 -I {bundle / 'verify.py'}", flush=True)
-                code = subprocess.run([sys.executable, "-I", str(bundle / "verify.py")]
-                                      ).returncode
+                key = json.loads((bundle / "bundle.json").read_text())["key_id"]
+                print(f"\n$ python3 -I {bundle / 'verify.py'} --key-id {key}", flush=True)
+                code = subprocess.run([sys.executable, "-I", str(bundle / "verify.py"),
+                                       "--key-id", key]).returncode
     finally:
         if keep:
             print(f"\nkept {workdir} (config in {workdir / 'config' / 'drkit.yaml'})")

@@ -52,8 +52,46 @@ def public_bytes(text: str) -> bytes:
 
 
 def load_public_key(text: str) -> bytes:
-    """Check ``text`` holds an Ed25519 public key; return its raw bytes."""
-    return public_bytes(text)
+    """Check ``text`` holds an Ed25519 public key that can sign (not a point of small order,
+    with which any message "verifies"); return its raw bytes."""
+    raw = public_bytes(text)
+    if small_order(raw):
+        raise PublicKeyError("public_key is a point of small order: every signature would "
+                             "verify with it (not a key drkit keygen writes)")
+    return raw
+
+
+_P = 2 ** 255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+
+
+def small_order(raw: bytes) -> bool:
+    """Whether the Ed25519 point ``raw`` is not a point at all, or of order dividing 8."""
+    y = int.from_bytes(raw, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    if y >= _P:
+        return True
+    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    if (x * x - x2) % _P:
+        return True
+    if x & 1 != sign:
+        x = _P - x
+    point = (x, y, 1, x * y % _P)
+    for _ in range(3):  # [8]P
+        point = _double(point)
+    return point[0] % _P == 0 and (point[1] - point[2]) % _P == 0
+
+
+def _double(a: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    big_a = (a[1] - a[0]) * (a[1] - a[0]) % _P
+    big_b = (a[1] + a[0]) * (a[1] + a[0]) % _P
+    c = 2 * a[3] * a[3] * _D % _P
+    d = 2 * a[2] * a[2] % _P
+    e, f, g, h = big_b - big_a, d - c, d + c, big_b + big_a
+    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
 
 
 def key_id(raw_public: bytes) -> str:
@@ -92,11 +130,20 @@ class Verifier:
     """Checks signatures with one public key."""
 
     def __init__(self, public_text: str) -> None:
+        self._set(load_public_key(public_text))
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> Verifier:
+        verifier = cls.__new__(cls)
+        verifier._set(raw)
+        return verifier
+
+    def _set(self, raw: bytes) -> None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-        self.public = public_bytes(public_text)
-        self.key_id = key_id(self.public)
-        self._key: Any = Ed25519PublicKey.from_public_bytes(self.public)
+        self.public = raw
+        self.key_id = key_id(raw)
+        self._key: Any = Ed25519PublicKey.from_public_bytes(raw)
 
     def verify(self, message: bytes, signature: str) -> bool:
         from cryptography.exceptions import InvalidSignature

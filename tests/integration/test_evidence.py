@@ -260,6 +260,17 @@ def test_checkpoints_are_anchored_under_object_lock(project: Project,
     # Offline (no bucket), the forgery would pass: the bucket is what makes it evidence.
     code, report = verify(project, "--offline")
     assert code == 0 and any("not read" in note for note in report["notes"])
+    # Hiding the anchors (a delete marker over each) or putting a new version over one (the
+    # host's bucket credentials can) is named; the locked versions are still read.
+    keys = [item["Key"] for item in listed]
+    for key in keys:
+        client.delete_object(Bucket=bucket, Key=key)
+    client.put_object(Bucket=bucket, Key=keys[0], Body=b'{"payload": "{}", "signature": ""}')
+    code, report = verify(project)
+    found = {p["problem"] for p in report["problems"]}
+    assert code == 1 and {"anchor_hidden", "anchor_overwritten", "anchor_unlocked",
+                          "edited"} <= found
+    assert report["problem_counts"]["anchor_hidden"] == len(keys)
 
 
 def sh(bundle: Path, *argv: str, plain: bool = False) -> subprocess.CompletedProcess[str]:
@@ -283,11 +294,16 @@ def test_the_evidence_bundle_verifies_offline_with_standard_tools(project: Proje
     for path in checkpoints:
         checked = openssl_verify(bundle, path)
         assert checked.returncode == 0, checked.stdout + checked.stderr
-    ok = sh(bundle, "python3", "-I", "verify.py", plain=True)
+    key = json.loads((bundle / "bundle.json").read_text())["key_id"]
+    assert f"--key-id {key}" in result.stdout  # the export says how to verify it
+    # Without the key id the auditor trusts, verify.py refuses to say anything.
+    assert sh(bundle, "python3", "-I", "verify.py", plain=True).returncode == 2
+    ok = sh(bundle, "python3", "-I", "verify.py", "--key-id", key, plain=True)
     assert ok.returncode == 0 and ok.stdout.startswith("OK: "), ok.stdout + ok.stderr
     # Every record hashes to what a signed checkpoint listed (the README's shell recipe:
     # grep prints the records that were not, and finds none).
-    recipe = (bundle / "README.md").read_text().split("```sh")[3].split("```")[0]
+    recipe = next(block.split("```")[0] for block in
+                  (bundle / "README.md").read_text().split("```sh") if "grep -vxFf" in block)
     clean = sh(bundle, "bash", "-c", recipe)
     assert clean.returncode == 1 and clean.stdout == "", clean.stdout + clean.stderr
 
@@ -297,15 +313,24 @@ def test_the_evidence_bundle_verifies_offline_with_standard_tools(project: Proje
     lines[index] = lines[index].replace(b'"status":"failed"', b'"status":"passed"')
     (bundle / "records.jsonl").write_bytes(b"\n".join(lines))
     assert sh(bundle, "sha256sum", "-c", "--quiet", "manifest.sha256").returncode == 1
-    broken = sh(bundle, "python3", "-I", "verify.py", plain=True)
+    broken = sh(bundle, "python3", "-I", "verify.py", "--key-id", key, plain=True)
     assert broken.returncode == 1
     assert "(drill p): not the record the checkpoint signed (changed)" in broken.stdout
-    caught = sh(bundle, "bash", "-c", recipe)
-    assert caught.returncode == 0 and len(caught.stdout.splitlines()) == 1
+    caught = sh(bundle, "bash", "-c", recipe)  # the changed record, and what was signed
+    seq = json.loads(lines[index])["seq"]
+    assert [line.split()[0] for line in caught.stdout.splitlines()] == [str(seq)] * 2
+    # A signed record removed (the line gone, the manifest rebuilt to match): caught too.
+    del lines[index]
+    (bundle / "records.jsonl").write_bytes(b"\n".join(lines))
+    removed = sh(bundle, "python3", "-I", "verify.py", "--key-id", key, plain=True)
+    assert removed.returncode == 1
+    assert f"signed records missing from records.jsonl: seq {seq} (removed)" in removed.stdout
+    gone = sh(bundle, "bash", "-c", recipe)
+    assert [line.split()[0] for line in gone.stdout.splitlines()] == [str(seq)]
     # One flipped bit in a checkpoint: openssl and verify.py refuse its signature.
     payload = bytearray(checkpoints[0].read_bytes())
     payload[-3] ^= 0x01
     checkpoints[0].write_bytes(bytes(payload))
     assert openssl_verify(bundle, checkpoints[0]).returncode != 0
     assert "the signature does not verify" in sh(bundle, "python3", "-I", "verify.py",
-                                                  plain=True).stdout
+                                                  "--key-id", key, plain=True).stdout

@@ -32,11 +32,21 @@ from sqlalchemy import Engine, inspect
 
 from drkit.catalog.checkpoints import CHECKPOINT_FORMAT, TYPE, Anchor
 from drkit.catalog.models import GENESIS_HASH
-from drkit.catalog.walk import stitch, walk
+from drkit.catalog.walk import outside, stitch, walk
 
 MAX_PROBLEMS = 50
 PARALLEL_SIGNATURES = 2000  # from this many checkpoints on, signatures are checked on all cores
 _BATCH = 20000
+
+
+# Which breaks are shown first: the records themselves (in chain order), then the
+# checkpoints, then what was found around them (a flood of junk anchors never hides an
+# edited record).
+_GROUP = {**dict.fromkeys(("edited", "deleted", "relinked", "outside", "truncated",
+                           "unreadable", "missing"), 0),
+          **dict.fromkeys(("off_chain", "bad_signature", "other_key", "checkpoint_missing",
+                           "checkpoint_row"), 1)}
+_KEPT = 10_000  # problems held while walking (each kind is also counted)
 
 
 @dataclass
@@ -45,103 +55,129 @@ class AuditResult:
 
     records: int = 0
     head_hash: str = GENESIS_HASH
-    problems: list[dict[str, Any]] = field(default_factory=list)
+    found: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # problems by kind
     checkpoints: int = 0           # distinct checkpoints whose signature was checked
     anchors: dict[str, int] = field(default_factory=dict)  # where they were found: how many
-    newest_anchored_seq: int | None = None
+    newest_anchored_seq: int | None = None  # the newest checkpoint in the bucket, verified
+    newest_signed_seq: int | None = None    # the newest checkpoint anywhere, verified
     signed: bool = False           # a public key was there to check signatures with
     notes: list[str] = field(default_factory=list)
 
     @property
     def intact(self) -> bool:
-        return not self.problems
+        return not self.counts
+
+    @property
+    def problems(self) -> list[dict[str, Any]]:
+        """The first :data:`MAX_PROBLEMS`, records' own breaks first, in chain order."""
+        ordered = sorted(self.found, key=lambda p: (_GROUP.get(p["problem"], 2),
+                                                    p["seq"] if p["seq"] is not None
+                                                    else 1 << 62))
+        return ordered[:MAX_PROBLEMS]
 
     def problem(self, kind: str, detail: str, *, record_id: int | None = None,
                 seq: int | None = None, source: str | None = None) -> None:
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append({"record_id": record_id, "seq": seq, "problem": kind,
-                                  "detail": detail, "source": source})
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.found) < _KEPT:
+            self.found.append({"record_id": record_id, "seq": seq, "problem": kind,
+                               "detail": detail, "source": source})
 
     def to_json(self) -> dict[str, Any]:
+        problems = self.problems
         return {"intact": self.intact, "records": self.records, "head_hash": self.head_hash,
                 "signed": self.signed, "checkpoints": self.checkpoints,
                 "anchors": self.anchors, "newest_anchored_seq": self.newest_anchored_seq,
-                "first_break": self.problems[0] if self.problems else None,
-                "problems": self.problems, "notes": self.notes}
+                "newest_signed_seq": self.newest_signed_seq,
+                "first_break": problems[0] if problems else None,
+                "problems": problems, "problem_counts": self.counts, "notes": self.notes}
 
-
-# --- reading rows fast ------------------------------------------------------------------------
 
 # --- the walk ---------------------------------------------------------------------------------
 
-def verify_catalog(engine: Engine, *, public_key: str | None, anchors: Iterable[Anchor | str],
-                   result: AuditResult | None = None) -> AuditResult:
+def verify_catalog(engine: Engine, *, public_key: str | None,
+                   anchors: Iterable[Anchor | str | tuple[str, str]],
+                   result: AuditResult | None = None, retired_keys: Iterable[str] = ()
+                   ) -> AuditResult:
     """Verify the chain in ``engine``'s catalog against ``anchors`` (the catalog's own
     checkpoints are read here; the others are given: the anchor file's, the bucket's; a
-    string is a problem found while reading them). Reads only."""
+    string is a problem found while reading them). ``retired_keys``: public keys that signed
+    checkpoints before the current one. Reads only."""
     result = result or AuditResult()
     tables = set(inspect(engine).get_table_names())
     if "records" not in tables:
         result.problem("missing", "the catalog has no records table (not a drkit catalog?)")
         return result
     has = {c["name"] for c in inspect(engine).get_columns("records")}
-    found = list(anchors)
+    found: list[Anchor | str | tuple[str, str]] = list(anchors)
+    rows: dict[str, tuple[int, int, str]] = {}
     if "checkpoints" in tables:
-        found = [*_catalog_checkpoints(engine), *found]
+        catalog, rows = _catalog_checkpoints(engine)
+        found = [*catalog, *found]
     items, sources = _collect(found, result)
-    if items and public_key is None:
+    keys = [k for k in (public_key, *retired_keys) if k]
+    if items and not keys:
         result.notes.append("no evidence.public_key configured: checkpoint signatures not "
                             "checked")
         items = []
-    checks = _Signatures(items, public_key) if items and public_key else None
+    checks = _Signatures(items, keys) if items else None
     seen, last = _walk(engine, has, _seqs(items), result)
     interest: dict[int, list[Anchor]] = {}
-    if checks is not None and public_key is not None:
-        from drkit.signing import Verifier
-
-        interest = _checked_anchors(items, sources, checks.results(), Verifier(public_key),
-                                    result)
-    _head(engine, result, last)
+    if checks is not None:
+        interest = _checked_anchors(items, sources, checks.results(), keys, rows, result)
     _against_anchors(engine, interest, seen, last, result)
     return result
 
 
-def _catalog_checkpoints(engine: Engine) -> list[Anchor]:
+def _catalog_checkpoints(engine: Engine) -> tuple[list[Anchor], dict[str, tuple[int, int, str]]]:
+    """The catalog's checkpoints, and by payload digest each row's id and its own seq and
+    head hash columns (which must say what the payload says)."""
     raw: Any = engine.raw_connection()
     try:
         cursor = raw.cursor()
-        cursor.execute("SELECT id, payload, signature FROM checkpoints ORDER BY seq, id")
+        cursor.execute("SELECT id, payload, signature, seq, head_hash FROM checkpoints "
+                       "ORDER BY seq, id")
         rows = cursor.fetchall()
     finally:
         raw.rollback()
         raw.close()
-    return [Anchor(payload=str(payload), signature=str(signature),
-                   source=f"catalog checkpoint #{ident}") for ident, payload, signature in rows]
+    anchors = [Anchor(payload=str(payload), signature=str(signature),
+                      source=f"catalog checkpoint #{ident}")
+               for ident, payload, signature, _seq, _head in rows]
+    columns = {anchor.digest: (row[0], int(row[3]), str(row[4]))
+               for anchor, row in zip(anchors, rows, strict=True)}
+    return anchors, columns
+
+
+def _head_row(engine: Engine) -> tuple[int, str] | None:
+    with engine.connect() as connection:
+        row = connection.exec_driver_sql("SELECT seq, hash FROM chain_head WHERE id = 1").first()
+        connection.rollback()
+    return (int(row[0]), str(row[1])) if row is not None else None
 
 
 def _walk(engine: Engine, has: set[str], interest: set[int],
           result: AuditResult) -> tuple[dict[int, str], int]:
-    """Re-hash and link every record (:mod:`drkit.catalog.walk`); return the hashes at the
-    sequences anchors sign and the last sequence."""
-    problems, seen, last, head, count = stitch(walk(engine, has, interest))
-    for kind, detail, ident, seq in sorted(problems, key=lambda p: p[3] or 0):
+    """Re-hash and link the records up to the chain head read first (those appended while
+    this runs are the next verification's) (:mod:`drkit.catalog.walk`); return the hashes
+    at the sequences anchors sign and the last sequence."""
+    head = _head_row(engine)
+    with engine.connect() as connection:
+        top = connection.exec_driver_sql("SELECT max(seq) FROM records").scalar() or 0
+        connection.rollback()
+    if head is not None and head[0] > 0:
+        top = min(top, head[0])
+    problems, seen, last, tail, count = stitch(walk(engine, has, interest, top))
+    problems += outside(engine)
+    if head is None:
+        problems.append(("truncated", "the chain head row is missing", None, None))
+    elif head[0] != last or head[1] != tail:
+        problems.append(("truncated", f"the chain head says {head[0]} records ending in "
+                         f"{head[1][:16]}..., the table ends at {last}", None, None))
+    for kind, detail, ident, seq in problems:
         result.problem(kind, detail, record_id=ident, seq=seq)
-    result.records, result.head_hash = count, head
+    result.records, result.head_hash = count, tail
     return seen, last
-
-
-def _head(engine: Engine, result: AuditResult, last: int) -> None:
-    raw: Any = engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        cursor.execute("SELECT seq, hash FROM chain_head WHERE id = 1")
-        row = cursor.fetchone()
-    finally:
-        raw.rollback()
-        raw.close()
-    if row is not None and (row[0] != last or row[1] != result.head_hash):
-        result.problem("truncated", f"the chain head says {row[0]} records ending in "
-                       f"{str(row[1])[:16]}..., the table ends at {last}")
 
 
 # --- checkpoints and anchors -------------------------------------------------------------------
@@ -149,15 +185,19 @@ def _head(engine: Engine, result: AuditResult, last: int) -> None:
 _SEQ = re.compile(r'[{,]"seq":(\d+)[,}]')
 
 
-def _collect(found: list[Anchor | str], result: AuditResult
+def _collect(found: list[Anchor | str | tuple[str, str]], result: AuditResult
              ) -> tuple[list[Anchor], dict[tuple[str, str], list[str]]]:
     """The distinct anchors (the same checkpoint may be in the catalog, the file and the
-    bucket) and where each was found; a string found is a problem."""
+    bucket) and where each was found; a string found is an unreadable anchor, a pair a
+    problem of that kind."""
     unique: dict[tuple[str, str], Anchor] = {}
     sources: dict[tuple[str, str], list[str]] = {}
     for item in found:
         if isinstance(item, str):
             result.problem("unreadable_anchor", item)
+            continue
+        if isinstance(item, tuple):
+            result.problem(item[0], item[1])
             continue
         kind = "catalog" if item.source.startswith("catalog") else \
             "bucket" if item.source.startswith("s3://") else "file"
@@ -174,16 +214,25 @@ def _seqs(anchors: list[Anchor]) -> set[int]:
 
 
 def _checked_anchors(items: list[Anchor], sources: dict[tuple[str, str], list[str]],
-                     verdicts: list[bool], verifier: Any, result: AuditResult
+                     verdicts: list[bool], keys: list[str],
+                     rows: dict[str, tuple[int, int, str]], result: AuditResult
                      ) -> dict[int, list[Anchor]]:
-    """The anchors whose signature verifies, by the sequence they sign; every other one is
-    a problem."""
+    """The anchors whose signature verifies with a known key, by the sequence they sign;
+    every other one is a problem. Also: a catalog row whose columns do not say what its
+    payload says, a gap in the catalog's own sequence of checkpoints, and a checkpoint found
+    in the anchor file or the bucket but not in the catalog (deleted there)."""
+    from drkit.signing import key_id, public_bytes
+
+    known = {key_id(public_bytes(k)) for k in keys}
     result.signed = True
     result.checkpoints = len(items)
     interest: dict[int, list[Anchor]] = {}
-    previous_by_source: dict[str, str] = {}
+    in_catalog: dict[str, tuple[int, Any, str]] = {}  # valid ones, by digest
+    newest_bucket: int | None = None
+    newest: int | None = None
     for anchor, valid in zip(items, verdicts, strict=True):
-        where = ", ".join(sources[(anchor.payload, anchor.signature)])
+        found_in = sources[(anchor.payload, anchor.signature)]
+        where = ", ".join(found_in)
         anchor = Anchor(payload=anchor.payload, signature=anchor.signature, source=where)
         try:
             data = anchor.data
@@ -194,36 +243,48 @@ def _checked_anchors(items: list[Anchor], sources: dict[tuple[str, str], list[st
         except (ValueError, KeyError, TypeError):
             result.problem("unreadable_anchor", f"{where}: not a drkit checkpoint")
             continue
-        if data.get("key_id") != verifier.key_id:
+        if data.get("key_id") not in known:
             result.problem("other_key", f"checkpoint at seq {seq} ({where}) was signed by key "
-                           f"{data.get('key_id')}, not evidence.public_key's "
-                           f"{verifier.key_id}", seq=seq, source=where)
+                           f"{data.get('key_id')}, not by evidence.public_key (or a retired "
+                           "key)", seq=seq, source=where)
             continue
         if not valid:
             result.problem("bad_signature", f"checkpoint at seq {seq} ({where}): its signature "
                            "does not verify: it was altered or forged", seq=seq, source=where)
             continue
         interest.setdefault(seq, []).append(anchor)
-        if anchor.source.startswith("catalog"):
-            expected = previous_by_source.get("catalog")
-            if data.get("previous") != expected and expected is not None:
-                result.problem("checkpoint_missing", f"checkpoint at seq {seq} ({where}) "
-                               "follows a checkpoint that is not in the catalog (one was "
-                               "deleted)", seq=seq, source=where)
-            previous_by_source["catalog"] = anchor.digest
-    anchored = [seq for seq, items_ in interest.items()
-                if any(not source.startswith("catalog") for a in items_
-                       for source in sources[(a.payload, a.signature)])]
-    result.newest_anchored_seq = max(anchored) if anchored else None
+        newest = seq if newest is None else max(newest, seq)
+        if any(source.startswith("s3://") for source in found_in):
+            newest_bucket = seq if newest_bucket is None else max(newest_bucket, seq)
+        row = rows.get(anchor.digest)
+        if row is not None:
+            if (row[1], row[2]) != (seq, data["head_hash"]):
+                result.problem("checkpoint_row", f"catalog checkpoint #{row[0]}: its seq and "
+                               f"head_hash columns ({row[1]}, {row[2][:16]}...) are not what "
+                               f"its signed payload says ({seq}): the row was edited",
+                               seq=seq, source=where)
+            in_catalog[anchor.digest] = (seq, data.get("previous"), where)
+        else:
+            result.problem("checkpoint_missing", f"checkpoint at seq {seq} is in {where} but "
+                           "not in the catalog (deleted there)", seq=seq, source=where)
+    previous: str | None = None
+    for digest, (seq, links_to, where) in sorted(in_catalog.items(), key=lambda i: i[1][0]):
+        if previous is not None and links_to != previous:
+            result.problem("checkpoint_missing", f"checkpoint at seq {seq} ({where}) follows "
+                           "a checkpoint that is not in the catalog (one was deleted)",
+                           seq=seq, source=where)
+        previous = digest
+    result.newest_anchored_seq = newest_bucket
+    result.newest_signed_seq = newest
     return interest
 
 
 class _Signatures:
     """Signature checks that run on the other cores while the chain is walked."""
 
-    def __init__(self, items: list[Anchor], public_key: str) -> None:
+    def __init__(self, items: list[Anchor], keys: list[str]) -> None:
         self._pairs = [(a.payload, a.signature) for a in items]
-        self._public_key = public_key
+        self._keys = keys
         self._pool: Any = None
         self._futures: list[Any] = []
         if len(self._pairs) >= PARALLEL_SIGNATURES and (os.cpu_count() or 1) >= 2:
@@ -234,24 +295,33 @@ class _Signatures:
             size = -(-len(self._pairs) // workers)
             self._pool = ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("fork"))
-            self._futures = [self._pool.submit(_verify_chunk, (public_key,
-                                                               self._pairs[i:i + size]))
+            self._futures = [self._pool.submit(_verify_chunk, (keys, self._pairs[i:i + size]))
                              for i in range(0, len(self._pairs), size)]
 
     def results(self) -> list[bool]:
         if self._pool is None:
-            return _verify_chunk((self._public_key, self._pairs))
+            return _verify_chunk((self._keys, self._pairs))
         try:
             return [ok for future in self._futures for ok in future.result()]
         finally:
             self._pool.shutdown()
 
 
-def _verify_chunk(job: tuple[str, list[tuple[str, str]]]) -> list[bool]:
+_KEY_ID = re.compile(r'"key_id":"([0-9a-f]{16})"')
+
+
+def _verify_chunk(job: tuple[list[str], list[tuple[str, str]]]) -> list[bool]:
+    """Each payload's signature, checked with the key its payload names (if known)."""
     from drkit.signing import Verifier
 
-    verifier = Verifier(job[0])
-    return [verifier.verify(payload.encode("utf-8"), signature) for payload, signature in job[1]]
+    verifiers = {v.key_id: v for v in (Verifier(key) for key in job[0])}
+    out = []
+    for payload, signature in job[1]:
+        named = _KEY_ID.search(payload)
+        verifier = verifiers.get(named.group(1)) if named else None
+        out.append(verifier is not None and
+                   verifier.verify(payload.encode("utf-8"), signature))
+    return out
 
 
 def _against_anchors(engine: Engine, interest: dict[int, list[Anchor]], seen: dict[int, str],

@@ -29,9 +29,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from drkit.catalog.chain import canonical_json, canonical_time
+from drkit.catalog.chain import HASHED_FIELDS, canonical_json, canonical_time, record_hash
 from drkit.catalog.inflight import utcnow
-from drkit.catalog.models import ChainHead, Checkpoint, Record
+from drkit.catalog.models import GENESIS_HASH, ChainHead, Checkpoint, Record
 
 CHECKPOINT_FORMAT = 1
 TYPE = "drkit-checkpoint"
@@ -62,23 +62,42 @@ class Anchor:
 
 def write_checkpoint(catalog: Any, signer: Any, *, actor: str | None) -> Anchor | None:
     """Sign the chain's head (under its lock) and store the checkpoint in the catalog; None
-    when the newest checkpoint already covers the head (another process just wrote one)."""
+    when the newest checkpoint already covers the head (another process just wrote one).
+
+    Only what verifies is signed: the records since the newest valid checkpoint (signed by
+    this key, its row saying what its payload says, its head on the chain) are re-hashed and
+    their links checked first; a break there is raised (:class:`DrkitError`), never signed."""
+    from drkit.errors import DrkitError
+
     with catalog.session() as session:
         head = session.execute(select(ChainHead).where(ChainHead.id == 1)
                                .with_for_update()).scalar_one()
-        last = session.scalars(select(Checkpoint).order_by(Checkpoint.seq.desc(),
-                                                           Checkpoint.id.desc()).limit(1)).first()
-        if head.seq == 0 or (last is not None and last.seq >= head.seq):
+        last = _last_valid(session, signer)
+        last_seq, last_head = (int(last[1]["seq"]), str(last[1]["head_hash"])) \
+            if last is not None else (0, GENESIS_HASH)
+        if head.seq == 0 or last_seq >= head.seq:
             return None
-        first = last.seq + 1 if last is not None else 1
-        hashes = list(session.scalars(select(Record.hash).where(
-            Record.seq >= first, Record.seq <= head.seq).order_by(Record.seq)))
+        first = last_seq + 1
+        hashes: list[str] = []
+        previous, expected = last_head, first
+        for record in session.scalars(select(Record).where(
+                Record.seq >= first, Record.seq <= head.seq).order_by(Record.seq)):
+            fields = {column: getattr(record, column) for column in HASHED_FIELDS}
+            if record.seq != expected or record.prev_hash != previous or \
+                    record_hash(fields) != record.hash:
+                raise DrkitError(f"refusing to sign the chain: record {record.id} (seq "
+                                 f"{record.seq}) does not verify since the last checkpoint",
+                                 hint="drkit audit verify names what broke")
+            hashes.append(record.hash)
+            previous, expected = record.hash, record.seq + 1
+        if expected != head.seq + 1 or previous != head.hash:
+            raise DrkitError("refusing to sign the chain: its head row does not match its "
+                             "records", hint="drkit audit verify names what broke")
         now = utcnow()
         payload = canonical_json({
             "format": CHECKPOINT_FORMAT, "type": TYPE, "seq": head.seq,
             "head_hash": head.hash, "first_seq": first, "hashes": hashes,
-            "previous": hashlib.sha256(last.payload.encode("utf-8")).hexdigest()
-            if last is not None else None,
+            "previous": last[0] if last is not None else None,
             "created_at": canonical_time(now), "host": catalog.hostname, "actor": actor,
             "key_id": signer.key_id})
         signature = signer.sign(payload.encode("utf-8"))
@@ -88,6 +107,27 @@ def write_checkpoint(catalog: Any, signer: Any, *, actor: str | None) -> Anchor 
         session.add(row)
         session.flush()
         return Anchor(payload=payload, signature=signature, source=f"catalog #{row.id}")
+
+
+def _last_valid(session: Any, signer: Any) -> tuple[str, dict[str, Any]] | None:
+    """The newest checkpoint a signature of this key vouches for (its payload's digest and
+    data): its row must say what its payload says, and its head must be on the chain."""
+    from drkit.signing import Verifier
+
+    verifier = Verifier.from_raw(signer.public)
+    for row in session.scalars(select(Checkpoint).order_by(Checkpoint.seq.desc(),
+                                                           Checkpoint.id.desc())):
+        try:
+            data = json.loads(row.payload)
+            ok = (verifier.verify(row.payload.encode("utf-8"), row.signature)
+                  and int(data["seq"]) == row.seq and data["head_hash"] == row.head_hash
+                  and session.scalar(select(Record.hash).where(Record.seq == row.seq))
+                  == row.head_hash)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            return hashlib.sha256(row.payload.encode("utf-8")).hexdigest(), data
+    return None
 
 
 def mark_anchored(catalog: Any, head_hash: str, where: str) -> None:

@@ -58,14 +58,31 @@ def items(session: Session) -> list[Item]:
                                   .order_by(Record.seq)):
         evidence = json.loads(record.evidence)
         ident = str(evidence.get("item"))
-        if record.status == "open":
+        if record.status == "open" and ident not in found:  # an item opens once
             found[ident] = Item(
                 id=ident, plan=record.plan or "", owner=str(evidence.get("owner")),
                 due=date.fromisoformat(str(evidence.get("due"))),
                 text=str(evidence.get("text")), opened_at=record.finished_at,
                 opened_record=record.id, drill_record=evidence.get("drill_record"))
-        elif record.status == "closed" and ident in found:
-            found[ident].closed_at = record.finished_at
+        elif record.status == "closed" and ident in found and \
+                found[ident].closed_at is None:
+            found[ident].closed_at = _not_before(session, record)
             found[ident].closed_record = record.id
             found[ident].note = evidence.get("note")
     return list(found.values())
+
+
+def _not_before(session: Session, record: Record) -> datetime:
+    """When ``record`` was written, at the earliest: its own time, but never before the
+    newest signed checkpoint that does not cover it (the record did not exist then), so a
+    close appended with a backdated time does not count as on time."""
+    from drkit.catalog.models import Checkpoint
+
+    payload = session.scalar(select(Checkpoint.payload).where(Checkpoint.seq < record.seq)
+                             .order_by(Checkpoint.seq.desc()).limit(1))
+    try:
+        signed = datetime.fromisoformat(str(json.loads(payload)["created_at"]).rstrip("Z")) \
+            if payload else None
+    except (ValueError, KeyError, TypeError):
+        signed = None
+    return max(record.finished_at, signed) if signed else record.finished_at

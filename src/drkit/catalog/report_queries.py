@@ -283,21 +283,22 @@ def period_records(session: Session, scope: Scope) -> Iterator[Any]:
         .execution_options(yield_per=5000))
 
 
-def config_in_force(session: Session, until: datetime) -> Record | None:
-    """The newest ``config`` record before ``until``: the config and plans in force then."""
-    return session.scalars(select(Record).where(Record.kind == "config",
-                                                Record.finished_at < until)
-                           .order_by(Record.seq.desc()).limit(1)).first()
-
-
-def checkpoint_covering(session: Session, scope: Scope) -> tuple[Any, int | None]:
-    """The period's last record's sequence and the newest checkpoint that covers it (None
-    when none does)."""
-    from drkit.catalog.models import Checkpoint
-
-    last = session.scalar(select(func.max(Record.seq)).where(in_period(scope)))
+def config_in_force(session: Session, until: datetime, hostname: str) -> Record | None:
+    """The config and plans in force on ``hostname`` at ``until``: the ``config`` record
+    whose hash the host's last record before then carries (found by the chain's order and
+    that record's own hash-protected field, not by a time someone could write)."""
+    last = session.scalars(select(Record).where(
+        Record.hostname == hostname, Record.finished_at < until,
+        Record.config_hash.is_not(None)).order_by(Record.seq.desc()).limit(1)).first()
     if last is None:
-        return None, None
-    newest = session.scalars(select(Checkpoint).where(Checkpoint.seq >= last)
-                             .order_by(Checkpoint.seq.desc()).limit(1)).first()
-    return newest, int(last)
+        return None
+    return session.scalars(select(Record).where(
+        Record.kind == "config", Record.hostname == hostname,
+        Record.config_hash == last.config_hash, Record.seq <= last.seq)
+        .order_by(Record.seq.desc()).limit(1)).first()
+
+
+def last_seq(session: Session, scope: Scope) -> int | None:
+    """The period's last record's sequence."""
+    found = session.scalar(select(func.max(Record.seq)).where(in_period(scope)))
+    return int(found) if found is not None else None

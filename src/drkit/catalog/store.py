@@ -8,9 +8,11 @@ processes and hosts sharing one catalog still build one valid chain.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import socket
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -118,10 +120,12 @@ class Catalog:
         self._config_recorded = False
         self.appended = 0  # records this process appended (a checkpoint covers them)
         self.settings: Any = None  # the Config it was opened for (evidence settings)
+        self.owner = CURRENT_OWNER.get()  # what opened it (a flow task), None: the command
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(engine.execution_options(drkit_readonly=True),
                                            expire_on_commit=False)
-        _OPENED.append(self)
+        with _OPENED_LOCK:
+            _OPENED.append(self)
 
     def session(self) -> AbstractContextManager[Session]:
         """A session in one transaction, committed on success, rolled back on error."""
@@ -274,12 +278,26 @@ class Catalog:
         return recovered
 
 
-_OPENED: list[Catalog] = []  # every catalog this process opened (checkpoints at its end)
+_OPENED: list[Catalog] = []  # the catalogs this process opened (checkpoints at their end)
+# Who opens catalogs now: a Prefect task sets its own token, so that its end checkpoints and
+# closes only its catalogs (tasks of one worker run side by side).
+CURRENT_OWNER: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "drkit_catalog_owner", default=None)
+_OPENED_LOCK = threading.Lock()
 
 
-def opened_catalogs() -> list[Catalog]:
-    """The catalogs this process opened, in order."""
-    return list(_OPENED)
+def opened_catalogs(owner: object | None = None) -> list[Catalog]:
+    """The catalogs ``owner`` (None: the command) opened, in order."""
+    with _OPENED_LOCK:
+        return [catalog for catalog in _OPENED if catalog.owner is owner]
+
+
+def close_catalog(catalog: Catalog) -> None:
+    """Forget ``catalog`` and close its connections."""
+    with _OPENED_LOCK:
+        if catalog in _OPENED:
+            _OPENED.remove(catalog)
+    catalog.engine.dispose()
 
 
 def _evidence_text(evidence: Any) -> str:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from drkit.catalog.chain import SORTED, record_hash, sql_canonical
 from drkit.catalog.models import GENESIS_HASH
@@ -59,20 +62,30 @@ def stream_rows(engine: Engine, columns: list[str], *, where: str = "TRUE"
         raw.close()
 
 
+# How SQLAlchemy stores a time in SQLite: anything else is not what drkit wrote (a time
+# rewritten in another form, such as an offset that names the same instant, is an edit).
+STORED_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")
+
+
 def walk_range(engine: Engine, has: set[str], interest: set[int], lo: int, hi: int) -> Part:
     """Walk the records with ``lo <= seq < hi``."""
     dialect = engine.dialect.name
     if "format" in has:
+        # A format 1 record's hash does not cover actor and config_hash: it may not have any.
         text = (f"CASE WHEN format = 2 THEN {sql_canonical(dialect, 2)} "
-                f"WHEN format = 1 THEN {sql_canonical(dialect, 1)} END")
+                f"WHEN format = 1 AND actor IS NULL AND config_hash IS NULL THEN "
+                f"{sql_canonical(dialect, 1)} END")
         columns = ["id", "seq", "hash", "prev_hash", "format", text]
     else:
         columns = ["id", "seq", "hash", "prev_hash", "1", sql_canonical(dialect, 1)]
+    sqlite = dialect == "sqlite"
+    columns += ["started_at", "finished_at"] if sqlite else ["NULL", "NULL"]
     part = Part(lo=lo)
     sha256 = hashlib.sha256
+    stored_time = STORED_TIME.fullmatch
     previous: str | None = GENESIS_HASH if lo <= 1 else None
     expected: int | None = 1 if lo <= 1 else None
-    for ident, seq, stored, prev, fmt, canonical in stream_rows(
+    for ident, seq, stored, prev, fmt, canonical, started, finished in stream_rows(
             engine, columns, where=f"seq >= {int(lo)} AND seq < {int(hi)}"):
         part.count += 1
         if part.first is None:
@@ -82,12 +95,17 @@ def walk_range(engine: Engine, has: set[str], interest: set[int], lo: int, hi: i
                 "deleted", f"records {expected}..{seq - 1} are missing before this one"
                 if seq > expected else f"sequence {seq} is out of order (expected {expected})",
                 ident, seq))
-        if canonical is None:
+        if canonical is None and fmt == 1:
+            part.problems.append(("edited", "a format 1 record with an actor or config_hash "
+                                  "(its hash covers neither: they were added)", ident, seq))
+            part.first_intact = part.first_intact and part.count > 1
+        elif canonical is None:
             part.problems.append(("unreadable", f"format {fmt} is not one this drkit knows",
                                   ident, seq))
             part.first_intact = part.first_intact and part.count > 1
-        elif sha256(canonical.encode("utf-8")).hexdigest() != stored and \
-                exact_hash(engine, ident, has) != stored:
+        elif (sqlite and not (stored_time(started) and stored_time(finished))) or (
+                sha256(canonical.encode("utf-8")).hexdigest() != stored
+                and exact_hash(engine, ident, has) != stored):
             part.problems.append(("edited", "its content no longer matches its hash", ident,
                                   seq))
             part.first_intact = part.first_intact and part.count > 1
@@ -103,14 +121,20 @@ def walk_range(engine: Engine, has: set[str], interest: set[int], lo: int, hi: i
 
 def exact_hash(engine: Engine, ident: int, has: set[str]) -> str:
     """A record's hash computed by :func:`drkit.catalog.chain.record_hash` itself (a
-    record whose text from the database did not match: told apart from an edit here)."""
+    record whose text from the database did not match: told apart from an edit here), or
+    "" when its stored values are not what drkit writes."""
     names = [name for name in SORTED[2] if name in has]
-    row = next(stream_rows(engine, names, where=f"id = {int(ident)}"))
-    fields = dict(zip(names, row, strict=True))
-    for name in ("started_at", "finished_at"):
-        if isinstance(fields[name], str):
-            fields[name] = datetime.fromisoformat(fields[name])
-    return record_hash(fields)
+    try:
+        row = next(stream_rows(engine, names, where=f"id = {int(ident)}"))
+        fields = dict(zip(names, row, strict=True))
+        for name in ("started_at", "finished_at"):
+            if isinstance(fields[name], str):
+                if not STORED_TIME.fullmatch(fields[name]):
+                    return ""
+                fields[name] = datetime.fromisoformat(fields[name])
+        return record_hash(fields)
+    except (ValueError, TypeError, UnicodeError, SQLAlchemyError, sqlite3.Error):
+        return ""  # not readable as a record drkit wrote: edited
 
 
 _ENGINE: list[Engine] = []  # the engine the forked workers inherit
@@ -122,11 +146,10 @@ def _job(args: tuple[set[str], set[int], int, int]) -> Part:
     return walk_range(engine, *args)
 
 
-def walk(engine: Engine, has: set[str], interest: set[int]) -> list[Part]:
-    """Every record, in ranges walked in parallel when there are many; the parts in order."""
-    with engine.connect() as connection:
-        top = connection.exec_driver_sql("SELECT max(seq) FROM records").scalar() or 0
-        connection.rollback()
+def walk(engine: Engine, has: set[str], interest: set[int], top: int) -> list[Part]:
+    """The records ``1..top`` (the chain head read before the walk: records appended while
+    it runs are left to the next), in ranges walked in parallel when there are many; the
+    parts in order."""
     workers = min(os.cpu_count() or 1, 8)
     if top < PARALLEL_RECORDS or workers < 2:
         return [walk_range(engine, has, interest, 1, top + 1)]
@@ -166,3 +189,17 @@ def stitch(parts: list[Part]) -> tuple[list[Problem], dict[int, str], int, str, 
         previous = part.last_hash or previous
         expected = (part.last_seq or expected - 1) + 1
     return problems, seen, expected - 1, previous, count
+
+
+def outside(engine: Engine) -> list[Problem]:
+    """Records that are not on the chain ``1..top``: a sequence below 1, or one beyond the
+    head in the same snapshot as the head (appends move both in one transaction)."""
+    problems: list[Problem] = []
+    with engine.connect() as connection:
+        for ident, seq in connection.exec_driver_sql(
+                "SELECT id, seq FROM records WHERE seq < 1 OR seq > (SELECT seq FROM "
+                "chain_head WHERE id = 1) ORDER BY seq"):
+            problems.append(("outside", f"its sequence {seq} is outside the chain (1 to the "
+                             "head): inserted behind drkit's back", ident, seq))
+        connection.rollback()
+    return problems

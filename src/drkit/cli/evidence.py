@@ -55,8 +55,9 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     else:
         print(f"evidence bundle written to {bundle.directory}: {bundle.records} records "
               f"(seq {bundle.first_seq}..{bundle.last_seq}), {bundle.checkpoints} "
-              f"checkpoints, {bundle.reports} reports; verify it with "
-              f"`python3 {bundle.directory / 'verify.py'}` or the commands in its README.md")
+              f"checkpoints, {bundle.reports} reports; verify it with `python3 -I "
+              f"{bundle.directory / 'verify.py'} --key-id {bundle.key_id}` or the commands in "
+              "its README.md")
     return EXIT_OK
 
 
@@ -73,8 +74,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"chain intact: {result.records} records, head {result.head_hash}")
         print(f"checkpoints: {result.checkpoints} signed"
               + (" and verified" if result.signed else " (signatures NOT checked)")
-              + f" (found: {anchors}); newest anchored at seq "
-              + f"{result.newest_anchored_seq if result.newest_anchored_seq else 'none'}")
+              + f" (found: {anchors}); newest signed at seq "
+              + f"{result.newest_signed_seq or 'none'}, in the evidence bucket at seq "
+              + f"{result.newest_anchored_seq or 'none'}")
         for note in result.notes:
             print(f"note: {note}")
     else:
@@ -83,7 +85,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if not result.intact:
         first = result.problems[0]
         print(f"drkit: chain broken at {_where(first)} ({first['problem']}); "
-              f"{len(result.problems)} problem(s)", file=sys.stderr)
+              f"{sum(result.counts.values())} problem(s): "
+              + ", ".join(f"{n} {kind}" for kind, n in sorted(result.counts.items())),
+              file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

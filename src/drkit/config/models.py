@@ -307,6 +307,8 @@ class EvidenceSettings(Strict):
 
     signing_key: SecretRef | None = None
     public_key: str | None = None
+    # Keys that signed earlier checkpoints (after a rotation): still accepted by audit verify.
+    retired_public_keys: list[str] = Field(default_factory=list)
     bucket: S3Output | None = None
     lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = "COMPLIANCE"
     retain_days: PositiveInt = 400
@@ -324,6 +326,11 @@ class EvidenceSettings(Strict):
         except PublicKeyError as exc:
             raise ValueError(str(exc)) from None
         return "".join(value.split())
+
+    @field_validator("retired_public_keys")
+    @classmethod
+    def _ed25519_each(cls, value: list[str]) -> list[str]:
+        return [cls._ed25519(item) or "" for item in value]
 
     @model_validator(mode="after")
     def _key_pair(self) -> EvidenceSettings:

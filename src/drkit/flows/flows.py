@@ -64,18 +64,22 @@ def _as_flow_run() -> Iterator[None]:
     their actor; afterwards, the signed checkpoint of what it appended."""
     from prefect.runtime import deployment
 
+    from drkit.catalog.store import CURRENT_OWNER
     from drkit.identity import os_actor, pop_actor, push_actor
 
     name = deployment.name or "no deployment"
     push_actor(f"prefect flow run {flow_run.name} ({flow_run.id}), deployment {name}, "
                f"as {os_actor()}")
+    owner = object()  # this task's catalogs: checkpointed and closed at its end
+    token = CURRENT_OWNER.set(owner)
     try:
         yield
     finally:
         pop_actor()
+        CURRENT_OWNER.reset(token)
         from drkit.jobs.evidence import finish
 
-        finish()
+        finish(owner, close=True)
 
 
 def _recorder(config: Config) -> Any:

@@ -20,7 +20,7 @@ def verify(config: Config, *, bucket: bool = True) -> AuditResult:
     (a bucket that cannot be read is a problem: the anchors there cannot be vouched for)."""
     engine = open_readonly(config.catalog, base_dir=config.base_dir)
     result = AuditResult()
-    anchors: list[Anchor | str] = list(read_anchor_file(anchor_file(config)))
+    anchors: list[Anchor | str | tuple[str, str]] = list(read_anchor_file(anchor_file(config)))
     if config.evidence.bucket is not None and bucket:
         from drkit.storage.anchors import read_anchors
 
@@ -33,6 +33,7 @@ def verify(config: Config, *, bucket: bool = True) -> AuditResult:
         result.notes.append("the evidence bucket's anchors were not read (--offline)")
     try:
         return verify_catalog(engine, public_key=config.evidence.public_key, anchors=anchors,
-                              result=result)
+                              result=result,
+                              retired_keys=config.evidence.retired_public_keys)
     finally:
         engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import logging
 import threading
@@ -86,12 +87,27 @@ def open_config_catalog(config: Config, *, recover: RunJournal | None = None) ->
     from drkit.catalog.store import open_catalog
     from drkit.jobs.evidence import prepare_catalog
 
+    _remember_url_password(config.catalog)  # masked wherever it turns up, like a secret
     catalog = open_catalog(config.catalog, base_dir=config.base_dir, hostname=config.host,
                            secrets=config_secrets(config))
     prepare_catalog(catalog, config)
     if recover is not None:
         catalog.recover_interrupted(recover)
     return catalog
+
+
+def _remember_url_password(url: str) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    from drkit.config.secrets import remember
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return
+    if password:
+        remember(password)
+        remember(unquote(password))
 
 
 def config_secrets(config: Config) -> list[str]:
@@ -129,7 +145,10 @@ class CatalogOpener:
         self._journal = journal
         self._result: Catalog | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._open, name="drkit-catalog", daemon=True)
+        # In the caller's context: the catalog belongs to whoever made the recorder (a flow
+        # task checkpoints and closes its own catalogs).
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._open,), name="drkit-catalog", daemon=True)
         self._lock = threading.Lock()
 
     def start(self) -> None:

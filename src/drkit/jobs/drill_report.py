@@ -38,6 +38,7 @@ def drill_report(config: Config, catalog: Catalog, record_id: int) -> DrillRepor
                                   hint="drkit report --format json lists the drills' records")
         config_record = session.scalars(
             select(Record).where(Record.kind == "config", Record.seq < record.seq,
+                                 Record.hostname == record.hostname,
                                  Record.config_hash == record.config_hash)
             .order_by(Record.seq.desc()).limit(1)).first() if record.config_hash else None
         now = utcnow()

@@ -34,7 +34,16 @@ def config_fingerprint(config: Config) -> tuple[str, dict[str, Any]]:
                                  for name, plan in sorted(load_plans(config).items())}
     except ConfigError as exc:
         plans = {"unreadable": exc.message}
-    content = {"config": config.model_dump(mode="json"), "plans": plans}
+    effective = config.model_dump(mode="json")
+    # Credentials written in URLs (a catalog's password, a rest: repository's user:password)
+    # are not kept: the config record is evidence, kept for years.
+    from drkit.catalog.store import masked_url
+    from drkit.restic.runner import mask_url
+
+    effective["catalog"] = masked_url(config.catalog)
+    for repo in effective.get("repositories", {}).values():
+        repo["url"] = mask_url(repo["url"])
+    content = {"config": effective, "plans": plans}
     return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest(), content
 
 
@@ -54,24 +63,27 @@ def anchor_file(config: Config) -> Path:
     return config.evidence.anchor_file or config.state_dir / "evidence" / "checkpoints.jsonl"
 
 
-def finish() -> list[str]:
-    """Checkpoint every catalog this process appended to (when a signing key is set):
-    sign, store, append to the anchor file, upload to the evidence bucket. Returns the
-    problems (each also logged)."""
+def finish(owner: object | None = None, *, close: bool = False) -> list[str]:
+    """Checkpoint every catalog ``owner`` (None: the command) appended to (when a signing
+    key is set): sign, store, append to the anchor file, upload to the evidence bucket; with
+    ``close``, close those catalogs afterwards. Returns the problems (each also logged)."""
+    from drkit.catalog.store import close_catalog
+
     problems = []
-    for catalog in opened_catalogs():
+    for catalog in opened_catalogs(owner):
         config = catalog.settings
-        if not catalog.appended or config is None:
-            continue
-        catalog.appended = 0
-        if config.evidence.signing_key is None:
-            continue
         try:
-            checkpoint(catalog, config)
+            if catalog.appended and config is not None and \
+                    config.evidence.signing_key is not None:
+                catalog.appended = 0
+                checkpoint(catalog, config)
         except (DrkitError, OSError) as exc:
             text = describe(exc) if isinstance(exc, DrkitError) else str(exc)
             problems.append(text)
             log.error("evidence: %s", text)
+        finally:
+            if close:
+                close_catalog(catalog)
     return problems
 
 

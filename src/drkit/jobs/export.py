@@ -52,9 +52,11 @@ class Bundle:
     last_seq: int | None = None
     checkpoints: int = 0
     reports: int = 0
+    key_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), "records": self.records,
+        return {"directory": str(self.directory), "key_id": self.key_id,
+                "records": self.records,
                 "first_seq": self.first_seq, "last_seq": self.last_seq,
                 "checkpoints": self.checkpoints, "reports": self.reports}
 
@@ -68,6 +70,14 @@ def export_bundle(config: Config, *, since: datetime, until: datetime, output: P
     output = output.absolute()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise BadRequestError(f"{output} is not a new or empty directory")
+    from drkit.jobs.audit import verify as verify_chain
+
+    verdict = verify_chain(config)  # a bundle vouches only for a chain that verifies
+    if not verdict.intact:
+        broken = verdict.problems[0]
+        raise DrkitError(f"the chain does not verify ({broken['problem']}: "
+                         f"{broken['detail']}): no bundle written",
+                         hint="drkit audit verify names every problem")
     engine = open_readonly(config.catalog, base_dir=config.base_dir)
     try:
         with engine.connect() as connection:
@@ -92,6 +102,7 @@ def export_bundle(config: Config, *, since: datetime, until: datetime, output: P
             shutil.copyfile(source, output / "reports" / source.name)
             bundle.reports += 1
     raw = public_bytes(config.evidence.public_key)
+    bundle.key_id = hashlib.sha256(raw).hexdigest()[:16]
     (output / "public_key.pem").write_text(public_pem(raw))
     (output / "bundle.json").write_text(json.dumps({
         "period": {"since": canonical_time(since), "until": canonical_time(until)},
@@ -100,7 +111,9 @@ def export_bundle(config: Config, *, since: datetime, until: datetime, output: P
         "record_formats": [1, 2], "checkpoint_format": 1, "drkit_version": __version__},
         indent=2) + "\n")
     readme = resources.files("drkit").joinpath("templates/bundle_readme.md").read_text()
-    (output / "README.md").write_text(readme.replace("{FIRST_SEQ}", str(first)))
+    (output / "README.md").write_text(
+        readme.replace("{FIRST_SEQ}", str(first)).replace("{LAST_SEQ}", str(last))
+        .replace("{KEY_ID}", hashlib.sha256(raw).hexdigest()[:16]))
     verify = resources.files("drkit").joinpath("templates/bundle_verify.py").read_text()
     (output / "verify.py").write_text(verify)
     _manifest(output)

@@ -130,9 +130,10 @@ def in_force(session: Any, config: Config, plans: dict[str, RecoveryPlan], until
 
     from pydantic import ValidationError
 
+    from drkit.catalog.chain import canonical_json as canonical
     from drkit.catalog.chain import optional_time
 
-    record = q.config_in_force(session, until)
+    record = q.config_in_force(session, until, config.host)
     if record is None:
         return config, plans, None
     evidence = json.loads(record.evidence)
@@ -141,7 +142,14 @@ def in_force(session: Any, config: Config, plans: dict[str, RecoveryPlan], until
         "recorded_at": optional_time(record.finished_at), "hostname": record.hostname,
         "current": evidence.get("config_hash") == current_hash}
     effective = evidence.get("effective") or {}
+    import hashlib
+
     from drkit.config.loader import config_model
+
+    if hashlib.sha256(canonical(effective).encode("utf-8")).hexdigest() != \
+            evidence.get("config_hash") or evidence.get("config_hash") != record.config_hash:
+        meta["note"] = "the recorded config does not match its hash: today's used"
+        return config, plans, meta
 
     try:
         past = config_model().model_validate(effective["config"])
@@ -165,13 +173,15 @@ def _render(catalog: Catalog, config: Config, plans: dict[str, RecoveryPlan], sc
     _FOR_AUDIT[:] = [config]
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
         checking = pool.submit(_audit_job)
+        current = config  # the key every report names is the one verification uses
         with catalog.read_session() as session:
             config, plans, meta = in_force(session, config, plans, scope.until,
                                            catalog.config_hash)
             report = build_report(session, config, plans, scope,
                                   series=fmt in ("html", "pdf"))
         report.audit, report.config_in_force = checking.result(), meta
-        report.evidence_key = evidence_key(config)
+        report.evidence_key = evidence_key(current)
+        report.add_evidence_control(current)
         with path.open("w", encoding="utf-8", newline="") as out:
             if fmt == "json":
                 return report, render.write_json(report, q.period_records_json(session, scope),
@@ -202,7 +212,7 @@ def audit_verdict(config: Config) -> dict[str, Any]:
 
     try:
         result = verify(config).to_json()
-    except (DrkitError, OSError) as exc:
+    except Exception as exc:  # whatever it is, the report says it could not verify
         if not isinstance(exc, DrkitError):
             exc = DrkitError(f"{type(exc).__name__}: {exc}")
         return {"intact": False, "problems": [{"problem": "unverifiable",

@@ -231,17 +231,32 @@ class EvidenceStatus:
 
 
 def evidence_status(config: Config, catalog: Catalog) -> EvidenceStatus | None:
-    """The newest checkpoint against the chain's head; None without a signing key."""
+    """The newest checkpoint whose signature holds against the chain's head (where it was
+    anchored as the catalog notes it; `audit verify` reads the bucket); None without a
+    signing key."""
     if config.evidence.signing_key is None:
         return None
+    import json
+
     from sqlalchemy import select
 
     from drkit.catalog.models import ChainHead, Checkpoint
+    from drkit.signing import Verifier
 
+    verifier = Verifier(config.evidence.public_key or "")
     with catalog.read_session() as session:
         head = session.get(ChainHead, 1)
-        newest = session.scalars(select(Checkpoint).order_by(Checkpoint.seq.desc())
-                                 .limit(1)).first()
+        newest = None
+        for row in session.scalars(select(Checkpoint).order_by(Checkpoint.seq.desc())
+                                   .limit(20)):
+            try:  # a row counts only if its signed payload says what its columns say
+                data = json.loads(row.payload)
+                if verifier.verify(row.payload.encode(), row.signature) and \
+                        data["seq"] == row.seq and data["head_hash"] == row.head_hash:
+                    newest = row
+                    break
+            except (ValueError, KeyError, TypeError):
+                continue
     return EvidenceStatus(head_seq=head.seq if head else 0,
                           checkpoint_seq=newest.seq if newest else None,
                           anchored=newest.anchored if newest else None,

@@ -68,26 +68,33 @@ def remediation_controls(plans: list[str], found: list[Any], end: datetime) -> l
     return out
 
 
-def evidence_controls(newest: Any, last_seq: int | None) -> list[Control]:
-    """``evidence_anchored``: a signed checkpoint covering the period's last record was put
-    in the evidence bucket under object lock (``newest``: the newest checkpoint covering
-    it, or None)."""
-    params = {"last_record_seq": last_seq}
+def evidence_controls(audit: dict[str, Any] | None, last_seq: int | None, *,
+                      signing: bool, bucket: bool) -> list[Control]:
+    """``evidence_anchored``: a checkpoint covering the period's last record is in the
+    evidence bucket under object lock, as ``audit verify`` found it (the catalog's own
+    columns are never taken for it)."""
     if last_seq is None:
         return []
-    if newest is None:
-        return [Control("evidence_anchored", "catalog", NON_COMPLIANT,
-                        "no signed checkpoint covers the period's records (evidence."
-                        "signing_key not configured, or no run since)", {}, params)]
-    counts = {"checkpoint_seq": newest.seq, "anchored": newest.anchored}
-    if not newest.anchored or "NOT LOCKED" in newest.anchored:
-        return [Control("evidence_anchored", "catalog", NON_COMPLIANT,
-                        f"the checkpoint at seq {newest.seq} covers the period but is not in "
-                        "the evidence bucket under object lock (only in the catalog and the "
-                        "local anchor file)", counts, params)]
-    return [Control("evidence_anchored", "catalog", COMPLIANT,
-                    f"the checkpoint at seq {newest.seq} covers the period: "
-                    f"{newest.anchored}", counts, params)]
+    params = {"last_record_seq": last_seq}
+    anchored = (audit or {}).get("newest_anchored_seq")
+    counts = {"newest_signed_seq": (audit or {}).get("newest_signed_seq"),
+              "newest_anchored_seq": anchored}
+    if not signing:
+        detail = "no evidence.signing_key: the chain's head is not signed"
+    elif not bucket:
+        detail = ("signed checkpoints are kept in the catalog and the local anchor file only: "
+                  "no evidence.bucket to anchor them under object lock")
+    elif audit is None or not audit.get("intact"):
+        detail = "audit verify did not pass: nothing it found can vouch for the period"
+    elif anchored is None or anchored < last_seq:
+        detail = (f"the newest checkpoint in the evidence bucket is at seq {anchored or '-'}; "
+                  f"the period ends at seq {last_seq}")
+    else:
+        return [Control("evidence_anchored", "catalog", COMPLIANT,
+                        f"a checkpoint at seq {anchored} covers the period and is in the "
+                        "evidence bucket under object lock (read back by audit verify)",
+                        counts, params)]
+    return [Control("evidence_anchored", "catalog", NON_COMPLIANT, detail, counts, params)]
 
 
 def rpo_controls(targets: list[TargetSummary]) -> list[Control]:

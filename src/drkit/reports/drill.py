@@ -144,10 +144,16 @@ def build_drill_report(record: Record, config_record: Record | None,
 
 
 def _plan_in_force(config_record: Record | None, name: str) -> dict[str, Any] | None:
+    """The plan as the config record in force holds it (None when that record's content
+    does not hash to the config hash it claims)."""
     if config_record is None:
         return None
-    plans = (json.loads(config_record.evidence).get("effective") or {}).get("plans") or {}
-    plan = plans.get(name)
+    evidence = json.loads(config_record.evidence)
+    effective = evidence.get("effective") or {}
+    if hashlib.sha256(canonical_json(effective).encode("utf-8")).hexdigest() != \
+            config_record.config_hash:
+        return None
+    plan = (effective.get("plans") or {}).get(name)
     return plan if isinstance(plan, dict) else None
 
 

@@ -68,7 +68,14 @@ class Report:
     evidence_key: dict[str, str] | None = None
     # The config and plans in force at the period's end (its `config` record), if recorded.
     config_in_force: dict[str, Any] | None = None
+    last_seq: int | None = None  # the period's last record (what evidence must cover)
     drkit_version: str = __version__
+
+    def add_evidence_control(self, config: Config) -> None:
+        """``evidence_anchored``, judged on :attr:`audit` (set once verification ended)."""
+        self.controls += ctl.with_references(ctl.evidence_controls(
+            self.audit, self.last_seq, signing=config.evidence.signing_key is not None,
+            bucket=config.evidence.bucket is not None))
 
     @property
     def evaluated(self) -> list[Control]:
@@ -142,7 +149,7 @@ def build_report(session: Session, config: Config, plans: dict[str, RecoveryPlan
                                              series)
     repo_rows = summaries.repository_summaries(session, config, scope, by_subject)
     found = remediation_items(session)
-    checkpoint, last_seq = q.checkpoint_covering(session, scope)
+    last_seq = q.last_seq(session, scope)
     for target in target_rows:
         for repo in repo_rows:
             if repo.repository in target.repositories:
@@ -161,5 +168,5 @@ def build_report(session: Session, config: Config, plans: dict[str, RecoveryPlan
             ctl.rpo_controls(target_rows) + ctl.rto_controls(plan_rows)
             + ctl.frequency_controls(plan_rows, end) + ctl.check_controls(repo_rows)
             + ctl.immutability_controls(config, repo_rows)
-            + ctl.remediation_controls([p.plan for p in plan_rows], found, end)
-            + ctl.evidence_controls(checkpoint, last_seq)))
+            + ctl.remediation_controls([p.plan for p in plan_rows], found, end)),
+        last_seq=last_seq)

@@ -73,44 +73,81 @@ def upload_anchor(config: Config, anchor: Anchor, *, now: datetime | None = None
                     if isinstance(retain, datetime) else None)
 
 
-def read_anchors(config: Config, cache: Path) -> list[Anchor | str]:
-    """Every anchor in the evidence bucket, oldest first (a problem text for an object that
-    is not one). Raises :class:`drkit.storage.s3.StorageError` when the bucket cannot be
-    listed or read."""
+def read_anchors(config: Config, cache: Path) -> list[Anchor | str | tuple[str, str]]:
+    """Every version of every anchor in the evidence bucket, oldest first, and each problem
+    found (kind, detail): a delete marker over an anchor (hiding it: its locked versions are
+    still read), a key with more than one version (one was put over the locked one), a
+    version not under object lock (mode and retain-until read from the stored version).
+    Raises :class:`drkit.storage.s3.StorageError` when the bucket cannot be listed or read."""
+    from datetime import UTC, datetime
+
     output = config.evidence.bucket
     assert output is not None
     client = _client(output, config)
-    found: list[Anchor | str] = []
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    found: list[Anchor | str | tuple[str, str]] = []
+    now = datetime.now(UTC)
+    try:
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        log.debug("anchor cache unavailable: %s", exc)
     with _storage_errors(output.bucket, "read the anchored checkpoints"):
-        pages = client.get_paginator("list_objects_v2").paginate(
+        pages = client.get_paginator("list_object_versions").paginate(
             Bucket=output.bucket, Prefix=output.prefix + FOLDER)
+        versions: dict[str, int] = {}
         for page in pages:
-            for item in page.get("Contents", []):
-                key, etag = item["Key"], str(item.get("ETag", "")).strip('"')
-                body = _cached(cache, key, etag)
-                if body is None:
-                    body = client.get_object(Bucket=output.bucket, Key=key)["Body"].read()
-                    _keep(cache, key, body)
-                found.append(_parse(body, f"s3://{output.bucket}/{key}"))
+            for marker in page.get("DeleteMarkers", []):
+                found.append(("anchor_hidden", f"s3://{output.bucket}/{marker['Key']}: a delete "
+                              "marker hides the anchor (its locked versions are still read)"))
+            for item in page.get("Versions", []):
+                key, version = item["Key"], str(item.get("VersionId") or "null")
+                versions[key] = versions.get(key, 0) + 1
+                where = f"s3://{output.bucket}/{key} (version {version})"
+                etag = str(item.get("ETag", "")).strip('"')
+                body, lock = _cached(cache, key, version, etag)
+                if body is None or lock is None:
+                    extra = {"VersionId": version} if version != "null" else {}
+                    body = client.get_object(Bucket=output.bucket, Key=key, **extra)[
+                        "Body"].read()
+                    head = client.head_object(Bucket=output.bucket, Key=key, **extra)
+                    until = head.get("ObjectLockRetainUntilDate")
+                    lock = {"mode": head.get("ObjectLockMode"),
+                            "until": until.astimezone(UTC).isoformat()
+                            if isinstance(until, datetime) else None}
+                    if lock["mode"] == "COMPLIANCE":  # cannot be shortened: kept as read
+                        _keep(cache, key, version, body, lock)
+                if lock.get("mode") not in ("COMPLIANCE", "GOVERNANCE") or not lock.get(
+                        "until") or datetime.fromisoformat(str(lock["until"])) < now:
+                    found.append(("anchor_unlocked", f"{where} is not under object lock "
+                                  f"(mode {lock.get('mode')}, until {lock.get('until')})"))
+                found.append(_parse(body, where))
+        for key, count in versions.items():
+            if count > 1:
+                found.append(("anchor_overwritten", f"s3://{output.bucket}/{key} has {count} "
+                              "versions: one was put over the anchor (every version is read)"))
     return found
 
 
-def _cache_file(cache: Path, key: str) -> Path:
-    return cache / (hashlib.sha256(key.encode()).hexdigest() + ".json")
+def _cache_file(cache: Path, key: str, version: str) -> Path:
+    return cache / (hashlib.sha256(f"{key}?{version}".encode()).hexdigest() + ".json")
 
 
-def _cached(cache: Path, key: str, etag: str) -> bytes | None:
+def _cached(cache: Path, key: str, version: str, etag: str
+            ) -> tuple[bytes | None, dict[str, Any] | None]:
+    """A version read before: its body counts only if its MD5 is the listed ETag."""
     try:
-        body = _cache_file(cache, key).read_bytes()
-    except OSError:
-        return None
-    return body if hashlib.md5(body).hexdigest() == etag else None
+        kept = json.loads(_cache_file(cache, key, version).read_text())
+        body = base64.b64decode(kept["body"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    if hashlib.md5(body).hexdigest() != etag:
+        return None, None
+    return body, kept.get("lock")
 
 
-def _keep(cache: Path, key: str, body: bytes) -> None:
+def _keep(cache: Path, key: str, version: str, body: bytes, lock: dict[str, Any]) -> None:
     try:
-        _cache_file(cache, key).write_bytes(body)
+        _cache_file(cache, key, version).write_text(json.dumps(
+            {"body": base64.b64encode(body).decode(), "lock": lock}))
     except OSError as exc:
         log.debug("anchor cache: %s", exc)
 

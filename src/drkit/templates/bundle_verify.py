@@ -1,21 +1,28 @@
 #!/usr/bin/env python3
 """Verify a drkit evidence bundle with the Python standard library alone.
 
-    python3 -I verify.py [BUNDLE_DIR]      (default: the directory this file is in)
+    python3 -I verify.py --key-id KEY_ID [BUNDLE_DIR]   (default: this file's directory)
+
+KEY_ID is the id of the deployment's evidence key, which you take from outside the bundle
+(`drkit audit verify` and every drkit report print it): anyone can write a bundle that
+verifies with its own key, so the key is what you trust.
 
 Checks, and says which failed:
 
 1. every file is listed in manifest.sha256 with its SHA-256, and nothing else is there;
-2. public_key.pem is an Ed25519 public key whose id is the bundle's key_id;
+2. public_key.pem is an Ed25519 public key (not a point of small order, with which anything
+   verifies) whose id is KEY_ID;
 3. every checkpoint (checkpoints/SEQ.json) verifies against its signature (SEQ.sig) with
    that key (Ed25519, RFC 8032, implemented below), and checkpoints follow each other
    (each names the SHA-256 of the previous one's payload);
 4. every record (one line of records.jsonl, exactly the text its hash is the SHA-256 of)
    has consecutive sequence numbers, links to the record before it (prev_hash), and its hash
-   is the one a signed checkpoint lists at its sequence; records newer than the newest
-   checkpoint are reported as not yet signed.
+   is the one a signed checkpoint lists at its sequence; every record a checkpoint signed
+   within the bundle's range is there; only records newer than the newest checkpoint may be
+   unsigned (reported as not yet signed).
 
-Exit 0 when everything holds, 1 otherwise. This file does not import drkit.
+Exit 0 when everything holds, 1 otherwise (2: no KEY_ID given). This file does not import
+drkit.
 """
 
 from __future__ import annotations
@@ -111,7 +118,7 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
 SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 
 
-def main(directory: str) -> int:
+def main(directory: str, expected_key: str) -> int:
     problems: list[str] = []
     notes: list[str] = []
 
@@ -149,6 +156,13 @@ def main(directory: str) -> int:
         return 1
     public = der[len(SPKI_PREFIX):]
     key_id = hashlib.sha256(public).hexdigest()[:16]
+    point = _decompress(public)
+    if point is None or _equal(_mul(8, point), (0, 1, 1, 0)):
+        print("BROKEN: public_key.pem is not a key that can sign (a point of small order)")
+        return 1
+    if key_id != expected_key:
+        print(f"BROKEN: the bundle's key is {key_id}, not the key {expected_key} you trust")
+        return 1
     if key_id != bundle.get("key_id"):
         problems.append(f"public_key.pem has id {key_id}, the bundle says {bundle.get('key_id')}")
 
@@ -173,12 +187,15 @@ def main(directory: str) -> int:
         if data.get("key_id") != key_id:
             problems.append(f"checkpoints/{name}: signed by key {data.get('key_id')}")
         if previous_digest is not None and data.get("previous") != previous_digest:
-            notes.append(f"checkpoints/{name}: the checkpoint before it is not in the bundle")
+            problems.append(f"checkpoints/{name}: the checkpoint before it is not in the "
+                            "bundle (removed)")
         previous_digest = hashlib.sha256(payload).hexdigest()
         for offset, value in enumerate(data.get("hashes", [])):
             signed[int(data["first_seq"]) + offset] = value
 
     # 4. Records.
+    newest_signed = max(signed) if signed else 0
+    seqs: set[int] = set()
     previous_hash: str | None = None
     expected: int | None = None
     unsigned = 0
@@ -196,14 +213,24 @@ def main(directory: str) -> int:
                 problems.append(f"record seq {seq}: expected seq {expected} (records missing)")
             if previous_hash is not None and record.get("prev_hash") != previous_hash:
                 problems.append(f"record seq {seq}: does not link to the record before it")
+            seqs.add(seq)
             if seq in signed:
                 if signed[seq] != digest:
                     problems.append(f"record seq {seq} ({record.get('kind')} "
                                     f"{record.get('target') or record.get('plan') or ''}): "
                                     "not the record the checkpoint signed (changed)")
+            elif seq <= newest_signed:
+                problems.append(f"record seq {seq}: no checkpoint signed it, though newer "
+                                "records are signed (inserted)")
             else:
                 unsigned += 1
             previous_hash, expected = digest, seq + 1
+    if seqs:
+        missing = sorted(s for s in signed if min(seqs) <= s <= max(seqs) and s not in seqs)
+        if missing:
+            problems.append(f"signed records missing from records.jsonl: seq "
+                            f"{', '.join(str(s) for s in missing[:10])}"
+                            f"{' and more' if len(missing) > 10 else ''} (removed)")
     if count and unsigned == count:
         problems.append("no record of the bundle is covered by a signed checkpoint")
     elif unsigned:
@@ -221,5 +248,12 @@ def main(directory: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(
-        __file__))))
+    args = sys.argv[1:]
+    if "--key-id" not in args or args.index("--key-id") + 1 >= len(args):
+        print("usage: python3 -I verify.py --key-id KEY_ID [BUNDLE_DIR]  (KEY_ID: the id of "
+              "the evidence key you trust, from `drkit audit verify` or a drkit report)")
+        sys.exit(2)
+    at = args.index("--key-id")
+    key = args[at + 1]
+    rest = args[:at] + args[at + 2:]
+    sys.exit(main(rest[0] if rest else os.path.dirname(os.path.abspath(__file__)), key))
