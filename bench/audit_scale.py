@@ -78,7 +78,7 @@ def fill(db_path: Path, anchor_file: Path, signer: Signer, count: int, every: in
                 signature = signer.sign(payload.encode())
                 checkpoints.append((seq, previous, text, "bench", signer.key_id, payload,
                                     signature))
-                anchors.write(Anchor(payload, signature, "").line() + "\n")
+                anchors.write(Anchor(payload, signature, "").file_line() + "\n")
                 last_payload, hashes = payload, []
             if len(rows) == 50_000:
                 _flush(db, columns, rows, checkpoints)

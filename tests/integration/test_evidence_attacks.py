@@ -162,15 +162,14 @@ def test_an_append_during_verification_is_not_a_cut_chain(
     from drkit.catalog.audit import verify_catalog
     from drkit.catalog.store import open_readonly
 
-    real = walk.walk
+    class Appending(walk.Walk):
+        def parts(self) -> Any:
+            now = utcnow()
+            signed["catalog"].append(NewRecord(kind="backup", status="succeeded", target="t",
+                                               started_at=now, finished_at=now))
+            return super().parts()
 
-    def appending(*args: Any) -> Any:
-        now = utcnow()
-        signed["catalog"].append(NewRecord(kind="backup", status="succeeded", target="t",
-                                           started_at=now, finished_at=now))
-        return real(*args)
-
-    monkeypatch.setattr("drkit.catalog.audit.walk", appending)
+    monkeypatch.setattr("drkit.catalog.audit.Walk", Appending)
     result = verify_catalog(open_readonly(f"sqlite:///{project.catalog_path}"),
                             public_key=None, anchors=[])
     assert result.intact and result.records == 12, result.problems

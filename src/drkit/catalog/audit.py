@@ -32,7 +32,7 @@ from sqlalchemy import Engine, inspect
 
 from drkit.catalog.checkpoints import CHECKPOINT_FORMAT, TYPE, Anchor
 from drkit.catalog.models import GENESIS_HASH
-from drkit.catalog.walk import outside, stitch, walk
+from drkit.catalog.walk import Walk, hashes_at, outside, stitch
 
 MAX_PROBLEMS = 50
 PARALLEL_SIGNATURES = 2000  # from this many checkpoints on, signatures are checked on all cores
@@ -102,18 +102,29 @@ def verify_catalog(engine: Engine, *, public_key: str | None,
     """Verify the chain in ``engine``'s catalog against ``anchors`` (the catalog's own
     checkpoints are read here; the others are given: the anchor file's, the bucket's; a
     string is a problem found while reading them). ``retired_keys``: public keys that signed
-    checkpoints before the current one. Reads only."""
+    checkpoints before the current one. Reads only. The chain is walked by other processes
+    while the anchors are read and their signatures checked."""
     result = result or AuditResult()
     tables = set(inspect(engine).get_table_names())
     if "records" not in tables:
         result.problem("missing", "the catalog has no records table (not a drkit catalog?)")
         return result
     has = {c["name"] for c in inspect(engine).get_columns("records")}
-    found: list[Anchor | str | tuple[str, str]] = list(anchors)
+    head = _head_row(engine)
+    with engine.connect() as connection:
+        top = connection.exec_driver_sql("SELECT max(seq) FROM records").scalar() or 0
+        marks = {int(s) for (s,) in connection.exec_driver_sql("SELECT seq FROM checkpoints")
+                 } if "checkpoints" in tables else set()
+        connection.rollback()
+    if head is not None and head[0] > 0:
+        top = min(top, head[0])
+    walking = Walk(engine, has, marks, top)  # the sequences the catalog's rows name
+    found: list[Anchor | str | tuple[str, str]] = []
     rows: dict[str, tuple[int, int, str]] = {}
     if "checkpoints" in tables:
         catalog, rows = _catalog_checkpoints(engine)
-        found = [*catalog, *found]
+        found += catalog
+    found += anchors  # the anchor file and the bucket, read while the chain is walked
     items, sources = _collect(found, result)
     keys = [k for k in (public_key, *retired_keys) if k]
     if items and not keys:
@@ -121,10 +132,11 @@ def verify_catalog(engine: Engine, *, public_key: str | None,
                             "checked")
         items = []
     checks = _Signatures(items, keys) if items else None
-    seen, last = _walk(engine, has, _seqs(items), result)
+    seen, last = _walked(engine, walking.parts(), head, result)
     interest: dict[int, list[Anchor]] = {}
     if checks is not None:
         interest = _checked_anchors(items, sources, checks.results(), keys, rows, result)
+    seen.update(hashes_at(engine, {s for s in interest if s not in seen and s <= last}))
     _against_anchors(engine, interest, seen, last, result)
     return result
 
@@ -156,18 +168,11 @@ def _head_row(engine: Engine) -> tuple[int, str] | None:
     return (int(row[0]), str(row[1])) if row is not None else None
 
 
-def _walk(engine: Engine, has: set[str], interest: set[int],
-          result: AuditResult) -> tuple[dict[int, str], int]:
-    """Re-hash and link the records up to the chain head read first (those appended while
-    this runs are the next verification's) (:mod:`drkit.catalog.walk`); return the hashes
-    at the sequences anchors sign and the last sequence."""
-    head = _head_row(engine)
-    with engine.connect() as connection:
-        top = connection.exec_driver_sql("SELECT max(seq) FROM records").scalar() or 0
-        connection.rollback()
-    if head is not None and head[0] > 0:
-        top = min(top, head[0])
-    problems, seen, last, tail, count = stitch(walk(engine, has, interest, top))
+def _walked(engine: Engine, parts: list[Any], head: tuple[int, str] | None,
+            result: AuditResult) -> tuple[dict[int, str], int]:
+    """The walk's parts as one (:mod:`drkit.catalog.walk`): its problems recorded; the hashes
+    at the sequences asked for and the last sequence returned."""
+    problems, seen, last, tail, count = stitch(parts)
     problems += outside(engine)
     if head is None:
         problems.append(("truncated", "the chain head row is missing", None, None))
@@ -181,9 +186,6 @@ def _walk(engine: Engine, has: set[str], interest: set[int],
 
 
 # --- checkpoints and anchors -------------------------------------------------------------------
-
-_SEQ = re.compile(r'[{,]"seq":(\d+)[,}]')
-
 
 def _collect(found: list[Anchor | str | tuple[str, str]], result: AuditResult
              ) -> tuple[list[Anchor], dict[tuple[str, str], list[str]]]:
@@ -208,11 +210,6 @@ def _collect(found: list[Anchor | str | tuple[str, str]], result: AuditResult
     return list(unique.values()), sources
 
 
-def _seqs(anchors: list[Anchor]) -> set[int]:
-    """The sequences the anchors sign, read without parsing them whole."""
-    return {int(m.group(1)) for a in anchors if (m := _SEQ.search(a.payload))}
-
-
 def _checked_anchors(items: list[Anchor], sources: dict[tuple[str, str], list[str]],
                      verdicts: list[bool], keys: list[str],
                      rows: dict[str, tuple[int, int, str]], result: AuditResult
@@ -235,7 +232,7 @@ def _checked_anchors(items: list[Anchor], sources: dict[tuple[str, str], list[st
         where = ", ".join(found_in)
         anchor = Anchor(payload=anchor.payload, signature=anchor.signature, source=where)
         try:
-            data = anchor.data
+            data = anchor.fields
             seq = int(data["seq"])
             if data.get("type") != TYPE or data.get("format") != CHECKPOINT_FORMAT or \
                     not isinstance(data.get("head_hash"), str):
@@ -331,7 +328,7 @@ def _against_anchors(engine: Engine, interest: dict[int, list[Anchor]], seen: di
     changed = False
     for seq in sorted(interest):
         for anchor in interest[seq]:
-            if seq > last or changed or seen.get(seq) == anchor.data["head_hash"]:
+            if seq > last or changed or seen.get(seq) == anchor.fields["head_hash"]:
                 continue
             _name_changes(engine, anchor, result)  # the earliest signed head not on the chain
             changed = True

@@ -65,6 +65,8 @@ def stream_rows(engine: Engine, columns: list[str], *, where: str = "TRUE"
 # How SQLAlchemy stores a time in SQLite: anything else is not what drkit wrote (a time
 # rewritten in another form, such as an offset that names the same instant, is an edit).
 STORED_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")
+_D = "[0-9]"
+_GLOB = f"{_D * 4}-{_D * 2}-{_D * 2} {_D * 2}:{_D * 2}:{_D * 2}.{_D * 6}"
 
 
 def walk_range(engine: Engine, has: set[str], interest: set[int], lo: int, hi: int) -> Part:
@@ -79,13 +81,14 @@ def walk_range(engine: Engine, has: set[str], interest: set[int], lo: int, hi: i
     else:
         columns = ["id", "seq", "hash", "prev_hash", "1", sql_canonical(dialect, 1)]
     sqlite = dialect == "sqlite"
-    columns += ["started_at", "finished_at"] if sqlite else ["NULL", "NULL"]
+    # SQLite keeps times as text: both must be in the form drkit writes (checked in C).
+    columns.append(f"(started_at GLOB '{_GLOB}' AND finished_at GLOB '{_GLOB}')"
+                   if sqlite else "1")
     part = Part(lo=lo)
     sha256 = hashlib.sha256
-    stored_time = STORED_TIME.fullmatch
     previous: str | None = GENESIS_HASH if lo <= 1 else None
     expected: int | None = 1 if lo <= 1 else None
-    for ident, seq, stored, prev, fmt, canonical, started, finished in stream_rows(
+    for ident, seq, stored, prev, fmt, canonical, times_ok in stream_rows(
             engine, columns, where=f"seq >= {int(lo)} AND seq < {int(hi)}"):
         part.count += 1
         if part.first is None:
@@ -103,9 +106,8 @@ def walk_range(engine: Engine, has: set[str], interest: set[int], lo: int, hi: i
             part.problems.append(("unreadable", f"format {fmt} is not one this drkit knows",
                                   ident, seq))
             part.first_intact = part.first_intact and part.count > 1
-        elif (sqlite and not (stored_time(started) and stored_time(finished))) or (
-                sha256(canonical.encode("utf-8")).hexdigest() != stored
-                and exact_hash(engine, ident, has) != stored):
+        elif not times_ok or (sha256(canonical.encode("utf-8")).hexdigest() != stored
+                              and exact_hash(engine, ident, has) != stored):
             part.problems.append(("edited", "its content no longer matches its hash", ident,
                                   seq))
             part.first_intact = part.first_intact and part.count > 1
@@ -146,25 +148,52 @@ def _job(args: tuple[set[str], set[int], int, int]) -> Part:
     return walk_range(engine, *args)
 
 
-def walk(engine: Engine, has: set[str], interest: set[int], top: int) -> list[Part]:
+class Walk:
     """The records ``1..top`` (the chain head read before the walk: records appended while
-    it runs are left to the next), in ranges walked in parallel when there are many; the
-    parts in order."""
-    workers = min(os.cpu_count() or 1, 8)
-    if top < PARALLEL_RECORDS or workers < 2:
-        return [walk_range(engine, has, interest, 1, top + 1)]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    it runs are left to the next), in ranges walked by other processes when there are many,
+    so that the caller can read the anchors meanwhile; :meth:`parts` waits for them."""
 
-    size = -(-top // workers)
-    ranges = [(has, interest, lo, lo + size) for lo in range(1, top + 1, size)]
-    _ENGINE[:] = [engine]
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")
-                                 ) as pool:
-            return list(pool.map(_job, ranges))
-    finally:
-        _ENGINE.clear()
+    def __init__(self, engine: Engine, has: set[str], interest: set[int], top: int) -> None:
+        self._engine, self._has, self._interest, self._top = engine, has, interest, top
+        self._pool: Any = None
+        self._futures: list[Any] = []
+        workers = min(os.cpu_count() or 1, 8)
+        if top < PARALLEL_RECORDS or workers < 2:
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        size = -(-top // workers)
+        _ENGINE[:] = [engine]
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        self._futures = [self._pool.submit(_job, (has, interest, lo, lo + size))
+                         for lo in range(1, top + 1, size)]
+
+    def parts(self) -> list[Part]:
+        """Each range's findings, in order."""
+        if self._pool is None:
+            return [walk_range(self._engine, self._has, self._interest, 1, self._top + 1)]
+        try:
+            return [future.result() for future in self._futures]
+        finally:
+            self._pool.shutdown()
+            _ENGINE.clear()
+
+
+def walk(engine: Engine, has: set[str], interest: set[int], top: int) -> list[Part]:
+    """:class:`Walk`, waited for."""
+    return Walk(engine, has, interest, top).parts()
+
+
+def hashes_at(engine: Engine, seqs: set[int]) -> dict[int, str]:
+    """The stored hashes at ``seqs`` (anchors whose sequence the walk did not know)."""
+    found: dict[int, str] = {}
+    ordered = sorted(seqs)
+    for start in range(0, len(ordered), 500):
+        chunk = ",".join(str(int(s)) for s in ordered[start:start + 500])
+        for seq, stored in stream_rows(engine, ["seq", "hash"], where=f"seq IN ({chunk})"):
+            found[int(seq)] = str(stored)
+    return found
 
 
 def stitch(parts: list[Part]) -> tuple[list[Problem], dict[int, str], int, str, int]:
