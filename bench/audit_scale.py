@@ -123,7 +123,7 @@ def main() -> None:
             "evidence": {"signing_key": {"file": str(key)},
                          "public_key": public_base64(public_bytes(public))}}))
         db_path = root / "config" / ".drkit" / "catalog.db"
-        anchor_file = root / "config" / ".drkit" / "evidence" / "checkpoints.jsonl"
+        anchor_file = root / "config" / ".drkit" / "evidence" / "checkpoints.anchors"
         started = time.perf_counter()
         checkpoints = fill(db_path, anchor_file, signer, args.records, args.per_checkpoint)
         print(f"built {args.records} records and {checkpoints} signed checkpoints in "

@@ -129,7 +129,7 @@ def test_the_insiders_forgery_is_named_on_sqlite_and_postgres(
     code, report = verify(project)
     assert code == 1
     assert any(p["problem"] == "edited" and p["record_id"] == forged and
-               "checkpoints.jsonl" in p["detail"] for p in report["problems"])
+               "checkpoints.anchors" in p["detail"] for p in report["problems"])
 
 
 def resign(project: Project, url: str) -> None:
@@ -195,7 +195,7 @@ def test_cut_records_a_changed_signature_and_a_catalog_left_untouched(
     assert code == 1
     (cut,) = [p for p in report["problems"] if p["problem"] == "truncated"]
     assert f"the chain ends at {last - 2}" in cut["detail"]
-    assert "checkpoints.jsonl" in cut["detail"]
+    assert "checkpoints.anchors" in cut["detail"]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -249,7 +249,7 @@ def test_checkpoints_are_anchored_under_object_lock(project: Project,
     with engine.begin() as db:
         db.execute(text("delete from checkpoints"))
     engine.dispose()
-    anchor_file = project.catalog_path.parent / "evidence" / "checkpoints.jsonl"
+    anchor_file = project.catalog_path.parent / "evidence" / "checkpoints.anchors"
     anchor_file.unlink()
     resign(project, url)
     code, report = verify(project)

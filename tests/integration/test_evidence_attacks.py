@@ -34,7 +34,7 @@ def signed(project: Project) -> dict[str, Any]:
                      "public_key": public_base64(public_bytes(public))}})
     catalog = open_catalog(f"sqlite:///{project.catalog_path}")
     signer = Signer(private)
-    anchors = project.catalog_path.parent / "evidence" / "checkpoints.jsonl"
+    anchors = project.catalog_path.parent / "evidence" / "checkpoints.anchors"
     now = utcnow() - timedelta(hours=1)
     for index in range(12):
         catalog.append(NewRecord(kind="drill" if index == 5 else "backup",

@@ -75,8 +75,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"checkpoints: {result.checkpoints} signed"
               + (" and verified" if result.signed else " (signatures NOT checked)")
               + f" (found: {anchors}); newest signed at seq "
-              + f"{result.newest_signed_seq or 'none'}, in the evidence bucket at seq "
-              + f"{result.newest_anchored_seq or 'none'}")
+              + f"{result.newest_signed_seq or 'none'}, "
+              + (f"in the evidence bucket at seq {result.newest_anchored_seq or 'none'}"
+                 if config.evidence.bucket is not None and not args.offline
+                 else "no evidence bucket read"))
         for note in result.notes:
             print(f"note: {note}")
     else:

@@ -60,7 +60,7 @@ def prepare_catalog(catalog: Catalog, config: Config) -> None:
 
 def anchor_file(config: Config) -> Path:
     """This host's append-only file of checkpoints."""
-    return config.evidence.anchor_file or config.state_dir / "evidence" / "checkpoints.jsonl"
+    return config.evidence.anchor_file or config.state_dir / "evidence" / "checkpoints.anchors"
 
 
 def finish(owner: object | None = None, *, close: bool = False) -> list[str]:
