@@ -347,7 +347,7 @@ def open_catalog(url: str, *, base_dir: Path | None = None, hostname: str | None
     ``hostname`` and ``secrets``: see :class:`Catalog`. Raises :class:`CatalogError` when the
     database cannot be reached or created.
     """
-    try:
+    with _opening(url):
         resolved = resolve_catalog_url(url, base_dir or Path.cwd())
         engine = create_engine(resolved, connect_args=_connect_args(resolved), future=True)
         if engine.dialect.name == "sqlite":
@@ -356,12 +356,6 @@ def open_catalog(url: str, *, base_dir: Path | None = None, hostname: str | None
         catalog = Catalog(engine, hostname=hostname, secrets=secrets, actor=actor)
         with contextlib.suppress(IntegrityError):  # another process created it just now
             catalog._ensure_head()
-    except ModuleNotFoundError as exc:
-        raise CatalogError(f"catalog {masked_url(url)}: database driver missing ({exc.name})"
-                           ) from None
-    except SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None) or exc
-        raise CatalogError(f"cannot open catalog {masked_url(url)}: {orig}") from None
     return catalog
 
 
@@ -369,7 +363,7 @@ def open_readonly(url: str, *, base_dir: Path | None = None) -> Engine:
     """An engine on the catalog at ``url`` that never writes: no schema creation or
     migration, no chain head row; SQLite opened read-only (``mode=ro``). Raises
     :class:`CatalogError` when there is no catalog there."""
-    try:
+    with _opening(url):
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             path = Path(parsed.database or "").expanduser()
@@ -384,13 +378,21 @@ def open_readonly(url: str, *, base_dir: Path | None = None) -> Engine:
         with engine.connect() as connection:
             connection.exec_driver_sql("SELECT 1")
             connection.rollback()
+    return engine
+
+
+@contextlib.contextmanager
+def _opening(url: str) -> Iterator[None]:
+    """Opening the catalog at ``url``: a missing driver or a database error is one
+    :class:`CatalogError` naming the URL (its password masked)."""
+    try:
+        yield
     except ModuleNotFoundError as exc:
         raise CatalogError(f"catalog {masked_url(url)}: database driver missing ({exc.name})"
                            ) from None
     except SQLAlchemyError as exc:
         orig = getattr(exc, "orig", None) or exc
         raise CatalogError(f"cannot open catalog {masked_url(url)}: {orig}") from None
-    return engine
 
 
 def _connect_args(url: str) -> dict[str, Any]:

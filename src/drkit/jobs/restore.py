@@ -206,13 +206,8 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
         _place(root, to, result, overwrite=overwrite, sidecars=sqlite_sidecars(target),
                mode=mode, units=units)
         result.status = "succeeded"
-    except DrkitError as exc:
-        result.error = describe(exc)
-    except OSError as exc:
-        result.error = f"restore stopped: {exc}"
-    except KeyboardInterrupt:
-        result.status, result.error = "interrupted", "interrupted by the user"
-        raise
+    except (DrkitError, OSError, KeyboardInterrupt) as exc:
+        stopped(result, exc)
     finally:
         try:
             remove_tree(staging)
@@ -224,15 +219,28 @@ def restore_target(config: Config, recorder: Recorder, name: str, *, to: Path,
                              "moved aside: " + (", ".join(
                                  f"{a} -> {b}" for a, b in result.moved_aside.items())
                                  or "nothing") + ")")
-        evidence = result.to_json()
-        for key in ("status", "error", "record_id", "target", "repository"):
-            evidence.pop(key)
-        record = recorder.catalog.get().finish_run(
-            handle, status=result.status, error=result.error, evidence=evidence,
-            snapshot_id=result.snapshot_id)
-        recorder.journal.close(handle)
-        result.record_id = record.id
+        finish(recorder, handle, result)
     return result
+
+
+def stopped(result: RestoreResult, exc: BaseException) -> None:
+    """Put what stopped a restore into its result; an interrupt is re-raised once noted."""
+    if isinstance(exc, KeyboardInterrupt):
+        result.status, result.error = "interrupted", "interrupted by the user"
+        raise exc
+    result.error = describe(exc) if isinstance(exc, DrkitError) else f"restore stopped: {exc}"
+
+
+def finish(recorder: Recorder, handle: Any, result: RestoreResult) -> None:
+    """Record the restore's outcome (its result, less what the record holds itself)."""
+    evidence = result.to_json()
+    for key in ("status", "error", "record_id", "target", "repository"):
+        evidence.pop(key)
+    record = recorder.catalog.get().finish_run(
+        handle, status=result.status, error=result.error, evidence=evidence,
+        snapshot_id=result.snapshot_id)
+    recorder.journal.close(handle)
+    result.record_id = record.id
 
 
 def sqlite_sidecars(target: Any) -> dict[str, list[str]]:

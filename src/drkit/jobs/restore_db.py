@@ -39,7 +39,14 @@ from drkit.drills.sandbox import sandbox
 from drkit.errors import BadRequestError, DrkitError, describe
 from drkit.identity import os_actor
 from drkit.jobs.common import Recorder, detect_restic_version, holding_repository
-from drkit.jobs.restore import ProgressHook, RestoreResult, check_snapshot_id, restore_verified
+from drkit.jobs.restore import (
+    ProgressHook,
+    RestoreResult,
+    check_snapshot_id,
+    finish,
+    restore_verified,
+    stopped,
+)
 from drkit.supervise import Limits
 from drkit.targets.dsn import Dsn, parse_dsn
 
@@ -107,22 +114,10 @@ def restore_database(config: Config, recorder: Recorder, name: str, *, into: str
                               snapshot=snapshot, at=at, overwrite=overwrite,
                               progress=progress)
                 result.status = "succeeded"
-        except DrkitError as exc:
-            result.error = describe(exc)
-        except OSError as exc:
-            result.error = f"restore stopped: {exc}"
-        except KeyboardInterrupt:
-            result.status, result.error = "interrupted", "interrupted by the user"
-            raise
+        except (DrkitError, OSError, KeyboardInterrupt) as exc:
+            stopped(result, exc)
         finally:
-            evidence = result.to_json()
-            for key in ("status", "error", "record_id", "target", "repository"):
-                evidence.pop(key)
-            record = recorder.catalog.get().finish_run(
-                handle, status=result.status, error=result.error, evidence=evidence,
-                snapshot_id=result.snapshot_id)
-            recorder.journal.close(handle)
-            result.record_id = record.id
+            finish(recorder, handle, result)
     if box.removal_error and result.status == "succeeded":
         log.error("restore %s: %s", name, box.removal_error)
     return result
