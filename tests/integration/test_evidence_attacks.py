@@ -47,7 +47,8 @@ def signed(project: Project) -> dict[str, Any]:
             anchor = write_checkpoint(catalog, signer, actor="test")
             assert anchor is not None
             append_anchor(anchors, anchor)
-    return {"catalog": catalog, "signer": signer, "anchors": anchors, "private": private}
+    return {"catalog": catalog, "signer": signer, "anchors": anchors, "private": private,
+            "public": public_base64(public_bytes(public))}
 
 
 def verify(project: Project) -> tuple[int, dict[str, Any]]:
@@ -77,6 +78,11 @@ def test_a_time_rewritten_in_another_form_is_an_edit(project: Project,
     code, report = verify(project)
     assert code == 1 and (6, "edited") in kinds(report)
     sql(project, f"update records set finished_at = '{text[:10]}\x01{text[11:]}' where seq = 6")
+    code, report = verify(project)
+    assert code == 1 and (6, "edited") in kinds(report)
+    # Behind a NUL: SQLite's GLOB, substr and length stop there, Python reads the offset.
+    sql(project, f"update records set finished_at = '{text}' || char(0) || '-12:00' "
+                 "where seq = 6")
     code, report = verify(project)
     assert code == 1 and (6, "edited") in kinds(report)
 
@@ -173,6 +179,67 @@ def test_an_append_during_verification_is_not_a_cut_chain(
     result = verify_catalog(open_readonly(f"sqlite:///{project.catalog_path}"),
                             public_key=None, anchors=[])
     assert result.intact and result.records == 12, result.problems
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one walk", "walk on every core"])
+def test_a_run_that_ends_during_verification_is_not_a_cut_chain(
+        project: Project, signed: dict[str, Any], monkeypatch: Any, parallel: bool) -> None:
+    """A run appends records and then its checkpoint (catalog and anchor file) after the head
+    was read: the newer checkpoint is checked against the stored hashes, never called a
+    truncation; the walk stays within the head it read."""
+    from drkit.catalog import walk
+    from drkit.catalog.audit import verify_catalog
+    from drkit.catalog.checkpoints import read_anchor_file
+    from drkit.catalog.store import open_readonly
+
+    if parallel:
+        monkeypatch.setattr(walk, "PARALLEL_RECORDS", 5)
+
+    def run_ends() -> None:
+        for _ in range(2):
+            now = utcnow()
+            signed["catalog"].append(NewRecord(kind="backup", status="succeeded", target="t",
+                                               started_at=now, finished_at=now))
+        anchor = write_checkpoint(signed["catalog"], signed["signer"], actor="test")
+        assert anchor is not None
+        append_anchor(signed["anchors"], anchor)
+
+    class RunEnds(walk.Walk):  # the head (12 or 13) was read just before
+        def __init__(self, *args: Any) -> None:
+            run_ends()
+            super().__init__(*args)
+
+    if parallel:  # 13 records on two cores: the ranges must end at the head, not past it
+        now = utcnow()
+        signed["catalog"].append(NewRecord(kind="backup", status="succeeded", target="t",
+                                           started_at=now, finished_at=now))
+        monkeypatch.setattr(walk.os, "cpu_count", lambda: 2)
+    top = 13 if parallel else 12
+
+    monkeypatch.setattr("drkit.catalog.audit.Walk", RunEnds)
+    result = verify_catalog(open_readonly(f"sqlite:///{project.catalog_path}"),
+                            public_key=signed["public"],
+                            anchors=read_anchor_file(signed["anchors"]))
+    assert result.intact and result.records == top, result.problems
+    assert result.newest_signed_seq == top + 2
+    # The records then cut and the head row set back: named.
+    sql(project, f"delete from records where seq > {top}",
+        f"update chain_head set seq = {top}, hash = (select hash from records where seq = {top})")
+    monkeypatch.setattr("drkit.catalog.audit.Walk", walk.Walk)
+    code, report = verify(project)
+    assert code == 1 and (top + 2, "truncated") in kinds(report)
+
+
+def test_a_line_that_is_not_text_in_the_anchor_file(project: Project,
+                                                     signed: dict[str, Any]) -> None:
+    with open(signed["anchors"], "ab") as stream:
+        stream.write(b"\xff\xfe\tnot text\n")
+    sql(project, "update records set status = 'passed' where seq = 6")
+    result = project.run("audit", "verify", "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert (6, "edited") in kinds(report)
+    assert report["problem_counts"]["unreadable_anchor"] == 1
 
 
 def test_a_rotated_key_keeps_old_checkpoints_verifiable(project: Project,

@@ -119,26 +119,50 @@ def verify_catalog(engine: Engine, *, public_key: str | None,
     if head is not None and head[0] > 0:
         top = min(top, head[0])
     walking = Walk(engine, has, marks, top)  # the sequences the catalog's rows name
-    found: list[Anchor | str | tuple[str, str]] = []
-    rows: dict[str, tuple[int, int, str]] = {}
-    if "checkpoints" in tables:
-        catalog, rows = _catalog_checkpoints(engine)
-        found += catalog
-    found += anchors  # the anchor file and the bucket, read while the chain is walked
-    items, sources = _collect(found, result)
-    keys = [k for k in (public_key, *retired_keys) if k]
-    if items and not keys:
-        result.notes.append("no evidence.public_key configured: checkpoint signatures not "
-                            "checked")
-        items = []
-    checks = _Signatures(items, keys) if items else None
-    seen, last = _walked(engine, walking.parts(), head, result)
-    interest: dict[int, list[Anchor]] = {}
-    if checks is not None:
-        interest = _checked_anchors(items, sources, checks.results(), keys, rows, result)
+    checks: _Signatures | None = None
+    try:
+        found: list[Anchor | str | tuple[str, str]] = []
+        rows: dict[str, tuple[int, int, str]] = {}
+        if "checkpoints" in tables:
+            catalog, rows = _catalog_checkpoints(engine)
+            found += catalog
+        found += anchors  # the anchor file and the bucket, read while the chain is walked
+        items, sources = _collect(found, result)
+        keys = [k for k in (public_key, *retired_keys) if k]
+        if items and not keys:
+            result.notes.append("no evidence.public_key configured: checkpoint signatures "
+                                "not checked")
+            items = []
+        checks = _Signatures(items, keys) if items else None
+        seen, last = _walked(engine, walking.parts(), head, result)
+        interest: dict[int, list[Anchor]] = {}
+        if checks is not None:
+            interest = _checked_anchors(items, sources, checks.results(), keys, rows, result)
+    finally:
+        walking.close()
+        if checks is not None:
+            checks.close()
+    last = _appended_meanwhile(engine, interest, last, result)
     seen.update(hashes_at(engine, {s for s in interest if s not in seen and s <= last}))
     _against_anchors(engine, interest, seen, last, result)
     return result
+
+
+def _appended_meanwhile(engine: Engine, interest: dict[int, list[Anchor]], last: int,
+                        result: AuditResult) -> int:
+    """How far signed heads can be compared: beyond the walked chain to the head as it is
+    now, when a run appended records and signed them after the head was read (those heads
+    are compared with the stored hashes; their records are walked next time)."""
+    beyond = [seq for seq in interest if seq > last]
+    now = _head_row(engine) if beyond else None
+    if now is None or now[0] <= last:
+        return last
+    meanwhile = [seq for seq in beyond if seq <= now[0]]
+    if meanwhile:
+        result.notes.append(f"{len(meanwhile)} checkpoint(s) up to seq {max(meanwhile)} were "
+                            "written while the chain was walked: their heads were compared "
+                            "with the stored hashes, their records are walked next time")
+    return now[0]
 
 
 def _catalog_checkpoints(engine: Engine) -> tuple[list[Anchor], dict[str, tuple[int, int, str]]]:
@@ -301,7 +325,11 @@ class _Signatures:
         try:
             return [ok for future in self._futures for ok in future.result()]
         finally:
-            self._pool.shutdown()
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
 _KEY_ID = re.compile(r'"key_id":"([0-9a-f]{16})"')

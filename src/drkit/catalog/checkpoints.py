@@ -193,11 +193,16 @@ def read_anchor_file(path: Path) -> Iterator[Anchor | str]:
     """The anchors in the file, oldest first; a line that is not one yields its problem."""
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                yield f"{path}:{number}: not an anchor line (not UTF-8 text)"
+                continue
             if not line.strip():
                 continue
-            signature, tab, payload = line.rstrip("\n").partition("\t")
+            signature, tab, payload = line.partition("\t")
             if tab and payload.startswith("{"):
                 yield Anchor(payload=payload, signature=signature, source=f"{path}:{number}")
             else:

@@ -64,7 +64,7 @@ def stream_rows(engine: Engine, columns: list[str], *, where: str = "TRUE"
 
 # How SQLAlchemy stores a time in SQLite: anything else is not what drkit wrote (a time
 # rewritten in another form, such as an offset that names the same instant, is an edit).
-STORED_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")
+STORED_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}")
 _D = "[0-9]"
 _GLOB = f"{_D * 4}-{_D * 2}-{_D * 2} {_D * 2}:{_D * 2}:{_D * 2}.{_D * 6}"
 
@@ -81,9 +81,11 @@ def walk_range(engine: Engine, has: set[str], interest: set[int], lo: int, hi: i
     else:
         columns = ["id", "seq", "hash", "prev_hash", "1", sql_canonical(dialect, 1)]
     sqlite = dialect == "sqlite"
-    # SQLite keeps times as text: both must be in the form drkit writes (checked in C).
-    columns.append(f"(started_at GLOB '{_GLOB}' AND finished_at GLOB '{_GLOB}')"
-                   if sqlite else "1")
+    # SQLite keeps times as text: both must be in the form drkit writes (checked in C; the
+    # length in bytes too: GLOB, like substr, stops at a NUL that Python would read past).
+    columns.append(" AND ".join(f"typeof({c}) = 'text' AND {c} GLOB '{_GLOB}' AND "
+                                f"length(CAST({c} AS BLOB)) = 26"
+                                for c in ("started_at", "finished_at")) if sqlite else "1")
     part = Part(lo=lo)
     sha256 = hashlib.sha256
     previous: str | None = GENESIS_HASH if lo <= 1 else None
@@ -166,7 +168,7 @@ class Walk:
         size = -(-top // workers)
         _ENGINE[:] = [engine]
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-        self._futures = [self._pool.submit(_job, (has, interest, lo, lo + size))
+        self._futures = [self._pool.submit(_job, (has, interest, lo, min(lo + size, top + 1)))
                          for lo in range(1, top + 1, size)]
 
     def parts(self) -> list[Part]:
@@ -176,7 +178,12 @@ class Walk:
         try:
             return [future.result() for future in self._futures]
         finally:
-            self._pool.shutdown()
+            self.close()
+
+    def close(self) -> None:
+        """Stop the workers (also when the caller gives up before :meth:`parts`)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
             _ENGINE.clear()
 
 
