@@ -7,11 +7,12 @@ sessions are ended. MySQL/MariaDB: only into a missing or empty database."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -259,6 +260,22 @@ def test_a_restore_killed_during_its_load_leaves_nothing_after_the_next_command(
     file): production is untouched, and the next drkit command drops the staging database,
     removes the sandbox and records the clean-up."""
     _app, good = shop(project, postgres, "kshop")
+    with killed_while_loading(project, "env:ORDERS_DSN", "--overwrite"):
+        staging = [n for n in databases(postgres) if n.startswith("drkit_restore_")]
+        assert len(staging) == 1
+    assert fingerprint(postgres, "kshop") == good
+    project.run("status")  # any command that opens the catalog sweeps
+    assert not [n for n in databases(postgres) if n.startswith("drkit_restore_")]
+    cleanup = records(project, "cleanup")
+    assert cleanup and json.loads(cleanup[-1]["evidence"])["scratch_databases_dropped"] == \
+        staging
+    assert records(project, "restore")[-1]["status"] == "interrupted"
+
+
+@contextlib.contextmanager
+def killed_while_loading(project: Project, dsn: str, *extra: str) -> Iterator[None]:
+    """`drkit restore orders --into-dsn DSN` stopped inside pg_restore (a wrapper waits on a
+    file); the body runs there, then drkit is killed with -9 and the wrapper let go."""
     gate = project.root / "gate"
     bindir = project.root / "bin"
     bindir.mkdir()
@@ -271,26 +288,20 @@ def test_a_restore_killed_during_its_load_leaves_nothing_after_the_next_command(
         """)
     assert wrapper.endswith("pg_restore")
     env = {**os.environ, **project.env, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    proc = subprocess.Popen([*project_cli(project), "restore", "orders", "--into-dsn",
-                             "env:ORDERS_DSN", "--overwrite"], env=env, cwd=project.root,
+    proc = subprocess.Popen([*project_cli(project), "restore", "orders", "--into-dsn", dsn,
+                             *extra], env=env, cwd=project.root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not Path(f"{gate}.reached").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    staging = [n for n in databases(postgres) if n.startswith("drkit_restore_")]
-    assert len(staging) == 1
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    Path(f"{gate}.open").touch()
-    assert fingerprint(postgres, "kshop") == good
-    project.run("status")  # any command that opens the catalog sweeps
-    assert not [n for n in databases(postgres) if n.startswith("drkit_restore_")]
-    cleanup = records(project, "cleanup")
-    assert cleanup and json.loads(cleanup[-1]["evidence"])["scratch_databases_dropped"] == \
-        staging
-    assert records(project, "restore")[-1]["status"] == "interrupted"
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(f"{gate}.reached").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+        Path(f"{gate}.open").touch()
 
 
 def project_cli(project: Project) -> list[str]:
@@ -335,28 +346,8 @@ def test_restore_into_a_new_database_killed_mid_load_is_swept_and_mysql_quirks(
     _app, good = shop(project, postgres, "nshop")
     project.env["NEW_DSN"] = postgres.dsn("nshop_new")
     postgres.sql("drop database if exists nshop_new with (force)")
-    gate = project.root / "gate"
-    bindir = project.root / "bin"
-    bindir.mkdir()
-    real = subprocess.run(["sh", "-c", "command -v pg_restore"], capture_output=True,
-                          text=True).stdout.strip()
-    script(bindir / "pg_restore", f"""\
-        touch {gate}.reached
-        while [ ! -e {gate}.open ]; do sleep 0.05; done
-        exec {real} "$@"
-        """)
-    env = {**os.environ, **project.env, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    proc = subprocess.Popen([*project_cli(project), "restore", "orders", "--into-dsn",
-                             "env:NEW_DSN"], env=env, cwd=project.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not Path(f"{gate}.reached").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    Path(f"{gate}.open").touch()
+    with killed_while_loading(project, "env:NEW_DSN"):
+        pass
     assert [n for n in databases(postgres) if n.startswith("drkit_restore_")]
     project.run("status")
     assert not [n for n in databases(postgres) if n.startswith("drkit_restore_")]
