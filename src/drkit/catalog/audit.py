@@ -22,20 +22,17 @@ core when there are many.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, inspect
 
-from drkit.catalog.checkpoints import CHECKPOINT_FORMAT, TYPE, Anchor
+from drkit.catalog.checkpoints import CHECKPOINT_FORMAT, TYPE, Anchor, Signatures
 from drkit.catalog.models import GENESIS_HASH
 from drkit.catalog.walk import Walk, hashes_at, outside, stitch
 
 MAX_PROBLEMS = 50
-PARALLEL_SIGNATURES = 2000  # from this many checkpoints on, signatures are checked on all cores
 _BATCH = 20000
 
 
@@ -119,7 +116,7 @@ def verify_catalog(engine: Engine, *, public_key: str | None,
     if head is not None and head[0] > 0:
         top = min(top, head[0])
     walking = Walk(engine, has, marks, top)  # the sequences the catalog's rows name
-    checks: _Signatures | None = None
+    checks: Signatures | None = None
     try:
         found: list[Anchor | str | tuple[str, str]] = []
         rows: dict[str, tuple[int, int, str]] = {}
@@ -133,7 +130,7 @@ def verify_catalog(engine: Engine, *, public_key: str | None,
             result.notes.append("no evidence.public_key configured: checkpoint signatures "
                                 "not checked")
             items = []
-        checks = _Signatures(items, keys) if items else None
+        checks = Signatures(items, keys) if items else None
         seen, last = _walked(engine, walking.parts(), head, result)
         interest: dict[int, list[Anchor]] = {}
         if checks is not None:
@@ -298,55 +295,6 @@ def _checked_anchors(items: list[Anchor], sources: dict[tuple[str, str], list[st
     result.newest_anchored_seq = newest_bucket
     result.newest_signed_seq = newest
     return interest
-
-
-class _Signatures:
-    """Signature checks that run on the other cores while the chain is walked."""
-
-    def __init__(self, items: list[Anchor], keys: list[str]) -> None:
-        self._pairs = [(a.payload, a.signature) for a in items]
-        self._keys = keys
-        self._pool: Any = None
-        self._futures: list[Any] = []
-        if len(self._pairs) >= PARALLEL_SIGNATURES and (os.cpu_count() or 1) >= 2:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            workers = min(os.cpu_count() or 1, 8)
-            size = -(-len(self._pairs) // workers)
-            self._pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("fork"))
-            self._futures = [self._pool.submit(_verify_chunk, (keys, self._pairs[i:i + size]))
-                             for i in range(0, len(self._pairs), size)]
-
-    def results(self) -> list[bool]:
-        if self._pool is None:
-            return _verify_chunk((self._keys, self._pairs))
-        try:
-            return [ok for future in self._futures for ok in future.result()]
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-
-
-_KEY_ID = re.compile(r'"key_id":"([0-9a-f]{16})"')
-
-
-def _verify_chunk(job: tuple[list[str], list[tuple[str, str]]]) -> list[bool]:
-    """Each payload's signature, checked with the key its payload names (if known)."""
-    from drkit.signing import Verifier
-
-    verifiers = {v.key_id: v for v in (Verifier(key) for key in job[0])}
-    out = []
-    for payload, signature in job[1]:
-        named = _KEY_ID.search(payload)
-        verifier = verifiers.get(named.group(1)) if named else None
-        out.append(verifier is not None and
-                   verifier.verify(payload.encode("utf-8"), signature))
-    return out
 
 
 def _against_anchors(engine: Engine, interest: dict[int, list[Anchor]], seen: dict[int, str],

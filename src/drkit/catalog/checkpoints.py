@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,6 +37,7 @@ from drkit.catalog.models import GENESIS_HASH, ChainHead, Checkpoint, Record
 
 CHECKPOINT_FORMAT = 1
 TYPE = "drkit-checkpoint"
+PARALLEL_SIGNATURES = 2000  # from this many checkpoints on, signatures are checked on all cores
 
 
 @dataclass(frozen=True)
@@ -207,3 +209,55 @@ def read_anchor_file(path: Path) -> Iterator[Anchor | str]:
                 yield Anchor(payload=payload, signature=signature, source=f"{path}:{number}")
             else:
                 yield f"{path}:{number}: not an anchor line"
+
+
+class Signatures:
+    """The checkpoints' signatures, each checked with the key its payload names among
+    ``keys``; on the other cores when there are many (the caller walks the chain meanwhile):
+    :meth:`results` waits for them."""
+
+    def __init__(self, items: list[Anchor], keys: list[str]) -> None:
+        self._pairs = [(a.payload, a.signature) for a in items]
+        self._keys = keys
+        self._pool: Any = None
+        self._futures: list[Any] = []
+        if len(self._pairs) >= PARALLEL_SIGNATURES and (os.cpu_count() or 1) >= 2:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            workers = min(os.cpu_count() or 1, 8)
+            size = -(-len(self._pairs) // workers)
+            self._pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork"))
+            self._futures = [self._pool.submit(_verify_chunk, (keys, self._pairs[i:i + size]))
+                             for i in range(0, len(self._pairs), size)]
+
+    def results(self) -> list[bool]:
+        if self._pool is None:
+            return _verify_chunk((self._keys, self._pairs))
+        try:
+            return [ok for future in self._futures for ok in future.result()]
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the workers (also when the caller gives up before :meth:`results`)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+_KEY_ID = re.compile(r'"key_id":"([0-9a-f]{16})"')
+
+
+def _verify_chunk(job: tuple[list[str], list[tuple[str, str]]]) -> list[bool]:
+    """Each payload's signature, checked with the key its payload names (if known)."""
+    from drkit.signing import Verifier
+
+    verifiers = {v.key_id: v for v in (Verifier(key) for key in job[0])}
+    out = []
+    for payload, signature in job[1]:
+        named = _KEY_ID.search(payload)
+        verifier = verifiers.get(named.group(1)) if named else None
+        out.append(verifier is not None and
+                   verifier.verify(payload.encode("utf-8"), signature))
+    return out
