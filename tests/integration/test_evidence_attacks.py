@@ -314,3 +314,21 @@ def test_the_catalog_password_never_enters_the_config_record(project: Project,
     catalog_url = json.loads(effective)["effective"]["config"]["catalog"]
     assert catalog_url.startswith("postgresql+psycopg://drkit:***@")
     assert postgres.password not in everything
+
+
+def test_an_evidence_bucket_that_is_down_fails_verification_and_says_why(
+        project: Project, signed: dict[str, Any]) -> None:
+    config = yaml.safe_load(project.config_path.read_text())
+    config["repositories"]["offsite"] = {
+        "url": "s3:http://127.0.0.1:1/drkit-evidence/repo",
+        "password": {"env": "DRKIT_TEST_PASSWORD"},
+        "s3": {"access_key": {"env": "DRKIT_TEST_PASSWORD"},
+               "secret_key": {"env": "DRKIT_TEST_PASSWORD"}}}
+    config["evidence"]["bucket"] = {"bucket": "drkit-evidence", "repository": "offsite"}
+    project.config_path.write_text(yaml.safe_dump(config))
+    down = project.run("audit", "verify")
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert "storage unreachable" in down.stdout
+    assert down.stderr.strip().splitlines()[-1].startswith(
+        "drkit: not verified: the evidence bucket's anchors could not be read")
+    assert project.run("audit", "verify", "--offline").returncode == 0

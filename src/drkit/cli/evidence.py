@@ -86,7 +86,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             print(f"{_where(item)}: {item['problem']}: {item['detail']}")
     if not result.intact:
         first = result.problems[0]
-        print(f"drkit: chain broken at {_where(first)} ({first['problem']}); "
+        if set(result.counts) == {"anchors_unreadable"}:
+            print("drkit: not verified: the evidence bucket's anchors could not be read "
+                  "(nothing else was found wrong; --offline verifies without them)",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        where = f" at {_where(first)}" if first["record_id"] is not None or \
+            first["seq"] is not None else ""
+        print(f"drkit: chain broken{where} ({first['problem']}); "
               f"{sum(result.counts.values())} problem(s): "
               + ", ".join(f"{n} {kind}" for kind, n in sorted(result.counts.items())),
               file=sys.stderr)
