@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repositories", nargs="*", metavar="REPO")
     p.add_argument("--read-data-subset", metavar="N%|n/m",
                    help="read this part of the data (default: the configured rotating slice)")
+    p.add_argument("--freshness", action="store_true",
+                   help="only the repositories' own snapshot lists against each target's "
+                        "RPO, every host's (recorded; every check does it too)")
+    p.add_argument("--as-of", metavar="TIME", help="judge freshness as of TIME (ISO 8601)")
+    p.add_argument("--spot", metavar="TARGET",
+                   help="compare a random sample of TARGET's source files with its newest "
+                        "good snapshot (REPO: which repository, default its first)")
 
     p = sub.add_parser("prune", parents=[common, as_json],
                        help="apply retention (restic forget, prune) to this host's snapshots")
@@ -156,8 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "replaces is moved aside to NAME.before-restore-TIME, never deleted "
                         "(a PostgreSQL database is renamed NAME_before_restore_TIME)")
 
-    sub.add_parser("status", parents=[common, as_json],
-                   help="per target: last good backup, its age against the RPO, last drill")
+    p = sub.add_parser("status", parents=[common, as_json],
+                       help="per target: last good backup, its age against the RPO, last "
+                            "drill, open anomalies; capacity per repository")
+    p.add_argument("--freshness", action="store_true",
+                   help="also read each repository's own snapshot list (every host's) and "
+                        "judge each target/host against its RPO")
 
     p = sub.add_parser("report", parents=[common],
                        help="compliance report for a period: summary, controls, every record "
@@ -217,14 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = rem_sub.add_parser("list", parents=[common, as_json], help="the open items")
     p.add_argument("--all", action="store_true", help="closed ones too")
 
+    p = sub.add_parser("ack", parents=[common, as_json],
+                       help="acknowledge a backup flagged as an anomaly (recorded)")
+    p.add_argument("record_id", type=int, metavar="RECORD_ID")
+    p.add_argument("--reason", required=True, metavar="TEXT", help="why it is fine")
+
+    sub.add_parser("metrics", parents=[common],
+                   help="Prometheus metrics (text format) for node_exporter's textfile "
+                        "collector")
+
     p = sub.add_parser("keygen", parents=[common],
                        help="write an Ed25519 key pair for signing the chain's checkpoints")
     p.add_argument("--output", default=".", metavar="DIR",
                    help="where to write evidence.key and evidence.pub (default: .)")
 
-    sub.add_parser("serve", parents=[common],
-                   help="run every schedule in the config through Prefect (embedded server "
-                        "unless PREFECT_API_URL is set)")
+    p = sub.add_parser("serve", parents=[common],
+                       help="run every schedule in the config through Prefect (embedded "
+                            "server unless PREFECT_API_URL is set)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="also serve Prometheus metrics at http://ADDR:PORT/metrics")
+    p.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDR",
+                   help="the metrics listener's address (default: 127.0.0.1)")
     p = sub.add_parser("deploy", parents=[common],
                        help="register the schedules on a Prefect work pool (scale-out: "
                             "'prefect worker start --pool NAME' on each host)")

@@ -14,7 +14,7 @@ from drkit.errors import EXIT_BAD_REQUEST, EXIT_FAILED, EXIT_OK, BadRequestError
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the command named in ``args``; return its exit code."""
-    from drkit.cli import evidence, recovery
+    from drkit.cli import evidence, monitor, recovery
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
@@ -24,6 +24,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "restore": recovery.cmd_restore, "ls": recovery.cmd_ls,
         "recover": recovery.cmd_recover, "copy": recovery.cmd_copy,
         "keygen": evidence.cmd_keygen, "remediation": evidence.cmd_remediation,
+        "ack": monitor.cmd_ack, "metrics": monitor.cmd_metrics,
     }
     return handlers[args.command](args)
 
@@ -168,6 +169,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from drkit.cli.monitor import status_extras
     from drkit.drills.plans import load_plans
     from drkit.jobs.status import (
         evidence_status,
@@ -183,11 +185,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     drills = plan_statuses(plans, catalog)
     checks = repository_checks(config, catalog)
     evidence = evidence_status(config, catalog)
+    extras, problems = status_extras(config, plans, catalog, freshness=args.freshness)
     if args.json:
         emit_json({"targets": [s.to_json() for s in statuses],
                    "repositories": [c.to_json() for c in checks],
                    "plans": [p.to_json() for p in drills],
-                   "evidence": evidence.to_json() if evidence else None})
+                   "evidence": evidence.to_json() if evidence else None, **extras})
     else:
         from drkit.cli import render  # rich: only for people, not for --json
 
@@ -202,9 +205,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                      ", not in the evidence bucket" if evidence.bucket else "")
                   + ("" if evidence.healthy else "  (NOT COVERED: see the errors of the "
                                                   "last runs, or run `drkit audit verify`)"))
+        render.capacity_lines(extras["capacity"])
+    for problem in problems:
+        print(f"drkit: {problem}", file=sys.stderr)
     healthy = (all(s.healthy for s in statuses) and all(p.healthy for p in drills)
                and all(c.last_check_status != "failed" for c in checks)
-               and (evidence is None or evidence.healthy))
+               and (evidence is None or evidence.healthy) and not problems)
     return EXIT_OK if healthy else EXIT_FAILED
 
 
@@ -212,9 +218,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     from drkit.cli import render
     from drkit.jobs.check import run_checks
 
+    if args.spot is not None:
+        from drkit.cli.monitor import cmd_spot
+
+        return cmd_spot(args)
+    from drkit.cli.monitor import as_of
+
+    when = as_of(args.as_of)
+    if args.freshness and args.read_data_subset:
+        raise BadRequestError("--freshness reads no data: drop --read-data-subset")
     config = _config(args)
     runs = run_checks(config, _catalog(config), _journal(config), args.repositories,
-                      subset=args.read_data_subset)
+                      subset=args.read_data_subset, freshness_only=args.freshness, now=when)
     if args.json:
         emit_json({"checks": [run.to_json() for run in runs]})
     else:
@@ -339,7 +354,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from drkit.flows.serve import serve
 
     config = _config(args)
-    return serve(config, load_plans(config), _catalog(config))
+    return serve(config, load_plans(config), _catalog(config), metrics=(
+        (args.metrics_address, args.metrics_port) if args.metrics_port is not None else None))
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

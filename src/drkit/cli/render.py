@@ -140,6 +140,14 @@ def status_table(statuses: Sequence[TargetStatus]) -> None:
                 _status(status.last_drill_status) if first else "",
                 (repo.last_error or "")[:80])
     _console().print(table)
+    for status in statuses:
+        for anomaly in status.anomalies:
+            _console().print(
+                f"ANOMALY {status.target} -> {anomaly.repository}: backup record "
+                f"{anomaly.record_id} ({_when(anomaly.finished_at)}, snapshot "
+                f"{(anomaly.snapshot_id or '-')[:8]}): {'; '.join(anomaly.reasons)}. Look at "
+                f"it, then `drkit ack {anomaly.record_id} --reason ...`; a drill with "
+                "`pick: last_normal` restores the backup before it.", markup=False)
 
 
 def plans_table(plans: Sequence[PlanStatus]) -> None:
@@ -249,3 +257,21 @@ def prune_table(runs: Sequence[PruneRun]) -> None:
                       str(len(run.removed)) + (" (would be)" if run.dry_run else ""),
                       run.error or "")
     _console().print(table)
+
+
+def capacity_lines(forecasts: Sequence[dict[str, object]]) -> None:
+    """One line per measured repository: size, growth, the quota and when it is reached."""
+    console = _console()
+    for found in forecasts:
+        size = found.get("size")
+        if not isinstance(size, int):
+            continue
+        growth = found.get("growth_per_day")
+        quota, days = found.get("quota"), found.get("days_to_quota")
+        line = (f"capacity {found['repository']}: {human_bytes(size)}"
+                + (f", {human_bytes(int(growth))}/day" if isinstance(growth, float | int)
+                   and growth > 0 else "")
+                + (f", quota {human_bytes(quota)}" if isinstance(quota, int) else "")
+                + (f", reached in {days:.0f} days ({str(found.get('quota_at'))[:10]})"
+                   if isinstance(days, float | int) else ""))
+        console.print(("[red]" + line + " (WARNING)[/]") if found.get("warn") else line)

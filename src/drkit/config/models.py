@@ -71,6 +71,50 @@ def _to_seconds(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_to_seconds)]
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+               "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+               "tib": 2**40, "p": 10**15, "pb": 10**15, "pib": 2**50}
+
+
+def parse_size(value: str | int) -> int:
+    """``"500GiB"`` -> 536870912000; ``"2TB"`` -> 2000000000000; a bare number is bytes.
+
+    Raises ValueError naming the accepted forms.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("a size must be larger than zero")
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"not a size: {value!r} (write e.g. 500GiB, 2TB, 750MB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _to_bytes(value: object) -> int:
+    if not isinstance(value, str | int):
+        raise ValueError("a size is a string like 500GiB or a number of bytes")
+    return parse_size(value)
+
+
+Size = Annotated[int, BeforeValidator(_to_bytes)]
+
+
+def _to_share(value: object) -> float:
+    """``"60%"`` or ``0.6`` -> 0.6 (a share between 0 and 1)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            value = float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"not a percentage: {value!r}") from None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError("a share is a percentage (60%) or a number between 0 and 1")
+    return float(value)
+
+
+Share = Annotated[float, BeforeValidator(_to_share)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
@@ -142,6 +186,13 @@ class Repository(Strict):
     # every target backed up to ``copy_from`` (initialised with its chunker parameters).
     copy_from: Name | None = None
     copy_schedule: CronExpr | None = None  # when `drkit serve` runs `drkit copy REPO`
+    # Capacity: what the repository may hold (its stored size, as `restic stats --mode
+    # raw-data` measures at each check), and how early `status` warns of reaching it.
+    quota: Size | None = None
+    warn_before: Duration = 30 * 86400.0
+    # Freshness (every check): the newest snapshot of each target/host the repository holds
+    # may be at most this old, for targets that no plan here gives an RPO (another host's).
+    max_snapshot_age: Limit | None = None
 
     @property
     def is_s3(self) -> bool:
@@ -204,6 +255,26 @@ def _positive(value: float) -> float:
 Limit = Annotated[Duration, AfterValidator(_positive)]
 
 
+class AnomalySettings(Strict):
+    """How each backup is compared with its target's own history (:mod:`drkit.jobs.anomaly`):
+    a run whose figures depart from the median of the last ``window`` normal runs by more
+    than ``sensitivity`` robust deviations (MAD) *and* past the absolute bar is flagged."""
+
+    enabled: bool = True
+    window: int = Field(default=20, ge=3, le=500)   # the baseline: the last N normal runs
+    warmup: int = Field(default=5, ge=2, le=500)    # fewer normal runs than this: no verdict
+    sensitivity: float = Field(default=6.0, gt=0, le=100)  # lower flags more
+    changed: Share = 0.5   # "most files changed/removed at once": at least this share
+    shrink: Share = 0.1    # "the source shrank to almost nothing": below this share of usual
+
+    @model_validator(mode="after")
+    def _warmup_within_window(self) -> AnomalySettings:
+        if self.warmup > self.window:
+            raise ValueError("warmup cannot exceed window (the baseline holds at most "
+                             "window runs)")
+        return self
+
+
 class TargetConfig(Strict):
     """Fields every target kind has. Kinds subclass this with ``kind: Literal[...]``."""
 
@@ -213,6 +284,7 @@ class TargetConfig(Strict):
     retention: Retention | None = None
     healthcheck: Healthcheck | None = None
     timeout: Limit | None = None  # one backup to one repository; default: timeouts.backup
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
 
     @field_validator("repositories")
     @classmethod

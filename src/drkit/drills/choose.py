@@ -86,6 +86,10 @@ def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: Snapsh
                             "as %s", snapshot.short_id, verdict or "unknown")
             return Choice(snapshot.id, f"--snapshot (backup recorded as {verdict or 'unknown'})",
                           snapshot=snapshot, listing=listing)
+    if pick == "last_normal":
+        chosen, reason = last_normal(recorder, identity, repo.name)
+        return Choice(chosen.snapshot_id, reason,
+                      size=recorded_size(recorder, chosen.snapshot_id, repo.name))
     window = pick.random_within if isinstance(pick, RandomPick) else None
     with recorder.catalog.get().read_session() as session:
         good = known.good_snapshots(
@@ -106,6 +110,33 @@ def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: Snapsh
                   f"{chosen.backed_up_at.isoformat(timespec='seconds')}")
     return Choice(chosen.snapshot_id, reason,
                   size=recorded_size(recorder, chosen.snapshot_id, repo.name))
+
+
+def last_normal(recorder: Recorder, identity: SnapshotIdentity, repository: str
+                ) -> tuple[GoodSnapshot, str]:
+    """The newest good backup taken before the oldest anomaly nobody acknowledged (with
+    none open: the newest good backup never flagged), and why. Raises :class:`DrillError`
+    when there is none."""
+    from drkit.catalog import snapshots as known
+    from drkit.catalog.anomalies import anomalies
+
+    with recorder.catalog.get().read_session() as session:
+        flagged = anomalies(session, host=identity.host, target=identity.target)
+        flagged = [a for a in flagged if a.repository == repository]
+        good = known.good_snapshots(session, target=identity.target, repository=repository,
+                                    host=identity.host)
+    opened = [a.record_id for a in flagged if a.open]
+    if opened:
+        candidates = [g for g in good if g.record_id < min(opened)]
+        why = (f"the newest good backup before the open anomaly of record {min(opened)}")
+    else:
+        marked = {a.record_id for a in flagged}
+        candidates = [g for g in good if g.record_id not in marked]
+        why = "the newest good backup never flagged as an anomaly"
+    if not candidates:
+        raise DrillError(f"no good backup of {identity.describe()} in repository "
+                         f"'{repository}' precedes its anomalies (pick: last_normal)")
+    return candidates[0], f"{why}: record {candidates[0].record_id} (pick: last_normal)"
 
 
 def newest_by(recorder: Recorder, identity: SnapshotIdentity, repository: str,

@@ -205,10 +205,11 @@ class PlanStep(Strict):
     repository: Name | None = None
     pick: Annotated[
         Union[  # noqa: UP007 - tagged members need the Union spelling
-            Annotated[Literal["newest"], Tag("newest")],
+            # last_normal: the newest good backup before the oldest unacknowledged anomaly
+            Annotated[Literal["newest", "last_normal"], Tag("named")],
             Annotated[RandomPick, Tag("random")],
         ],
-        Discriminator(lambda v: "random" if isinstance(v, dict | RandomPick) else "newest"),
+        Discriminator(lambda v: "random" if isinstance(v, dict | RandomPick) else "named"),
     ] = "newest"
     restore_into: RestoreInto | None = None  # database targets: a scratch server
     # Restore into a new database on the target's own server (recorded in the evidence);

@@ -24,13 +24,20 @@ def _print_schedules(found: list[tuple[Schedule, Any]], where: str) -> None:
     sys.stdout.flush()
 
 
-def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog) -> int:
+def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, *,
+          metrics: tuple[str, int] | None = None) -> int:
     """Serve every schedule until interrupted (Ctrl-C, SIGTERM). Without ``PREFECT_API_URL``
-    an embedded server is started first and stopped at the end."""
+    an embedded server is started first and stopped at the end. ``metrics`` (address, port):
+    also serve Prometheus metrics there, from the catalog at each scrape."""
     from drkit.flows.server import embedded_server, prefect_environment
 
     require_schedules(config, plans)  # before spending ~20 s starting a server
     with ExitStack() as stack:
+        if metrics is not None:
+            from drkit.jobs.metrics import serve_metrics
+
+            url = stack.enter_context(serve_metrics(*metrics, lambda: (config, plans, catalog)))
+            print(f"metrics: {url}", flush=True)
         api = os.environ.get("PREFECT_API_URL")
         if not api:
             server = stack.enter_context(embedded_server(config.state_dir))

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,9 @@ class BackupRun:
     # A snapshot the failed run left behind (a torn dump, an incomplete backup): never a
     # backup; the next prune forgets it.
     unusable_snapshot_id: str | None = None
+    # Why the run looks unlike the target's history (ransomware? a lost mount?), if it does:
+    # it succeeded, and `status` fails until somebody acknowledges it (`drkit ack`).
+    anomaly: list[str] | None = None
 
     @property
     def duration_s(self) -> float:
@@ -136,6 +139,8 @@ def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_r
     try:
         with staging_dir(config.state_dir, name) as staging, \
                 kind.prepare(name, target, staging / "data") as source:
+            runs.source_paths = [str((source.cwd or Path()) / path) for path in source.paths] \
+                if source.stream is None else []
             for repo_name in chosen:
                 if cancel is not None and cancel.is_set():
                     runs.finish(repo_name, error="interrupted before it began",
@@ -182,6 +187,8 @@ class _TargetRun:
         self.started = {repo: (h.started_at if h else utcnow())
                         for repo, h in self.handles.items()}
         self.runs: dict[str, BackupRun] = {}
+        self.source_paths: list[str] = []  # a files target's paths (the entropy sample's)
+        self._entropy: dict[str, Any] | None = None
 
     def done(self) -> list[BackupRun]:
         return [self.runs[repo] for repo in self.handles if repo in self.runs]
@@ -204,6 +211,11 @@ class _TargetRun:
             files_new=summary.files_new if summary else None,
             files_changed=summary.files_changed if summary else None, transient=transient)
         handle = self.handles[repo_name]
+        verdict = None
+        if status == "succeeded" and summary is not None and evidence is not None and \
+                self.recorder is not None and handle is not None:
+            verdict = self._judge(repo_name, summary, evidence)
+            run.anomaly = verdict.get("reasons") if verdict.get("flagged") else None
         if self.recorder is not None and handle is not None:
             record = self.recorder.catalog.get().finish_run(
                 handle, status=status, snapshot_id=good or snapshot_id, error=error,
@@ -215,8 +227,53 @@ class _TargetRun:
                 notify_failure(self.config, "backup", status, target=self.name,
                                repository=repo_name, error=error, run_id=handle.run_id,
                                record_id=record.id)
+            elif run.anomaly:
+                log.warning("backup %s -> %s: ANOMALY (record %d): %s; the snapshot is kept, "
+                            "`drkit status` fails until `drkit ack %d --reason ...`",
+                            self.name, repo_name, record.id, "; ".join(run.anomaly),
+                            record.id, record.id)
+                notify_failure(self.config, "backup", "anomaly", target=self.name,
+                               repository=repo_name, reasons=run.anomaly,
+                               snapshot_id=run.snapshot_id, run_id=handle.run_id,
+                               record_id=record.id)
         self.runs[repo_name] = run
         return run
+
+    def _judge(self, repo_name: str, summary: BackupSummary,
+               evidence: dict[str, Any]) -> dict[str, Any]:
+        """Score the run against its history (drkit.jobs.anomaly) into ``evidence``. Never
+        fails the run: a scoring problem is logged and noted in the evidence."""
+        from drkit.catalog.anomalies import recent_backups
+        from drkit.jobs.anomaly import score
+
+        target = self.config.targets[self.name]
+        settings = target.anomaly
+        if not settings.enabled:
+            return {}
+        clock = time.perf_counter()
+        try:
+            catalog = self.recorder.catalog.get() if self.recorder is not None else None
+            assert catalog is not None
+            with catalog.read_session() as session:
+                history = recent_backups(session, target=self.name, repository=repo_name,
+                                         host=self.config.host, limit=2 * settings.window + 1)
+            count = getattr(target, "entropy_sample", 0)
+            if count and self.source_paths and self._entropy is None:
+                from drkit.targets.sample import entropy_sample
+
+                since = history[-1].started_at.replace(tzinfo=UTC).timestamp() \
+                    if history else 0.0
+                self._entropy = entropy_sample(self.source_paths, since=since, count=count)
+            if self._entropy is not None:
+                evidence["entropy_sample"] = self._entropy
+            verdict = score(asdict(summary), history, settings, self._entropy).to_json()
+        except Exception as exc:  # the backup itself succeeded: that stays true
+            log.warning("backup %s -> %s: not compared with its history: %s: %s", self.name,
+                        repo_name, type(exc).__name__, exc)
+            verdict = {"flagged": False, "error": f"{type(exc).__name__}: {exc}"}
+        verdict["ms"] = round((time.perf_counter() - clock) * 1000, 2)
+        evidence["anomaly"] = verdict
+        return verdict
 
 
 def _backup_one(config: Config, runs: _TargetRun, repo_name: str, source: BackupSource,

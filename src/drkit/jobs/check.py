@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -22,6 +23,7 @@ from drkit.jobs.common import detect_restic_version, restic_repository, select_n
 from drkit.jobs.locks import repository_lock
 from drkit.notify import notify_failure
 from drkit.restic import commands
+from drkit.restic.commands import Snapshot
 from drkit.restic.runner import ResticRepository
 from drkit.supervise import Limits
 
@@ -82,28 +84,41 @@ def next_slice(catalog: Catalog, repository: str, slices: int) -> int:
 
 
 def run_checks(config: Config, catalog: Catalog, journal: RunJournal,
-               names: Sequence[str] = (), *, subset: str | None = None) -> list[CheckRun]:
+               names: Sequence[str] = (), *, subset: str | None = None,
+               freshness_only: bool = False, now: datetime | None = None) -> list[CheckRun]:
     """Check each named repository (all when empty). ``subset`` (from the command line) reads
-    exactly that; otherwise ``checks.read_data_subset`` is read in rotating slices.
+    exactly that; otherwise ``checks.read_data_subset`` is read in rotating slices. Every
+    check also judges the repository's freshness (:mod:`drkit.jobs.freshness`, as of
+    ``now``) and measures its stored size (:mod:`drkit.jobs.capacity`); ``freshness_only``
+    does only the first (recorded as kind ``freshness``).
     Raises :class:`BadRequestError` for unknown names or a malformed subset."""
+    from drkit.drills.plans import load_plans
+    from drkit.jobs.freshness import target_rpos
+
     selected = select_names(names, config.repositories, "repository")
     if subset is not None:
         slices_of(subset)  # validate before anything runs
     version = detect_restic_version(config)
-    return [_check_one(config, catalog, journal, name, subset, version) for name in selected]
+    rpos = target_rpos(load_plans(config))
+    return [_check_one(config, catalog, journal, name, subset, version,
+                       _Freshness(rpos, now, freshness_only)) for name in selected]
 
 
-def _missing_snapshots(catalog: Catalog, repo: ResticRepository, action: str,
-                       limits: Limits) -> list[str]:
+@dataclass(frozen=True)
+class _Freshness:
+    rpos: dict[str, float]
+    now: datetime | None
+    only: bool
+
+
+def _missing_snapshots(catalog: Catalog, repo: ResticRepository,
+                       present: list[str]) -> list[str]:
     """Snapshots the catalog recorded as backed up (and not pruned) that the repository no
     longer has: restic's own check cannot see a deleted snapshot file."""
     from drkit.catalog import snapshots as known
 
     with catalog.read_session() as session:
         expected = known.expected_snapshots(session, repo.name, catalog.hostname)
-    if not expected:
-        return []
-    present = [snap.id for snap in commands.snapshots(repo, action=action, limits=limits)]
     missing = []
     for snapshot_id, (target, when) in sorted(expected.items(), key=lambda item: item[1][1]):
         if not any(full.startswith(snapshot_id) for full in present):
@@ -114,12 +129,15 @@ def _missing_snapshots(catalog: Catalog, repo: ResticRepository, action: str,
 
 
 def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
-               subset: str | None, version: str | None) -> CheckRun:
-    handle = journal.open("check", repository=name, restic_version=version)
+               subset: str | None, version: str | None, fresh: _Freshness) -> CheckRun:
+    handle = journal.open("freshness" if fresh.only else "check", repository=name,
+                          restic_version=version)
     repo = restic_repository(config, name)
     evidence: dict[str, Any] = {}
     configured = config.checks.read_data_subset if config.checks else None
-    if subset is None and configured and configured.strip() not in ("100%", "1/1"):
+    if fresh.only:
+        subset = None
+    elif subset is None and configured and configured.strip() not in ("100%", "1/1"):
         slices = slices_of(configured)
         n = next_slice(catalog, name, slices)
         subset = f"{n}/{slices}"
@@ -131,21 +149,30 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     action = f"check {name}"
     limits = Limits.after(config.timeouts.check)
     try:
-        data = _check_data(config, repo, subset, evidence, action=action, limits=limits)
-        listed = _check_snapshots(catalog, repo, data, action=action, limits=limits)
-        posture = _check_posture(repo)
+        data = _Part(status="skipped") if fresh.only else \
+            _check_data(config, repo, subset, evidence, action=action, limits=limits)
+        data_s = round(time.monotonic() - start, 3)
+        listed, found = _check_snapshots(catalog, repo, data, action=action, limits=limits)
+        stale = _check_freshness(config, repo.name, found, fresh, evidence)
+        posture = _Part(status="skipped") if fresh.only else _check_posture(repo)
+        if not fresh.only and data.status != "not_run":
+            from drkit.jobs.capacity import measure
+
+            evidence["stats"] = measure(repo, action=action, limits=limits)
     except KeyboardInterrupt:  # recorded as such now, not left for the next start to find
         catalog.finish_run(handle, status="interrupted", error="interrupted by the user",
                            evidence=evidence)
         journal.close(handle)
         raise
-    errors = data.errors + listed.errors + posture.errors
+    errors = data.errors + listed.errors + stale.errors + posture.errors
     duration = time.monotonic() - start
     status = "failed" if errors else "passed"
     evidence.update({"errors": errors, "posture": posture.found,
-                     "data": {"status": data.status, "errors": data.errors},
+                     "data": {"status": data.status, "errors": data.errors,
+                              "duration_s": data_s},
                      "snapshots": {"status": listed.status, "errors": listed.errors},
                      "posture_check": {"status": posture.status, "errors": posture.errors},
+                     "freshness_check": {"status": stale.status, "errors": stale.errors},
                      "duration_s": round(duration, 3)})
     if repo.config.posture is not None:
         evidence["posture_demanded"] = repo.config.posture.model_dump()
@@ -153,13 +180,14 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
                                 error="; ".join(errors)[:4000] or None)
     journal.close(handle)
     if errors:
-        notify_failure(config, "check", status, repository=name, errors=errors,
+        notify_failure(config, "freshness" if fresh.only else "check", status,
+                       repository=name, errors=errors,
                        run_id=handle.run_id, record_id=record.id)
     for error in errors:
         log.error("%s: %s", action, error)
     if not errors:
         log.info("%s: passed (read data: %s, %.1f s)", action, subset or "none", duration)
-    stopped_by = data.transient + listed.transient + posture.transient
+    stopped_by = data.transient + listed.transient + stale.transient + posture.transient
     return CheckRun(repository=name, status=status, read_data_subset=subset,
                     duration_s=round(duration, 3), errors=errors, posture=posture.found,
                     record_id=record.id,
@@ -202,18 +230,38 @@ def _check_data(config: Config, repo: ResticRepository, subset: str | None,
 
 
 def _check_snapshots(catalog: Catalog, repo: ResticRepository, data: _Part, *, action: str,
-                     limits: Limits) -> _Part:
+                     limits: Limits) -> tuple[_Part, list[Snapshot] | None]:
     """The snapshots the catalog recorded, against the repository's list (skipped when the
-    repository could not be checked at all)."""
+    repository could not be checked at all); and that list (None: not read)."""
     part = _Part()
     if data.status == "not_run":
         part.status = "not_run"
-        return part
+        return part, None
     try:
-        for error in _missing_snapshots(catalog, repo, action, limits):
+        present = commands.snapshots(repo, action=action, limits=limits)
+        for error in _missing_snapshots(catalog, repo, [snap.id for snap in present]):
             part.fail(error)
     except DrkitError as exc:
         part.fail(describe(exc), transient=exc.transient, ran=False)
+        return part, None
+    return part, present
+
+
+def _check_freshness(config: Config, repository: str, listed: list[Snapshot] | None,
+                     fresh: _Freshness, evidence: dict[str, Any]) -> _Part:
+    """Each target/host's newest snapshot in the repository against its RPO."""
+    from drkit.catalog.inflight import utcnow
+    from drkit.jobs.freshness import judge
+
+    part = _Part()
+    if listed is None:
+        part.status = "not_run"
+        return part
+    rows = judge(config, repository, listed, fresh.rpos, fresh.now or utcnow())
+    evidence["freshness"] = [row.to_json() for row in rows]
+    for row in rows:
+        if row.stale:
+            part.fail(row.describe())
     return part
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from drkit.catalog import queries
+from drkit.catalog.anomalies import Anomaly, anomalies
 from drkit.catalog.chain import optional_time as _time
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.store import Catalog
@@ -48,13 +49,16 @@ class TargetStatus:
     rpo_ok: bool | None = None
     last_check_status: str | None = None
     last_drill_status: str | None = None
+    # Backups flagged as unlike the target's history that nobody acknowledged yet.
+    anomalies: list[Anomaly] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        """Every repository has a good backup, its latest run succeeded, and the RPO holds."""
-        return bool(self.repositories) and self.rpo_ok is not False and all(
-            r.last_success_at is not None and r.last_status == "succeeded"
-            for r in self.repositories)
+        """Every repository has a good backup, its latest run succeeded, the RPO holds, and
+        no anomaly is open."""
+        return bool(self.repositories) and self.rpo_ok is not False and not self.anomalies \
+            and all(r.last_success_at is not None and r.last_status == "succeeded"
+                    for r in self.repositories)
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "last_success_at": _time(self.last_success_at),
@@ -62,6 +66,7 @@ class TargetStatus:
                 "rpo_objective_s": self.rpo_objective_s,
                 "rpo_ok": self.rpo_ok, "last_check_status": self.last_check_status,
                 "last_drill_status": self.last_drill_status, "healthy": self.healthy,
+                "anomalies": [a.to_json() for a in self.anomalies],
                 "repositories": [r.to_json() for r in self.repositories]}
 
 
@@ -135,6 +140,7 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
                                                  host=config.host)}
         drills = queries.last_drills(session)
         checks = queries.last_checks(session)
+        flagged = [a for a in anomalies(session, host=config.host) if a.open]
     out = []
     for name in config.targets:
         repos = []
@@ -175,7 +181,8 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
             recovery_point_at=recovery_point, rpo_objective_s=rpo,
             rpo_ok=None if rpo is None else all(r.rpo_ok for r in repos),
             last_check_status=last_check,
-            last_drill_status=last_drill.status if last_drill else None))
+            last_drill_status=last_drill.status if last_drill else None,
+            anomalies=[a for a in flagged if a.target == name]))
     return out
 
 

@@ -6,6 +6,7 @@ self-contained file with no scripts and no network, and WeasyPrint renders SVG d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from html import escape
 
@@ -32,11 +33,18 @@ def _downsample(points: list[tuple[datetime, float, str]]) -> list[tuple[datetim
 
 
 def time_chart(title: str, points: list[tuple[datetime, float, str]], *, since: datetime,
-               until: datetime, objective: float | None, label: str) -> str:
-    """An SVG line-and-dot chart of ``points`` (time, seconds, status) over [since, until],
-    with the objective as a dashed line. Empty ``points`` draw an explicit "no data" chart."""
+               until: datetime, objective: float | None, label: str,
+               fmt: Callable[[float], str] = human_duration,
+               objective_label: str = "objective",
+               trend: tuple[tuple[datetime, float], tuple[datetime, float]] | None = None
+               ) -> str:
+    """An SVG line-and-dot chart of ``points`` (time, value, status) over [since, until],
+    with the objective as a dashed line and ``trend`` (a forecast) as a dotted one; values
+    are written with ``fmt`` (default: durations). Empty ``points`` draw an explicit "no
+    data" chart."""
     points = _downsample(sorted(points))
-    top_value = max([p[1] for p in points] + [objective or 0.0, 1.0]) * 1.1
+    top_value = max([p[1] for p in points] + [objective or 0.0, 1.0]
+                    + ([trend[0][1], trend[1][1]] if trend else [])) * 1.1
     span = max((until - since).total_seconds(), 1.0)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
@@ -54,7 +62,7 @@ def time_chart(title: str, points: list[tuple[datetime, float, str]], *, since: 
     for fraction in (0.0, 0.5, 1.0):
         value = top_value / 1.1 * fraction
         parts.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end" '
-                     f'font-size="10">{escape(human_duration(value))}</text>')
+                     f'font-size="10">{escape(fmt(value))}</text>')
     for at, anchor in ((since, "start"), (until, "end")):
         parts.append(f'<text x="{x(at):.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}" '
                      f'font-size="10">{at:%Y-%m-%d %H:%M}</text>')
@@ -65,8 +73,13 @@ def time_chart(title: str, points: list[tuple[datetime, float, str]], *, since: 
                      f'y1="{y(objective):.1f}" y2="{y(objective):.1f}" stroke="#cf222e" '
                      'stroke-dasharray="6 4"/>')
         parts.append(f'<text x="{LEFT + plot_w - 4}" y="{y(objective) - 4:.1f}" '
-                     'text-anchor="end" font-size="10" fill="#cf222e">objective '
-                     f'{escape(human_duration(objective))}</text>')
+                     f'text-anchor="end" font-size="10" fill="#cf222e">{objective_label} '
+                     f'{escape(fmt(objective))}</text>')
+    if trend is not None:
+        (t0, v0), (t1, v1) = trend
+        parts.append(f'<line class="trend" x1="{x(t0):.1f}" x2="{x(t1):.1f}" '
+                     f'y1="{y(v0):.1f}" y2="{y(v1):.1f}" stroke="#8250df" '
+                     'stroke-dasharray="2 3"/>')
     if not points:
         parts.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{TOP + plot_h / 2:.1f}" '
                      'text-anchor="middle" font-size="12" fill="#57606a">no data in the '

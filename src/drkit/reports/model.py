@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from drkit import __version__
 from drkit.catalog import report_queries as q
+from drkit.catalog.anomalies import anomalies
+from drkit.catalog.capacity import Forecast, forecast
 from drkit.catalog.chain import optional_time as iso
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.remediation import items as remediation_items
@@ -62,6 +64,11 @@ class Report:
     drills: list[DrillRow] = field(default_factory=list)  # every drill of the period
     recoveries: list[RecoveryRow] = field(default_factory=list)  # real recoveries, restores
     remediations: list[dict[str, Any]] = field(default_factory=list)  # open, or of the period
+    # Backups flagged as anomalies in the period, or still unacknowledged at its end.
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    # Each repository's size, growth and quota forecast at the period's end (and the sizes
+    # measured in the period, for the chart).
+    capacity: list[Forecast] = field(default_factory=list)
     # ``audit verify``'s verdict on the chain the report was built from (run first).
     audit: dict[str, Any] | None = None
     # The key that signs checkpoints: a reviewer checks signatures with it.
@@ -123,6 +130,8 @@ class Report:
                 "drills": [d.to_json() for d in self.drills],
                 "recoveries": [r.to_json() for r in self.recoveries],
                 "remediations": self.remediations,
+                "anomalies": self.anomalies,
+                "capacity": [f.to_json() for f in self.capacity],
             },
             "controls": [c.to_json() for c in self.controls],
         }
@@ -164,6 +173,11 @@ def build_report(session: Session, config: Config, plans: dict[str, RecoveryPlan
         drills=drill_rows, recoveries=summaries.recovery_rows(session, scope),
         remediations=[i.to_json() for i in found if i.plan in {p.plan for p in plan_rows}
                       and (i.open_at(end) or scope.since <= (i.closed_at or end) <= end)],
+        anomalies=[a.to_json() for a in anomalies(session, until=end)
+                   if (scope.targets is None or a.target in scope.targets)
+                   and (a.finished_at >= scope.since or a.acknowledged_at is None
+                        or a.acknowledged_at > end)],
+        capacity=[forecast(config, session, name, end) for name in config.repositories],
         controls=ctl.with_references(
             ctl.rpo_controls(target_rows) + ctl.rto_controls(plan_rows)
             + ctl.frequency_controls(plan_rows, end) + ctl.check_controls(repo_rows)

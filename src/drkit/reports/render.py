@@ -18,7 +18,7 @@ from drkit.catalog.chain import optional_time as iso
 from drkit.errors import DrkitError
 from drkit.reports.model import DrillRow, Report
 from drkit.reports.rows import RTO_STAGES
-from drkit.units import human_duration
+from drkit.units import human_bytes, human_duration
 
 FORMATS = ("html", "pdf", "csv", "json", "md")
 
@@ -98,6 +98,22 @@ def write_markdown(report: Report, out: TextIO) -> None:
           f"| {item['due']} | {item['text']} |\n")
     if not report.remediations:
         w("| none open | | | | | |\n")
+    w("\n## Backup anomalies\n\n| record | target | repository | finished | why | "
+      "acknowledged |\n|---|---|---|---|---|---|\n")
+    for a in report.anomalies:
+        ack = f"record {a['ack_record']} by {a['acknowledged_by']}: {a['ack_reason']}" \
+            if a["ack_record"] else "OPEN"
+        w(f"| {a['record_id']} | {a['target']} | {a['repository']} | {a['finished_at']} "
+          f"| {'; '.join(a['reasons'])} | {ack} |\n")
+    if not report.anomalies:
+        w("| none | | | | | |\n")
+    w("\n## Capacity\n\n| repository | size | growth/day | quota | quota reached "
+      "| full read-data |\n|---|---|---|---|---|---|\n")
+    for f in report.capacity:
+        w(f"| {f.repository} | {human_bytes(f.size)} | "
+          f"{human_bytes(int(f.growth_per_day)) if f.growth_per_day else '-'} | "
+          f"{human_bytes(f.quota)} | {iso(f.quota_at) if f.quota_at else '-'} | "
+          f"{human_duration(f.full_read_s)} |\n")
     w("\n## Recovery plans\n\n| plan | drills | passed | breached | failed | checks too weak "
       "| RPO compliance | RTO compliance | RPO worst / median / objective "
       "| RTO worst / median / objective | drill every | last passed drill |\n"
@@ -180,6 +196,7 @@ def render_html(report: Report, rows: Iterable[Any]) -> str:
     env.filters["duration"] = human_duration
     env.filters["iso"] = lambda v: iso(v) if isinstance(v, datetime) else (v or "")
     env.filters["rate"] = _rate
+    env.filters["bytes"] = lambda v: human_bytes(int(v)) if isinstance(v, int | float) else "-"
     env.globals.update(rpo=_rpo, proven=_proven, stages=RTO_STAGES)
     plan_charts = {p.plan: time_chart(
         f"RTO achieved, plan {p.plan}",
@@ -195,7 +212,37 @@ def render_html(report: Report, rows: Iterable[Any]) -> str:
         for t in report.targets}
     template = env.get_template("report.html.j2")
     return template.render(report=report, records=rows, plan_charts=plan_charts,
-                           target_charts=target_charts)
+                           target_charts=target_charts,
+                           capacity_charts=_capacity_charts(report))
+
+
+def _capacity_charts(report: Report) -> dict[str, str]:
+    """Per measured repository: its size over the period, the forecast line and the quota
+    (the chart runs on to the day the quota is reached, up to 90 days past the period)."""
+    from datetime import timedelta
+
+    from drkit.reports.charts import time_chart
+
+    charts = {}
+    for found in report.capacity:
+        if not found.points:
+            continue
+        until = report.until
+        if found.quota_at is not None:
+            until = max(until, min(found.quota_at, until + timedelta(days=90)))
+        trend = None
+        if found.growth_per_day is not None and found.measured_at is not None \
+                and found.size is not None:
+            days = (until - found.measured_at).total_seconds() / 86400
+            trend = ((found.measured_at, float(found.size)),
+                     (until, found.size + found.growth_per_day * days))
+        charts[found.repository] = time_chart(
+            f"stored size, repository {found.repository}",
+            [(at, float(size), "succeeded") for at, size in found.points],
+            since=report.since, until=until, objective=found.quota, label="stored size at "
+            "each check, the trend (dotted) and the quota", fmt=lambda v: human_bytes(int(v)),
+            objective_label="quota", trend=trend)
+    return charts
 
 
 def render_pdf(html: str) -> bytes:

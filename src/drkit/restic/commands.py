@@ -47,6 +47,7 @@ class BackupSummary:
     total_bytes_processed: int
     total_duration: float
     dry_run: bool
+    data_added_packed: int | None = None  # restic >= 0.17: what the added data takes stored
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BackupSummary:
@@ -62,6 +63,8 @@ class BackupSummary:
             total_bytes_processed=int(data.get("total_bytes_processed", 0)),
             total_duration=float(data.get("total_duration", 0.0)),
             dry_run=bool(data.get("dry_run", False)),
+            data_added_packed=int(data["data_added_packed"])
+            if isinstance(data.get("data_added_packed"), int | float) else None,
         )
 
 

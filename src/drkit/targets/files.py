@@ -7,10 +7,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt
 
-from drkit.config.models import TargetConfig, resolve_path
+from drkit.config.models import Share, Strict, TargetConfig, resolve_path
 from drkit.targets.base import BackupSource, TargetError, iter_missing
+
+
+class SpotCheck(Strict):
+    """``drkit check --spot TARGET``: the source against its newest good snapshot."""
+
+    sample: PositiveInt = 50         # files compared byte for byte
+    count_tolerance: Share = 0.05    # the file counts may differ by this share
+    content_tolerance: Share = 0.0   # this share of unchanged-looking sampled files may differ
 
 
 class FilesTarget(TargetConfig):
@@ -19,6 +27,10 @@ class FilesTarget(TargetConfig):
     kind: Literal["files"]
     paths: list[Annotated[Path, AfterValidator(resolve_path)]] = Field(min_length=1)
     exclude: list[str] = Field(default_factory=list)
+    # At each backup, read the head of up to N files changed since the last one and record
+    # how many look encrypted (high entropy, incompressible): part of the anomaly verdict.
+    entropy_sample: NonNegativeInt = 0
+    spot: SpotCheck = Field(default_factory=SpotCheck)
 
 
 class FilesKind:

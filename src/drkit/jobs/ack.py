@@ -1,0 +1,42 @@
+"""``drkit ack RECORD_ID --reason TEXT``: somebody looked at a flagged backup and says why it
+is fine (a migration, a re-encoding, a cleanup). The acknowledgement is a record in the chain
+(kind ``ack``, with the flagged record's id and hash, the reason and the actor), so it can be
+neither backdated nor quietly dropped; `status` stops failing on that anomaly, the backup joins
+its target's baseline again, and reports show both."""
+
+from __future__ import annotations
+
+from drkit.catalog.anomalies import Anomaly, anomalies
+from drkit.catalog.inflight import utcnow
+from drkit.catalog.models import Record
+from drkit.catalog.store import Catalog, NewRecord
+from drkit.errors import BadRequestError
+
+
+def acknowledge(catalog: Catalog, record_id: int, *, reason: str) -> Anomaly:
+    """Record that the anomaly of backup record ``record_id`` was looked at. A bad request
+    when the record is no flagged backup, was acknowledged already, or ``reason`` is empty."""
+    if not reason.strip():
+        raise BadRequestError("say why the anomaly is fine: --reason TEXT")
+    with catalog.read_session() as session:
+        record = session.get(Record, record_id)
+        if record is None or record.kind != "backup":
+            raise BadRequestError(f"record {record_id} is not a backup",
+                                  hint="`drkit status` lists the open anomalies")
+        found = anomalies(session, target=record.target)
+        flagged = next((a for a in found if a.record_id == record_id), None)
+        if flagged is None:
+            raise BadRequestError(f"backup record {record_id} was not flagged as an anomaly")
+        if not flagged.open:
+            raise BadRequestError(f"the anomaly of record {record_id} was acknowledged "
+                                  f"already (record {flagged.ack_record})")
+        record_hash, snapshot = record.hash, record.snapshot_id
+    now = utcnow()
+    ack = catalog.append(NewRecord(
+        kind="ack", status="recorded", target=flagged.target, repository=flagged.repository,
+        snapshot_id=snapshot, started_at=now, finished_at=now,
+        evidence={"record_id": record_id, "record_hash": record_hash, "reason": reason,
+                  "reasons": flagged.reasons}))
+    flagged.ack_record, flagged.acknowledged_at = ack.id, now
+    flagged.acknowledged_by, flagged.ack_reason = ack.actor, reason
+    return flagged

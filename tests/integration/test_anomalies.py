@@ -1,0 +1,186 @@
+"""Anomaly detection on every backup, with the real CLI, restic and an S3 endpoint: ten
+normal backups of a changing tree raise nothing; the tree encrypted in place, a big file
+that stops deduplicating, and the tree emptied are each flagged; `status` fails until the
+anomaly is acknowledged; a drill with `pick: last_normal` restores the backup before it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Project, S3Endpoint
+
+LEDGER = 24 * 1024 * 1024  # well above restic's largest chunk (8 MiB)
+WORDS = ["backup", "restore", "drill", "snapshot", "repository", "catalog", "evidence",
+         "quota", "retention", "prune", "check", "target", "plan", "objective", "schedule",
+         "host", "worker", "anomaly", "invoice", "order", "customer", "ledger", "account",
+         "balance", "payment", "refund", "shipment", "warehouse"]
+
+
+def text(rng: random.Random, size: int) -> bytes:
+    out = " ".join(rng.choices(WORDS, k=size // 6)).encode()
+    return out[:size]
+
+
+def make_tree(root: Path, rng: random.Random) -> None:
+    root.mkdir()
+    for index in range(40):
+        (root / f"doc{index:02d}.txt").write_bytes(text(rng, 8192))
+    (root / "ledger.db").write_bytes(text(rng, LEDGER))
+
+
+def normal_change(root: Path, rng: random.Random) -> None:
+    """What a working day does: two documents edited, a few bytes of the ledger rewritten."""
+    for index in rng.sample(range(40), 2):
+        path = root / f"doc{index:02d}.txt"
+        path.write_bytes(path.read_bytes()[:-64] + text(rng, 64))
+    with open(root / "ledger.db", "r+b") as handle:
+        handle.seek(rng.randrange(0, LEDGER - 200))
+        handle.write(text(rng, 200))
+
+
+def encrypt_in_place(path: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+def records(project: Project, kind: str) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(project.catalog_path)) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute(
+            "select * from records where kind=? order by seq", (kind,))]
+
+
+def backup(project: Project) -> dict[str, Any]:
+    result = project.run("backup", "--json")
+    assert result.returncode == 0, result.stderr  # a flagged backup still succeeded
+    (run,) = json.loads(result.stdout)["runs"]
+    assert run["status"] == "succeeded"
+    return dict(run)
+
+
+@pytest.fixture
+def tree_project(project: Project, rclone_endpoint: S3Endpoint,
+                 webhook: tuple[str, list[dict[str, Any]]]) -> Project:
+    data = project.root / "data"
+    make_tree(data, random.Random(7))
+    project.env.update(rclone_endpoint.env())
+    project.env["HOOK_URL"] = webhook[0]
+    project.write_config({
+        "notify": {"webhook": {"url": {"env": "HOOK_URL"}}},
+        "repositories": {"s3": rclone_endpoint.repository(f"anom-{time.monotonic_ns()}")},
+        "targets": {"tree": {"kind": "files", "paths": [str(data)], "repositories": ["s3"],
+                             "entropy_sample": 8}},
+    })
+    plans = project.root / "recovery_plans"
+    plans.mkdir()
+    (plans / "tree.yaml").write_text(yaml.safe_dump({
+        "name": "tree", "objectives": {"rpo": "1d", "rto": "1h"},
+        "steps": [{"target": "tree", "pick": "last_normal",
+                   "checks": [{"files_exist": ["doc00.txt", "ledger.db"]}]}]}))
+    assert project.run("repo", "init").returncode == 0
+    return project
+
+
+@pytest.mark.every_restic
+def test_encryption_and_emptying_are_flagged_and_normal_days_are_not(
+        tree_project: Project, webhook: tuple[str, list[dict[str, Any]]]) -> None:
+    project, data, rng = tree_project, tree_project.root / "data", random.Random(11)
+    for run in range(10):
+        if run:
+            normal_change(data, rng)
+        assert backup(project)["anomaly"] is None, f"false alarm on normal run {run}"
+    scored = [json.loads(r["evidence"])["anomaly"] for r in records(project, "backup")]
+    assert [v["warming_up"] for v in scored][-1] is False  # the last runs were judged
+    assert not any(v["flagged"] for v in scored)
+    assert max(v["ms"] for v in scored) < 1000  # scoring ran (its budget is in bench/)
+    status = project.run_json("status")
+    assert status["targets"][0]["anomalies"] == []
+    before = (data / "doc00.txt").read_bytes()
+
+    for path in sorted(data.iterdir()):  # ransomware: every file rewritten, same size
+        encrypt_in_place(path)
+    flagged = backup(project)
+    assert flagged["anomaly"], "encryption in place was not flagged"
+    assert any("changed at once" in reason for reason in flagged["anomaly"])
+    evidence = json.loads(records(project, "backup")[-1]["evidence"])
+    assert evidence["entropy_sample"]["sampled"] == 8
+    assert evidence["entropy_sample"]["encrypted_share"] == 1.0
+    assert any("look encrypted" in reason for reason in flagged["anomaly"])
+    event = webhook[1][-1]
+    assert event["event"] == "backup_anomaly" and event["record_id"] == flagged["record_id"]
+    assert event["reasons"] == flagged["anomaly"]
+
+    result = project.run("status", "--json")
+    assert result.returncode == 1  # until somebody looks at it
+    (open_one,) = json.loads(result.stdout)["targets"][0]["anomalies"]
+    assert open_one["record_id"] == flagged["record_id"] and open_one["open"] is True
+    human = project.run("status")
+    assert f"drkit ack {flagged['record_id']}" in human.stdout
+
+    # The drill restores the last backup before the anomaly, not the encrypted one.
+    drill = project.run("drill", "tree", "--json", "--keep-sandbox")
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    drilled = json.loads(drill.stdout)
+    step = drilled["steps"][0]
+    normal = records(project, "backup")[-2]
+    assert step["snapshot_id"].startswith(normal["snapshot_id"])
+    assert "before the open anomaly" in step["chosen_by"]
+    restored = next(Path(drilled["sandbox"]).rglob("doc00.txt"))
+    assert restored.read_bytes() == before
+
+    acked = project.run("ack", str(flagged["record_id"]), "--reason", "drill of the "
+                        "ransomware runbook", "--json")
+    assert acked.returncode == 0, acked.stderr
+    (ack,) = records(project, "ack")
+    assert json.loads(ack["evidence"])["record_id"] == flagged["record_id"]
+    assert ack["actor"]
+    assert project.run("ack", str(flagged["record_id"]), "--reason", "again").returncode == 2
+    assert project.run_json("status")["targets"][0]["anomalies"] == []
+
+    for path in data.iterdir():  # a lost mount: the source is suddenly empty
+        path.unlink()
+    emptied = backup(project)
+    assert emptied["anomaly"], "an emptied source was not flagged"
+    assert any("shrank" in reason for reason in emptied["anomaly"])
+    assert any("gone" in reason for reason in emptied["anomaly"])
+    assert project.run("status").returncode == 1
+
+
+def test_a_big_file_that_stops_deduplicating_is_flagged(tree_project: Project) -> None:
+    """Same files changed as on a normal day, but the ledger rewritten whole with
+    incompressible bytes: the share of new data jumps."""
+    project, data, rng = tree_project, tree_project.root / "data", random.Random(5)
+    for run in range(8):
+        if run:
+            normal_change(data, rng)
+        assert backup(project)["anomaly"] is None
+    normal_change(data, rng)
+    encrypt_in_place(data / "ledger.db")
+    flagged = backup(project)
+    assert flagged["anomaly"] and any("no longer deduplicates" in r
+                                      for r in flagged["anomaly"])
+    assert not any("changed at once" in r for r in flagged["anomaly"])
+    # Not acknowledged: still open, and a report shows it.
+    report = project.run("report", "--format", "json", "--since", "1d")
+    data_out = json.loads(report.stdout)
+    (listed,) = data_out["summary"]["anomalies"]
+    assert listed["record_id"] == flagged["record_id"] and listed["open"] is True
+
+
+def test_ack_refuses_what_is_no_anomaly(tree_project: Project) -> None:
+    run = backup(tree_project)
+    result = tree_project.run("ack", str(run["record_id"]), "--reason", "fine")
+    assert result.returncode == 2 and "was not flagged" in result.stderr
+    result = tree_project.run("ack", "999999", "--reason", "fine")
+    assert result.returncode == 2 and "is not a backup" in result.stderr
+    result = tree_project.run("ack", str(run["record_id"]), "--reason", " ")
+    assert result.returncode == 2

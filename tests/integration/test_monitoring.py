@@ -1,0 +1,184 @@
+"""Seeing trouble before a restore does, with the real CLI, restic and an S3 endpoint:
+repository-side freshness across two hosts, the spot check, capacity measured by checks,
+and Prometheus metrics that say what `status --json` says."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Project, S3Endpoint
+
+
+def host_project(root: Path, project: Project, endpoint: S3Endpoint, bucket: str, host: str,
+                 target: str, extra: dict[str, Any] | None = None) -> Project:
+    """A deployment on ``host`` backing up ``target`` into the shared repository."""
+    root.mkdir()
+    data = root / "data"
+    data.mkdir()
+    for index in range(5):
+        (data / f"{target}-{index}.txt").write_text(f"{target} {index}\n" * 500)
+    other = Project(root=root, env={**project.env, **endpoint.env()},
+                    restic_binary=project.restic_binary)
+    other.write_config({
+        "host": host,
+        "repositories": {"shared": {**endpoint.repository(bucket), **(extra or {})}},
+        "targets": {target: {"kind": "files", "paths": [str(data)],
+                             "repositories": ["shared"]}},
+    })
+    plans = root / "recovery_plans"
+    plans.mkdir()
+    (plans / f"{target}.yaml").write_text(yaml.safe_dump({
+        "name": target, "objectives": {"rpo": "1d", "rto": "1h"},
+        "steps": [{"target": target, "checks": [{"files_exist": [f"{target}-0.txt"]}]}]}))
+    return other
+
+
+def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an exposition, parsed by prometheus_client's own parser."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_a_host_whose_snapshots_stop_arriving_is_flagged(project: Project,
+                                                         rclone_endpoint: S3Endpoint) -> None:
+    bucket = f"fresh-{time.monotonic_ns()}"
+    alpha = host_project(project.root / "alpha", project, rclone_endpoint, bucket, "alpha",
+                         "web", {"max_snapshot_age": "2h"})
+    beta = host_project(project.root / "beta", project, rclone_endpoint, bucket, "beta",
+                        "orders")
+    assert alpha.run("repo", "init").returncode == 0
+    assert beta.run("backup").returncode == 0, "beta's worker runs once"
+    assert alpha.run("backup").returncode == 0
+
+    fresh = alpha.run_json("check", "--freshness")["checks"][0]
+    assert fresh["status"] == "passed", fresh
+    # Beta's worker stops; three hours on, alpha's own backups are fresh (rpo 1d), its
+    # scheduler has nothing to say, and the repository shows beta went silent.
+    later = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
+    result = alpha.run("check", "--freshness", "--as-of", later, "--json")
+    assert result.returncode == 1, result.stdout
+    (check,) = json.loads(result.stdout)["checks"]
+    (error,) = check["errors"]
+    assert "target orders of host beta" in error and "has its worker stopped" in error
+    assert alpha.run("status").returncode == 0  # the catalog's view: all is well
+    record = alpha.run_json("check", "--freshness")["checks"][0]["record_id"]
+    assert isinstance(record, int)
+
+    # The same from `status --freshness` (read, not recorded), and in the metrics.
+    status = alpha.run_json("status", "--freshness")
+    rows = {(r["target"], r["host"]): r for r in status["freshness"]}
+    assert rows[("orders", "beta")]["stale"] is False
+    assert rows[("web", "alpha")]["rpo_s"] == 86400
+    samples = scrape(alpha.run("metrics").stdout)
+    key = frozenset({"host": "alpha", "repository": "shared", "target": "orders",
+                     "snapshot_host": "beta"}.items())
+    assert samples[("drkit_freshness_stale", key)] == 0
+
+
+def test_metrics_say_what_status_says(project: Project, rclone_endpoint: S3Endpoint) -> None:
+    bucket = f"metrics-{time.monotonic_ns()}"
+    alpha = host_project(project.root / "alpha", project, rclone_endpoint, bucket, "alpha",
+                         "web", {"quota": "1GiB"})
+    assert alpha.run("repo", "init").returncode == 0
+    assert alpha.run("backup").returncode == 0
+    assert alpha.run("check", "--read-data-subset", "1/2").returncode == 0
+    assert alpha.run("drill", "web").returncode == 0
+    status = alpha.run_json("status")
+    text = alpha.run("metrics").stdout
+    samples = scrape(text)
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, frozenset({"host": "alpha", **labels}.items()))]
+
+    target = status["targets"][0]
+    repo = target["repositories"][0]
+    finished = datetime.fromisoformat(repo["last_success_at"].replace("Z", "+00:00"))
+    assert value("drkit_backup_last_success_timestamp_seconds", target="web",
+                 repository="shared") == pytest.approx(finished.timestamp(), abs=1e-3)
+    assert value("drkit_backup_rpo_ok", target="web", repository="shared") == 1
+    assert value("drkit_target_rpo_objective_seconds", target="web") == \
+        target["rpo_objective_s"]
+    assert value("drkit_anomalies_open", target="web") == 0
+    plan = status["plans"][0]
+    assert value("drkit_drill_passed", plan="web") == 1
+    assert value("drkit_drill_rto_achieved_seconds", plan="web") == plan["rto_achieved_s"]
+    assert value("drkit_check_passed", repository="shared") == 1
+    assert value("drkit_check_read_data_slice", repository="shared") == 1
+    capacity = status["capacity"][0]
+    assert capacity["size"] > 0 and capacity["quota"] == 2**30
+    assert value("drkit_repository_size_bytes", repository="shared") == capacity["size"]
+    assert value("drkit_repository_quota_bytes", repository="shared") == 2**30
+
+    # The same through `serve`'s listener, scraped over HTTP.
+    from drkit.catalog.store import open_catalog
+    from drkit.config.loader import load_config
+    from drkit.drills.plans import load_plans
+    from drkit.jobs.metrics import serve_metrics
+
+    os.environ.update(alpha.env)
+    config = load_config(str(alpha.config_path))
+    catalog = open_catalog(config.catalog, base_dir=config.base_dir, hostname=config.host)
+    load = lambda: (config, load_plans(config), catalog)  # noqa: E731 - read at each scrape
+    with serve_metrics("127.0.0.1", 0, load) as url, \
+            urllib.request.urlopen(url, timeout=30) as response:
+        served = scrape(response.read().decode())
+    assert served[("drkit_repository_size_bytes",
+                   frozenset({"host": "alpha", "repository": "shared"}.items()))] == \
+        capacity["size"]
+
+
+def test_quota_forecast_warns_in_status(project: Project, rclone_endpoint: S3Endpoint) -> None:
+    """Two checks measure the repository growing; with a quota just above, the trend
+    reaches it within warn_before: status fails and says when."""
+    bucket = f"quota-{time.monotonic_ns()}"
+    alpha = host_project(project.root / "alpha", project, rclone_endpoint, bucket, "alpha",
+                         "web", {"quota": "50MiB", "warn_before": "3650d"})
+    assert alpha.run("repo", "init").returncode == 0
+    assert alpha.run("backup").returncode == 0
+    assert alpha.run("check").returncode == 0
+    (alpha.root / "data" / "more.bin").write_bytes(os.urandom(3 * 2**20))
+    assert alpha.run("backup").returncode == 0
+    assert alpha.run("check").returncode == 0
+    result = alpha.run("status", "--json")
+    assert result.returncode == 1
+    (found,) = json.loads(result.stdout)["capacity"]
+    assert found["warn"] is True and found["growth_per_day"] > 0
+    assert found["days_to_quota"] < 3650
+    assert "reaches its quota" in alpha.run("status").stderr
+
+
+def test_spot_check_catches_a_file_changed_behind_drkits_back(
+        project: Project, rclone_endpoint: S3Endpoint) -> None:
+    alpha = host_project(project.root / "alpha", project, rclone_endpoint,
+                         f"spot-{time.monotonic_ns()}", "alpha", "web")
+    assert alpha.run("repo", "init").returncode == 0
+    assert alpha.run("backup").returncode == 0
+    passed = alpha.run_json("check", "--spot", "web")
+    assert passed["status"] == "passed" and passed["sampled"] == 5
+    assert passed["differing"] == []
+
+    victim = alpha.root / "data" / "web-3.txt"
+    stat = victim.stat()
+    victim.write_text("X" * stat.st_size)  # same size, timestamp put back
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = alpha.run("check", "--spot", "web", "--json")
+    assert result.returncode == 1
+    found = json.loads(result.stdout)
+    assert found["differing"] == [str(victim)]
+    assert "changed behind drkit's back" in result.stderr
+
+    for index in range(4):  # the count moves past the 5% tolerated
+        (alpha.root / "data" / f"new-{index}.txt").write_text("new")
+    result = alpha.run("check", "--spot", "web", "--json")
+    assert "the source holds 9 files, the snapshot 5" in result.stderr
+    assert alpha.run("check", "--spot", "nonesuch").returncode == 2
