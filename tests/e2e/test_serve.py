@@ -11,11 +11,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from drkit.locals3 import free_port
 from tests.conftest import Project
 
 pytestmark = pytest.mark.slow
@@ -68,8 +71,10 @@ def test_serve_runs_schedules_catches_up_once_and_stops_cleanly(project: Project
            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # pick scheduled runs up within 2 s
     env.pop("PREFECT_API_URL", None)
     log = (project.root / "serve.log").open("w")
+    metrics_port = free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "serve"],
+        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "serve",
+         "--metrics-port", str(metrics_port)],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=project.root)
     try:
         deadline = time.monotonic() + 180
@@ -86,6 +91,22 @@ def test_serve_runs_schedules_catches_up_once_and_stops_cleanly(project: Project
         yearly = [b for b in backups(project) if b["target"] == "yearly"]
         assert [b["status"] for b in yearly] == ["succeeded"]  # one catch-up, not a burst
         port = output.split("Prefect UI: http://127.0.0.1:", 1)[1].split()[0]
+        # /metrics, computed at the scrape: the scheduled backups are in it.
+        def finished(target: str) -> list[float]:
+            return [datetime.fromisoformat(b["finished_at"].replace("Z", "+00:00"))
+                    .timestamp() for b in backups(project)
+                    if b["target"] == target and b["status"] == "succeeded"]
+
+        before = max(finished("minutely"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=30) as response:
+            families = {f.name: f for f in text_string_to_metric_families(
+                response.read().decode())}
+        (sample,) = [s for s in families["drkit_backup_last_success_timestamp_seconds"].samples
+                     if s.labels["target"] == "minutely"]
+        # the newest success at the scrape: the one seen before, or one finished since
+        assert sample.value >= before - 1e-3
+        assert any(abs(sample.value - at) < 1e-3 for at in finished("minutely"))
     finally:
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(timeout=60)
@@ -95,6 +116,8 @@ def test_serve_runs_schedules_catches_up_once_and_stops_cleanly(project: Project
     assert "serve stopped" in output and "Traceback" not in output
     time.sleep(1)
     assert processes_mentioning(f"127.0.0.1:{port}") == [], "orphan processes left"
+    with pytest.raises(OSError):  # the metrics listener went with serve
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from tests.conftest import Project, S3Endpoint
 
 
 def host_project(root: Path, project: Project, endpoint: S3Endpoint, bucket: str, host: str,
-                 target: str, extra: dict[str, Any] | None = None) -> Project:
+                 target: str, extra: dict[str, Any] | None = None,
+                 hook: str | None = None) -> Project:
     """A deployment on ``host`` backing up ``target`` into the shared repository."""
     root.mkdir()
     data = root / "data"
@@ -29,7 +30,10 @@ def host_project(root: Path, project: Project, endpoint: S3Endpoint, bucket: str
         (data / f"{target}-{index}.txt").write_text(f"{target} {index}\n" * 500)
     other = Project(root=root, env={**project.env, **endpoint.env()},
                     restic_binary=project.restic_binary)
+    if hook is not None:
+        other.env["HOOK_URL"] = hook
     other.write_config({
+        **({"notify": {"webhook": {"url": {"env": "HOOK_URL"}}}} if hook else {}),
         "host": host,
         "repositories": {"shared": {**endpoint.repository(bucket), **(extra or {})}},
         "targets": {target: {"kind": "files", "paths": [str(data)],
@@ -137,12 +141,13 @@ def test_metrics_say_what_status_says(project: Project, rclone_endpoint: S3Endpo
         capacity["size"]
 
 
-def test_quota_forecast_warns_in_status(project: Project, rclone_endpoint: S3Endpoint) -> None:
+def test_quota_forecast_warns_in_status(project: Project, rclone_endpoint: S3Endpoint,
+                                        webhook: tuple[str, list[dict[str, Any]]]) -> None:
     """Two checks measure the repository growing; with a quota just above, the trend
-    reaches it within warn_before: status fails and says when."""
+    reaches it within warn_before: the check alerts, status fails and says when."""
     bucket = f"quota-{time.monotonic_ns()}"
     alpha = host_project(project.root / "alpha", project, rclone_endpoint, bucket, "alpha",
-                         "web", {"quota": "50MiB", "warn_before": "3650d"})
+                         "web", {"quota": "50MiB", "warn_before": "3650d"}, hook=webhook[0])
     assert alpha.run("repo", "init").returncode == 0
     assert alpha.run("backup").returncode == 0
     assert alpha.run("check").returncode == 0
@@ -155,6 +160,10 @@ def test_quota_forecast_warns_in_status(project: Project, rclone_endpoint: S3End
     assert found["warn"] is True and found["growth_per_day"] > 0
     assert found["days_to_quota"] < 3650
     assert "reaches its quota" in alpha.run("status").stderr
+    (event,) = [e for e in webhook[1] if e["event"] == "capacity_warning"]
+    assert event["repository"] == "shared" and event["quota"] == 50 * 2**20
+    (grown,) = json.loads(result.stdout)["target_capacity"]
+    assert grown["target"] == "web" and grown["added_bytes"] >= 3 * 2**20
 
 
 def test_spot_check_catches_a_file_changed_behind_drkits_back(

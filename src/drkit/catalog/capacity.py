@@ -138,14 +138,22 @@ def _share(subset: object) -> float | None:
         return None
 
 
-def target_growth(session: Session, target: str, repository: str, host: str,
-                  since: datetime) -> int:
-    """Bytes ``target``'s backups added to ``repository`` since ``since``."""
-    total = 0
-    for (text,) in session.execute(select(Record.evidence).where(
-            Record.kind == "backup", Record.status == "succeeded", Record.target == target,
-            Record.repository == repository, Record.hostname == host,
-            Record.finished_at >= since)):
-        added = (json.loads(text).get("restic_summary") or {}).get("data_added")
-        total += added if isinstance(added, int) else 0
-    return total
+def target_growth(session: Session, host: str, since: datetime
+                  ) -> dict[tuple[str, str], dict[str, int]]:
+    """Per (target, repository) of ``host``'s good backups since ``since``: the source's
+    size at the newest (``source_bytes``, what restic read) and the data the backups added
+    to the repository (``added_bytes``, restic's ``data_added``: the target's share of the
+    growth)."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for target, repository, text in session.execute(
+            select(Record.target, Record.repository, Record.evidence).where(
+                Record.kind == "backup", Record.status == "succeeded",
+                Record.hostname == host, Record.finished_at >= since).order_by(Record.seq)):
+        summary = json.loads(text).get("restic_summary") or {}
+        row = out.setdefault((target or "", repository or ""),
+                             {"source_bytes": 0, "added_bytes": 0, "backups": 0})
+        added, read = summary.get("data_added"), summary.get("total_bytes_processed")
+        row["added_bytes"] += added if isinstance(added, int) else 0
+        row["source_bytes"] = read if isinstance(read, int) else row["source_bytes"]
+        row["backups"] += 1
+    return out

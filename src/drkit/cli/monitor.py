@@ -79,15 +79,23 @@ def status_extras(config: Any, plans: Any, catalog: Any, *, freshness: bool
     """What ``status`` adds: each repository's capacity forecast, and (``freshness``) the
     repositories' own snapshot lists judged against the RPOs. Returns the JSON parts and
     the problems (each one line)."""
-    from drkit.catalog.capacity import forecast
+    from datetime import timedelta
+
+    from drkit.catalog.capacity import WINDOW_S, forecast, target_growth
     from drkit.catalog.inflight import utcnow
 
     now = utcnow()
     problems: list[str] = []
     with catalog.read_session() as session:
         forecasts = [forecast(config, session, name, now) for name in config.repositories]
+        growth = target_growth(session, config.host, now - timedelta(seconds=WINDOW_S))
     problems += [f.describe() for f in forecasts if f.warn]
-    out: dict[str, Any] = {"capacity": [f.to_json() for f in forecasts]}
+    out: dict[str, Any] = {
+        "capacity": [f.to_json() for f in forecasts],
+        "target_capacity": [{"target": target, "repository": repository, **figures,
+                             "window_days": WINDOW_S / 86400}
+                            for (target, repository), figures in sorted(growth.items())
+                            if target in config.targets]}
     if freshness:
         from drkit.jobs.common import restic_repository
         from drkit.jobs.freshness import judge, target_rpos

@@ -183,6 +183,8 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
         notify_failure(config, "freshness" if fresh.only else "check", status,
                        repository=name, errors=errors,
                        run_id=handle.run_id, record_id=record.id)
+    if "total_size" in (evidence.get("stats") or {}):
+        _warn_of_quota(config, catalog, name)
     for error in errors:
         log.error("%s: %s", action, error)
     if not errors:
@@ -193,6 +195,23 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
                     record_id=record.id,
                     transient=bool(stopped_by) and len(stopped_by) == len(errors)
                     and all(stopped_by))
+
+
+def _warn_of_quota(config: Config, catalog: Catalog, name: str) -> None:
+    """After a check measured the repository: warn (log, webhook) when its growth trend
+    reaches its quota within ``warn_before``."""
+    from drkit.catalog.capacity import forecast
+    from drkit.catalog.inflight import utcnow
+
+    if config.repositories[name].quota is None:
+        return
+    with catalog.read_session() as session:
+        found = forecast(config, session, name, utcnow())
+    if found.warn:
+        log.warning("%s", found.describe())
+        notify_failure(config, "capacity", "warning", repository=name, size=found.size,
+                       quota=found.quota, days_to_quota=found.days_to_quota,
+                       quota_at=found.quota_at)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from drkit.catalog.inflight import utcnow
@@ -51,7 +51,7 @@ class _Families:
 def collect(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog,
             now: datetime | None = None) -> list[GaugeMetricFamily]:
     """Every drkit metric, as of ``now``."""
-    from drkit.catalog.capacity import forecast
+    from drkit.catalog.capacity import WINDOW_S, forecast, target_growth
     from drkit.catalog.models import Record
     from drkit.jobs.status import plan_statuses, repository_checks, target_statuses
 
@@ -113,6 +113,14 @@ def collect(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog,
     from sqlalchemy import select
 
     with catalog.read_session() as session:
+        for (t, r), figures in target_growth(
+                session, config.host, now - timedelta(seconds=WINDOW_S)).items():
+            if t in config.targets:
+                out.set("drkit_target_source_bytes", "What the newest good backup read.",
+                        figures["source_bytes"], target=t, repository=r)
+                out.set("drkit_target_added_bytes_30d", "Data the target's backups added to "
+                        "the repository over 30 days.", figures["added_bytes"], target=t,
+                        repository=r)
         for name, repository in config.repositories.items():
             found = forecast(config, session, name, now)
             out.set("drkit_repository_size_bytes", "Stored size (restic stats raw-data, "
