@@ -7,7 +7,8 @@ drills of 5 plans. Then times
 
 - the scoring a backup does before it is recorded (read the target's history, score it), in
   process, and the entropy sample of 8 changed files, apart;
-- the real `drkit metrics` CLI, start-up included, as node_exporter's cron would run it.
+- the real `drkit metrics` CLI, start-up included, as node_exporter's cron would run it;
+- one scrape of `drkit serve --metrics-port` (in a process with drkit loaded).
 
     .venv/bin/python -m bench.monitoring_scale [--records 100000] [--rounds 5]
 """
@@ -20,17 +21,14 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
-from sqlalchemy import insert, update
 
-from bench.common import timed
-from drkit.catalog.chain import canonical_json, record_hash
+from bench.common import timed, write_chain
 from drkit.catalog.inflight import utcnow
-from drkit.catalog.models import ChainHead, Record
 from drkit.catalog.store import open_catalog
 
 TARGETS = [f"app-{index:02d}" for index in range(50)]
@@ -38,46 +36,31 @@ PLANS = {f"plan-{p}": TARGETS[p * 10:(p + 1) * 10] for p in range(5)}
 
 
 def fill(url: str, count: int, days: float) -> None:
-    catalog = open_catalog(url)
     start = utcnow() - timedelta(days=days)
     step = timedelta(days=days) / count
-    previous, rows = "0" * 64, []
+    records = []
     for seq in range(1, count + 1):
-        at = start + step * seq
-        subject: dict[str, str] = {}
         if seq % 1000 == 0:
-            kind, status, subject = "check", "passed", {"repository": "primary"}
-            evidence: dict[str, object] = {
-                "read_data_subset": "1/10", "errors": [], "data": {"duration_s": 30.0},
-                "stats": {"total_size": 10**11 + seq * 10**5}}
+            record: dict[str, Any] = {
+                "kind": "check", "status": "passed", "repository": "primary", "evidence": {
+                    "read_data_subset": "1/10", "errors": [], "data": {"duration_s": 30.0},
+                    "stats": {"total_size": 10**11 + seq * 10**5}}}
         elif seq % 1000 == 500:
-            plan = list(PLANS)[(seq // 1000) % len(PLANS)]
-            kind, status, subject = "drill", "passed", {"plan": plan}
-            evidence = {"rpo_achieved_s": 900.0, "rto_achieved_s": 120.0}
+            record = {"kind": "drill", "status": "passed",
+                      "plan": list(PLANS)[(seq // 1000) % len(PLANS)],
+                      "evidence": {"rpo_achieved_s": 900.0, "rto_achieved_s": 120.0}}
         else:
-            kind = "backup"
-            status = "failed" if seq % 50 == 0 else "succeeded"
-            subject = {"target": TARGETS[seq % len(TARGETS)], "repository": "primary"}
             changed = 10 + seq % 20
-            evidence = {"restic_summary": {
-                "files_new": seq % 7, "files_changed": changed, "files_unmodified": 5000,
-                "total_files_processed": 5000 + changed + seq % 7, "data_added": 10**6,
-                "total_bytes_processed": 10**9, "snapshot_id": f"{seq:08x}"},
-                "anomaly": {"flagged": seq % 20011 == 0, "reasons": ["bench"]}}
-        fields = {"seq": seq, "run_id": str(uuid.uuid4()), "kind": kind, "status": status,
-                  "target": subject.get("target"), "repository": subject.get("repository"),
-                  "plan": subject.get("plan"), "hostname": "bench", "drkit_version": "0.1.0",
-                  "restic_version": "0.14.0", "started_at": at - timedelta(seconds=20),
-                  "finished_at": at, "snapshot_id": f"{seq:08x}" if kind == "backup" else None,
-                  "error": "locked" if status == "failed" else None,
-                  "evidence": canonical_json(evidence), "prev_hash": previous}
-        fields["hash"] = previous = record_hash(fields)
-        rows.append(fields)
-    with catalog.session() as session:
-        for chunk in range(0, len(rows), 5000):
-            session.execute(insert(Record), rows[chunk:chunk + 5000])
-        session.execute(update(ChainHead).where(ChainHead.id == 1)
-                        .values(seq=count, hash=previous))
+            record = {"kind": "backup", "status": "failed" if seq % 50 == 0 else "succeeded",
+                      "target": TARGETS[seq % len(TARGETS)], "repository": "primary",
+                      "snapshot_id": f"{seq:08x}", "evidence": {"restic_summary": {
+                          "files_new": seq % 7, "files_changed": changed,
+                          "files_unmodified": 5000, "data_added": 10**6,
+                          "total_files_processed": 5000 + changed + seq % 7,
+                          "total_bytes_processed": 10**9, "snapshot_id": f"{seq:08x}"},
+                          "anomaly": {"flagged": seq % 20011 == 0, "reasons": ["bench"]}}}
+        records.append({**record, "at": start + step * seq})
+    write_chain(url, records)
 
 
 def scoring_ms(url: str, rounds: int) -> list[float]:
@@ -102,6 +85,26 @@ def scoring_ms(url: str, rounds: int) -> list[float]:
                                      repository="primary", host="bench",
                                      limit=2 * settings.window + 1)
         score(summary, history, settings)
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def scrape_ms(config_path: Path, rounds: int) -> list[float]:
+    """What one scrape of `serve --metrics-port` costs: the metrics computed and written by
+    a process that has drkit loaded and the catalog open (the first scrape warms up)."""
+    from drkit.config.loader import load_config
+    from drkit.drills.plans import load_plans
+    from drkit.jobs.common import open_config_catalog
+    from drkit.jobs.metrics import exposition
+
+    config = load_config(config_path)
+    plans = load_plans(config)
+    catalog = open_config_catalog(config)
+    exposition(config, plans, catalog)
+    out = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        exposition(config, plans, catalog)
         out.append((time.perf_counter() - start) * 1000)
     return out
 
@@ -144,6 +147,8 @@ def main() -> None:
         scores = scoring_ms(url, 200)
         samples = entropy_ms(root, 20)
         env = {**os.environ, "BENCH_PASSWORD": "unused"}
+        os.environ["BENCH_PASSWORD"] = "unused"
+        scrapes = scrape_ms(config, 20)
         drkit = [sys.executable, "-m", "drkit", "--config", str(config)]
         metrics = [timed([*drkit, "metrics"], env) for _ in range(args.rounds)]
         print(f"catalog: {args.records} records, {len(TARGETS)} targets, {len(PLANS)} plans")
@@ -153,6 +158,8 @@ def main() -> None:
               f"(max {max(samples):.1f}; 2,000-file tree walked)")
         print(f"  drkit metrics (CLI)           median {statistics.median(metrics):.2f} s "
               f"(min {min(metrics):.2f}, max {max(metrics):.2f})   target ≤ 0.5 s")
+        print(f"  a scrape of serve's /metrics  median {statistics.median(scrapes):.0f} ms "
+              f"(max {max(scrapes):.0f}; computed at the scrape, drkit loaded)")
 
 
 if __name__ == "__main__":

@@ -18,18 +18,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import yaml
-from sqlalchemy import insert, update
 
-from bench.common import timed
-from drkit.catalog.chain import canonical_json, record_hash
+from bench.common import timed, write_chain
 from drkit.catalog.inflight import utcnow
-from drkit.catalog.models import ChainHead, Record
-from drkit.catalog.store import open_catalog
 
 TARGETS = [f"app-{index}" for index in range(10)]
 PLANS = {"plan-a": TARGETS[:3], "plan-b": TARGETS[3:6], "plan-c": TARGETS[6:]}
@@ -37,47 +32,34 @@ PLANS = {"plan-a": TARGETS[:3], "plan-b": TARGETS[3:6], "plan-c": TARGETS[6:]}
 
 def fill_catalog(url: str, count: int, days: float) -> None:
     """Append ``count`` records forming one valid chain (bulk insert, one transaction)."""
-    catalog = open_catalog(url)
     start = utcnow() - timedelta(days=days)
     step = timedelta(days=days) / count
-    previous = "0" * 64
-    rows = []
+    records = []
     for seq in range(1, count + 1):
         at = start + step * seq
         if seq % 1000 == 0:
-            kind, status, subject = "check", "passed" if seq % 7000 else "failed", {
-                "repository": "primary"}
-            evidence = {"read_data_subset": "1/10", "errors": [], "duration_s": 3.2,
-                        "posture": {"bucket": "b", "versioning": "Enabled",
-                                    "object_lock": True, "object_lock_mode": "COMPLIANCE",
-                                    "object_lock_days": 30, "encryption": "AES256"}}
+            record = {"kind": "check", "status": "passed" if seq % 7000 else "failed",
+                      "repository": "primary", "evidence": {
+                          "read_data_subset": "1/10", "errors": [], "duration_s": 3.2,
+                          "posture": {"bucket": "b", "versioning": "Enabled",
+                                      "object_lock": True, "object_lock_mode": "COMPLIANCE",
+                                      "object_lock_days": 30, "encryption": "AES256"}}}
         elif seq % 1000 == 500:
             plan = list(PLANS)[(seq // 1000) % 3]
-            kind, status, subject = "drill", "passed", {"plan": plan}
-            evidence = {"plan": plan, "rpo_achieved_s": 900.0 + seq % 300,
-                        "rto_achieved_s": 120.0 + seq % 60, "rpo_objective_s": 3600.0,
-                        "rto_objective_s": 900.0, "steps": []}
+            record = {"kind": "drill", "status": "passed", "plan": plan, "evidence": {
+                "plan": plan, "rpo_achieved_s": 900.0 + seq % 300,
+                "rto_achieved_s": 120.0 + seq % 60, "rpo_objective_s": 3600.0,
+                "rto_objective_s": 900.0, "steps": []}}
         else:
-            target = TARGETS[seq % len(TARGETS)]
-            failed = seq % 50 == 0
-            kind, status = "backup", "failed" if failed else "succeeded"
-            subject = {"target": target, "repository": "primary"}
-            evidence = {"restic_summary": {"files_new": seq % 17, "data_added": seq * 13,
-                                           "snapshot_id": f"{seq:08x}"}}
-        fields = {"seq": seq, "run_id": str(uuid.uuid4()), "kind": kind, "status": status,
-                  "target": subject.get("target"), "repository": subject.get("repository"),
-                  "plan": subject.get("plan"), "hostname": "bench", "drkit_version": "0.1.0",
-                  "restic_version": "0.14.0", "started_at": at - timedelta(seconds=20),
-                  "finished_at": at, "snapshot_id": f"{seq:08x}" if kind == "backup" else None,
-                  "error": "repository locked" if status == "failed" else None,
-                  "evidence": canonical_json(evidence), "prev_hash": previous}
-        fields["hash"] = previous = record_hash(fields)
-        rows.append(fields)
-    with catalog.session() as session:
-        for chunk in range(0, len(rows), 5000):
-            session.execute(insert(Record), rows[chunk:chunk + 5000])
-        session.execute(update(ChainHead).where(ChainHead.id == 1)
-                        .values(seq=count, hash=previous))
+            record = {"kind": "backup", "status": "failed" if seq % 50 == 0 else "succeeded",
+                      "target": TARGETS[seq % len(TARGETS)], "repository": "primary",
+                      "snapshot_id": f"{seq:08x}", "evidence": {"restic_summary": {
+                          "files_new": seq % 17, "data_added": seq * 13,
+                          "snapshot_id": f"{seq:08x}"}}}
+        if record["status"] == "failed":
+            record["error"] = "repository locked"
+        records.append({**record, "at": at})
+    write_chain(url, records)
 
 
 def main() -> None:

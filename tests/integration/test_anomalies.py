@@ -184,3 +184,55 @@ def test_ack_refuses_what_is_no_anomaly(tree_project: Project) -> None:
     assert result.returncode == 2 and "is not a backup" in result.stderr
     result = tree_project.run("ack", str(run["record_id"]), "--reason", " ")
     assert result.returncode == 2
+
+
+def test_a_recovery_never_goes_back_to_the_flagged_data(tree_project: Project) -> None:
+    """A second repository added just before the attack is still warming up: it does not
+    flag the encrypted run itself. `pick: last_normal` judges by the data, so a drill of
+    that repository refuses (it holds nothing from before the anomaly) rather than restore
+    the encrypted backup; and prune keeps the last normal backup and the flagged one while
+    the anomaly is open, whatever the retention says."""
+    project, data, rng = tree_project, tree_project.root / "data", random.Random(9)
+    for run in range(7):
+        if run:
+            normal_change(data, rng)
+        backup(project)
+    repos = yaml.safe_load(project.config_path.read_text())["repositories"]
+    repos["offsite"] = {"url": str(project.root / "offsite"),
+                        "password": {"env": "DRKIT_TEST_PASSWORD"}}
+    config = yaml.safe_load(project.config_path.read_text())
+    config["repositories"] = repos
+    config["targets"]["tree"]["repositories"] = ["s3", "offsite"]
+    config["targets"]["tree"]["retention"] = {"keep_last": 1}
+    project.write_config(config)
+    assert project.run("repo", "init", "offsite").returncode == 0
+    before = (data / "doc01.txt").read_bytes()
+    for path in sorted(data.iterdir()):
+        encrypt_in_place(path)
+    result = project.run("backup", "--json")
+    assert result.returncode == 0, result.stderr
+    runs = {r["repository"]: r for r in json.loads(result.stdout)["runs"]}
+    assert runs["s3"]["anomaly"] and runs["offsite"]["anomaly"] is None  # warming up
+    plan = project.root / "recovery_plans" / "tree.yaml"
+    spec = yaml.safe_load(plan.read_text())
+    spec["steps"][0]["repository"] = "offsite"
+    plan.write_text(yaml.safe_dump(spec))
+    drill = project.run("drill", "tree", "--json")
+    assert drill.returncode == 1
+    assert "precedes its anomalies" in drill.stdout + drill.stderr
+
+    normal_change(data, rng)  # the attack goes on quietly: these look normal now
+    assert project.run("backup").returncode == 0
+    good_before = [r for r in records(project, "backup") if r["repository"] == "s3"][-3]
+    pruned = project.run("prune", "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    prune_record = [r for r in records(project, "prune") if r["repository"] == "s3"][-1]
+    evidence = json.loads(prune_record["evidence"])
+    held = {s["id"][:8] for s in evidence["anomaly_hold"]}
+    assert held == {good_before["snapshot_id"][:8], runs["s3"]["snapshot_id"][:8]}
+    spec["steps"][0]["repository"] = "s3"
+    plan.write_text(yaml.safe_dump(spec))
+    drilled = project.run("drill", "tree", "--json", "--keep-sandbox")
+    assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+    sandbox = Path(json.loads(drilled.stdout)["sandbox"])
+    assert next(sandbox.rglob("doc01.txt")).read_bytes() == before

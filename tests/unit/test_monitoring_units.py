@@ -64,11 +64,39 @@ def test_an_acknowledged_anomaly_joins_the_baseline_and_an_open_one_does_not() -
     assert not score(summary(950, 50), past + acked, AnomalySettings()).flagged
 
 
-def test_sensitivity_is_per_target() -> None:
+def test_sensitivity_and_bars_are_per_target() -> None:
     past = history(15, random.Random(4))
     moderate = summary(600, 400)
     assert score(moderate, past, AnomalySettings(sensitivity=6)).flagged
+    assert not score(moderate, past, AnomalySettings(sensitivity=20)).flagged
     assert not score(moderate, past, AnomalySettings(changed="70%")).flagged
+
+
+def test_normal_situations_that_look_odd_are_not_flagged() -> None:
+    past = history(15, random.Random(5))
+    settings = AnomalySettings()
+    # the paths changed (or restic found no parent): every file is new, none "removed"
+    assert not score(summary(0, 0, new=1030), past, settings).flagged
+    # a tiny target: 2 of its 3 files edited
+    tiny = [PastBackup(record_id=i, started_at=T0 + timedelta(days=i),
+                       summary=summary(0, 3, total_bytes=3000, added=100)) for i in range(10)]
+    assert not score(summary(2, 1, total_bytes=3000, added=2000), tiny, settings).flagged
+    # one new zip sampled: a sample of one says nothing
+    one = {"sampled": 1, "encrypted_share": 1.0}
+    assert not score(summary(30, 990), past, settings, entropy=one).flagged
+    # one big new video: incompressible, but the usual share of new data
+    video = {**summary(1, 1019), "data_added_packed": 2 * 10**6}
+    assert not score(video, [PastBackup(
+        record_id=b.record_id, started_at=b.started_at,
+        summary={**b.summary, "data_added_packed": b.summary["data_added"] // 3})
+        for b in past], settings).flagged
+
+
+def test_part_of_the_tree_encrypted_is_flagged() -> None:
+    """40% of the files rewritten and 40% of the data new: neither bar alone, both far out."""
+    past = history(15, random.Random(6))
+    verdict = score(summary(400, 620, added=4 * 10**7), past, AnomalySettings())
+    assert verdict.flagged and "part of the tree rewritten" in verdict.reasons[0]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -98,3 +126,56 @@ def test_forecast_finds_the_day_the_quota_is_hit(tmp_path: Path, seed: int) -> N
     assert abs((found.quota_at - true_day).total_seconds()) <= 0.05 * left
     assert found.growth_per_day == pytest.approx(2 * gib, rel=0.05)
     assert found.warn is False  # 71 days away, warn_before is 30 days
+
+
+def test_a_check_warns_when_the_trend_reaches_the_quota_soon(
+        tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten days of checks growing 1 GiB/day towards a 20 GiB quota with 30 days of warning:
+    the check that measures warns once (log, webhook); a short history does not."""
+    from drkit.catalog.inflight import utcnow
+    from drkit.jobs.check import _warn_of_quota
+
+    monkeypatch.setenv("HOOK_URL", webhook[0])
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "drkit.yaml").write_text(yaml.safe_dump({
+        "notify": {"webhook": {"url": {"env": "HOOK_URL"}}},
+        "repositories": {"r": {"url": str(tmp_path / "r"), "quota": "20GiB",
+                               "password": {"env": "X"}}}}))
+    config = load_config(tmp_path / "config" / "drkit.yaml")
+    catalog = open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}", hostname=config.host)
+    now = utcnow()
+
+    def measured(days_ago: float, gib: float) -> None:
+        at = now - timedelta(days=days_ago)
+        catalog.append(NewRecord(kind="check", status="passed", repository="r", started_at=at,
+                                 finished_at=at,
+                                 evidence={"stats": {"total_size": int(gib * 2**30)}}))
+
+    measured(0.2, 9.0)
+    measured(0.1, 9.5)
+    _warn_of_quota(config, catalog, "r")
+    assert webhook[1] == []  # two points a few hours apart are no trend
+    for day in range(10, 0, -1):
+        measured(day, 10.0 - day)
+    _warn_of_quota(config, catalog, "r")
+    (event,) = webhook[1]
+    assert event["event"] == "capacity_warning" and event["repository"] == "r"
+    assert 5 < event["days_to_quota"] < 15
+
+
+def test_contrib_dashboard_and_alerts_use_metrics_drkit_exports() -> None:
+    """Every drkit_* series the Grafana dashboard and the alert rules query is one that
+    drkit's metrics module defines (a renamed metric would leave them silently empty)."""
+    import json
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    defined = set(re.findall(r'"(drkit_[a-z0-9_]+)"',
+                             (root / "src/drkit/jobs/metrics.py").read_text()))
+    rules = yaml.safe_load((root / "contrib/prometheus/drkit-alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads((root / "contrib/grafana/drkit-dashboard.json").read_text())
+    exprs += [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"drkit_[a-z0-9_]+", expr)}
+    assert used and used <= defined, used - defined

@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drkit.catalog.chain import optional_time
-from drkit.catalog.models import Record
+from drkit.catalog.models import AnomalyIndex, Record
+
+if TYPE_CHECKING:
+    from drkit.catalog.snapshots import GoodSnapshot
 
 # Prefilter only (the evidence is parsed to confirm): canonical JSON is compact, and a
 # string value cannot hold `"flagged":true` unescaped.
@@ -41,6 +44,7 @@ class Anomaly:
     repository: str
     host: str
     snapshot_id: str | None
+    started_at: datetime
     finished_at: datetime
     reasons: list[str]
     acknowledged_by: str | None = None
@@ -115,11 +119,21 @@ def recent_backups(session: Session, *, target: str, repository: str, host: str,
 
 
 def anomalies(session: Session, *, host: str | None = None, since: datetime | None = None,
-              until: datetime | None = None, target: str | None = None) -> list[Anomaly]:
+              until: datetime | None = None, target: str | None = None,
+              from_chain: bool = False) -> list[Anomaly]:
     """Every backup flagged as an anomaly (by ``host``, in the period, of ``target``), oldest
-    first, with its acknowledgement."""
-    query = select(Record).where(Record.kind == "backup", Record.status == "succeeded",
-                                 Record.evidence.like(_FLAGGED))
+    first, with its acknowledgement. Found through ``anomaly_index`` (each hit's own evidence
+    confirms it), or, ``from_chain``, by reading every backup record (what reports do)."""
+    query = select(Record).where(Record.kind == "backup", Record.status == "succeeded")
+    if from_chain:
+        query = query.where(Record.evidence.like(_FLAGGED))
+    else:
+        indexed = select(AnomalyIndex.record_id)
+        if host is not None:
+            indexed = indexed.where(AnomalyIndex.hostname == host)
+        if target is not None:
+            indexed = indexed.where(AnomalyIndex.target == target)
+        query = query.where(Record.id.in_(indexed))
     if host is not None:
         query = query.where(Record.hostname == host)
     if target is not None:
@@ -140,9 +154,38 @@ def anomalies(session: Session, *, host: str | None = None, since: datetime | No
         found.append(Anomaly(
             record_id=record.id, target=record.target or "", repository=record.repository or "",
             host=record.hostname, snapshot_id=record.snapshot_id,
-            finished_at=record.finished_at, reasons=list(verdict.get("reasons") or []),
+            started_at=record.started_at, finished_at=record.finished_at,
+            reasons=list(verdict.get("reasons") or []),
             acknowledged_by=ack.actor if ack is not None else None,
             acknowledged_at=ack.finished_at if ack is not None else None,
             ack_record=ack.id if ack is not None else None,
             ack_reason=ack_data.get("reason"), details=verdict))
     return found
+
+
+def last_normal(session: Session, *, target: str, repository: str, host: str
+                ) -> tuple[GoodSnapshot | None, str, list[Anomaly]]:
+    """The good snapshot of ``target`` in ``repository`` to go back to, why, and the open
+    anomalies that decided it.
+
+    Judged by the data, not by the repository: the anomalies of every repository count (one
+    prepared source is backed up to each; a new repository may still be warming up when
+    another flags the run), and a copy is judged by its source backup. With an anomaly open,
+    it is the newest good snapshot whose data was backed up before the oldest open anomaly's
+    run began; with none open, the newest whose data was never flagged.
+    """
+    from drkit.catalog.snapshots import good_snapshots
+
+    flagged = anomalies(session, host=host, target=target)
+    good = good_snapshots(session, target=target, repository=repository, host=host)
+    opened = [a for a in flagged if a.open]
+    if opened:
+        first = min(opened, key=lambda a: a.started_at)
+        chosen = next((g for g in good if g.backed_up_at < first.started_at), None)
+        return chosen, (f"the newest good backup before the open anomaly of record "
+                        f"{first.record_id} (in {first.repository})"), opened
+    marked = {a.record_id for a in flagged}
+    marked_times = {a.finished_at for a in flagged}
+    chosen = next((g for g in good if g.record_id not in marked
+                   and (g.data_at is None or g.data_at not in marked_times)), None)
+    return chosen, "the newest good backup never flagged as an anomaly", []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
 from drkit.catalog.chain import optional_time
@@ -24,6 +24,10 @@ from drkit.catalog.models import Record
 from drkit.config.models import Config
 
 WINDOW_S = 30 * 86400.0
+# A trend needs a history: at least this many measurements over at least this long (two
+# checks an hour apart would extrapolate one afternoon's upload into a year).
+MIN_POINTS = 3
+MIN_SPAN_S = 3 * 86400.0
 
 
 def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
@@ -56,8 +60,11 @@ class Forecast:
     points: list[tuple[datetime, int]] | None = None
 
     def describe(self) -> str:
+        if self.size is not None and self.quota is not None and self.size >= self.quota:
+            return (f"repository {self.repository} holds {self.size} bytes, at or over its "
+                    f"quota of {self.quota}")
         if self.quota_at is None or self.days_to_quota is None:
-            return f"repository {self.repository} is over its quota"
+            return f"repository {self.repository}: no quota forecast"
         return (f"repository {self.repository} reaches its quota in "
                 f"{self.days_to_quota:.1f} days ({self.quota_at:%Y-%m-%d}) at "
                 f"{(self.growth_per_day or 0) / 2**20:.1f} MiB/day")
@@ -79,7 +86,7 @@ def size_history(session: Session, repository: str, *, since: datetime | None = 
     if since is not None:
         query = query.where(Record.finished_at >= since)
     out = []
-    for when, text in session.execute(query.order_by(Record.seq)):
+    for when, text in session.execute(query.order_by(Record.finished_at, Record.seq)):
         evidence = json.loads(text)
         size = (evidence.get("stats") or {}).get("total_size")
         if isinstance(size, int):
@@ -98,7 +105,9 @@ def forecast(config: Config, session: Session, repository: str, now: datetime,
         return out
     out.measured_at, out.size = history[-1][0], history[-1][1]
     out.full_read_s = _full_read(history)
-    line = fit([((when - now).total_seconds(), float(size)) for when, size, _ in history])
+    span = (history[-1][0] - history[0][0]).total_seconds()
+    line = fit([((when - now).total_seconds(), float(size)) for when, size, _ in history]) \
+        if len(history) >= MIN_POINTS and span >= MIN_SPAN_S else None
     if line is not None:
         out.growth_per_day = round(line[1] * 86400, 3)
     if repo.quota is None:
@@ -138,22 +147,35 @@ def _share(subset: object) -> float | None:
         return None
 
 
-def target_growth(session: Session, host: str, since: datetime
+def _summary_figure(session: Session, key: str) -> Any:
+    """restic's summary figure ``key`` of a record's evidence, read by the database."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return cast(cast(Record.evidence, JSONB)["restic_summary"][key].astext, BigInteger)
+    return func.json_extract(Record.evidence, f"$.restic_summary.{key}")
+
+
+def target_growth(session: Session, host: str, since: datetime, targets: Sequence[str]
                   ) -> dict[tuple[str, str], dict[str, int]]:
-    """Per (target, repository) of ``host``'s good backups since ``since``: the source's
-    size at the newest (``source_bytes``, what restic read) and the data the backups added
-    to the repository (``added_bytes``, restic's ``data_added``: the target's share of the
-    growth)."""
+    """Per (target, repository) of ``host``'s good backups of ``targets`` since ``since``:
+    the source's size at the newest (``source_bytes``, what restic read) and the data the
+    backups added to the repository (``added_bytes``, restic's ``data_added``: the target's
+    share of the growth). Summed by the database, along each target's index range."""
+    # hostname || '': not an index column here, so that each target's backups since
+    # ``since`` are one range of the (kind, status, target, finished_at) index; no GROUP BY
+    # (the planner would walk a whole index for its order): the sums are made here.
     out: dict[tuple[str, str], dict[str, int]] = {}
-    for target, repository, text in session.execute(
-            select(Record.target, Record.repository, Record.evidence).where(
-                Record.kind == "backup", Record.status == "succeeded",
-                Record.hostname == host, Record.finished_at >= since).order_by(Record.seq)):
-        summary = json.loads(text).get("restic_summary") or {}
+    for target, repository, added, read in session.execute(
+            select(Record.target, Record.repository, _summary_figure(session, "data_added"),
+                   _summary_figure(session, "total_bytes_processed"))
+            .where(Record.kind == "backup", Record.status == "succeeded",
+                   Record.target.in_(list(targets)), Record.hostname.concat("") == host,
+                   Record.finished_at >= since)
+            .order_by(Record.finished_at)):
         row = out.setdefault((target or "", repository or ""),
                              {"source_bytes": 0, "added_bytes": 0, "backups": 0})
-        added, read = summary.get("data_added"), summary.get("total_bytes_processed")
-        row["added_bytes"] += added if isinstance(added, int) else 0
-        row["source_bytes"] = read if isinstance(read, int) else row["source_bytes"]
+        row["added_bytes"] += int(added or 0)
+        row["source_bytes"] = int(read or 0)
         row["backups"] += 1
     return out

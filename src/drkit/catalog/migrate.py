@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drkit.catalog")
 
-HEAD_REVISION = "0004"  # keep equal to the newest file in migrations/versions (tested)
+HEAD_REVISION = "0005"  # keep equal to the newest file in migrations/versions (tested)
 SCRIPT_LOCATION = "drkit.catalog:migrations"
 _PG_LOCK_KEY = 0x64726B6974  # "drkit"
 

@@ -60,6 +60,11 @@ class Record(Base):
         Index("ix_records_kind_target_repository_seq", "kind", "target", "repository", "seq"),
         Index("ix_records_finished", "finished_at"),
         Index("ix_records_run_id", "run_id"),
+        # Each host's newest runs per target and repository (status, metrics).
+        Index("ix_records_kind_status_hostname_target_repository_seq", "kind", "status",
+              "hostname", "target", "repository", "seq"),
+        Index("ix_records_kind_hostname_target_repository_seq", "kind", "hostname", "target",
+              "repository", "seq"),
     )
 
 
@@ -93,3 +98,18 @@ class Checkpoint(Base):
     payload: Mapped[str] = mapped_column(Text, nullable=False)
     signature: Mapped[str] = mapped_column(String(128), nullable=False)
     anchored: Mapped[str | None] = mapped_column(Text)
+
+
+class AnomalyIndex(Base):
+    """Derived from the chain: one row per backup record whose evidence flags an anomaly,
+    written in the record's own transaction, so that `status` and `metrics` need not read
+    every record's evidence. Reports read the chain itself."""
+
+    __tablename__ = "anomaly_index"
+
+    record_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    target: Mapped[str | None] = mapped_column(String(128))
+    repository: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_anomaly_index_hostname_target", "hostname", "target"),)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from drkit.catalog.models import Record
@@ -31,11 +32,16 @@ class RepositoryState:
 
 
 def backup_states(session: Session, kinds: tuple[str, ...] = ("backup",), *,
-                  host: str | None = None
+                  host: str | None = None,
+                  pairs: Sequence[tuple[str, str]] | None = None
                   ) -> list[RepositoryState]:
     """The state of every (target, repository) pair that has a backup record (made by
-    ``host``, when given: a catalog shared by deployments keeps each one's own)."""
+    ``host``, when given: a catalog shared by deployments keeps each one's own). With
+    ``host`` and ``pairs`` (target, repository), only those: two index lookups a pair
+    instead of a pass over every record."""
     mine = (Record.hostname == host,) if host is not None else ()
+    if host is not None and pairs is not None:
+        return _states_of(session, kinds, host, pairs)
     last_success = (
         select(Record.target, Record.repository, func.max(Record.seq).label("seq"))
         .where(Record.kind.in_(kinds), Record.status == "succeeded", *mine)
@@ -64,6 +70,42 @@ def backup_states(session: Session, kinds: tuple[str, ...] = ("backup",), *,
             last_error=latest.error,
             recovery_point_at=success.started_at if success else None,
         ))
+    return states
+
+
+def _states_of(session: Session, kinds: tuple[str, ...], host: str,
+               pairs: Sequence[tuple[str, str]]) -> list[RepositoryState]:
+    unique = list(dict.fromkeys(pairs))
+    if not unique:
+        return []
+    # One statement of two index lookups a pair, written as text: SQLAlchemy would spend
+    # longer compiling a hundred scalar subqueries than the database spends running them.
+    kinds_sql = ", ".join(f":k{i}" for i in range(len(kinds)))
+    base = (f"SELECT max(seq) FROM records WHERE kind IN ({kinds_sql}) AND hostname = :host "
+            "AND target = :t{i} AND repository = :r{i}")
+    parts = []
+    params: dict[str, Any] = {"host": host, **{f"k{i}": kind for i, kind in enumerate(kinds)}}
+    for i, (target, repository) in enumerate(unique):
+        lookup = base.format(i=i)
+        parts += [f"({lookup})", f"({lookup} AND status = 'succeeded')"]
+        params.update({f"t{i}": target, f"r{i}": repository})
+    row = session.execute(text("SELECT " + ", ".join(parts)), params).one()
+    newest = {pair: (row[2 * i], row[2 * i + 1]) for i, pair in enumerate(unique)}
+    wanted = {seq for pair in newest.values() for seq in pair if seq is not None}
+    records = {r.seq: r for r in session.scalars(select(Record).where(
+        Record.seq.in_(sorted(wanted))))} if wanted else {}
+    states = []
+    for (target, repository), (last, good) in newest.items():
+        if last is None:
+            continue
+        latest, success = records[last], records.get(good) if good is not None else None
+        states.append(RepositoryState(
+            target=target, repository=repository,
+            last_success_at=success.finished_at if success else None,
+            last_snapshot_id=success.snapshot_id if success else None,
+            last_run_at=latest.finished_at, last_status=latest.status,
+            last_error=latest.error,
+            recovery_point_at=success.started_at if success else None))
     return states
 
 

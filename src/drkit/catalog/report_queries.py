@@ -72,9 +72,10 @@ def subject_filter(scope: Scope) -> ColumnElement[bool]:
         return true()
     return or_(
         and_(Record.kind.in_(("drill", "recover")), _in(Record.plan, scope.plans)),
-        and_(Record.kind.in_(("backup", "copy", "prune", "restore")),
+        and_(Record.kind.in_(("backup", "copy", "prune", "restore", "ack", "spot")),
              _in(Record.target, scope.targets)),
-        and_(Record.kind.in_(("check", "repo_init")), _in(Record.repository, scope.repositories)),
+        and_(Record.kind.in_(("check", "repo_init", "freshness")),
+             _in(Record.repository, scope.repositories)),
     )
 
 

@@ -188,6 +188,16 @@ def unusable_snapshots(session: Session, *, target: str, repository: str,
     return Unusable(forget=sorted(forget), held_back=sorted(held))
 
 
+def failed_run_snapshots(session: Session, *, repository: str, host: str) -> set[str]:
+    """The snapshots ``host``'s failed runs left in ``repository`` (torn dumps, incomplete
+    backups): never evidence that a target is backed up."""
+    return {snapshot for (snapshot,) in session.execute(
+        select(Record.snapshot_id).where(Record.kind == "backup", Record.status != "succeeded",
+                                         Record.repository == repository,
+                                         Record.hostname == host,
+                                         Record.snapshot_id.is_not(None))) if snapshot}
+
+
 def had_runs_cut_short(session: Session, *, target: str, repository: str, host: str) -> bool:
     """Whether any of ``host``'s backup runs of ``target`` to ``repository`` failed or was
     cut short without naming a snapshot (restic may still have committed one)."""

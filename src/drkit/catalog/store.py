@@ -14,7 +14,7 @@ import math
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ from drkit import __version__
 from drkit.catalog.chain import FORMAT, canonical_json, record_hash
 from drkit.catalog.inflight import RunHandle, RunJournal, Unreadable, utcnow
 from drkit.catalog.migrate import ensure_schema
-from drkit.catalog.models import GENESIS_HASH, ChainHead, Record
+from drkit.catalog.models import GENESIS_HASH, AnomalyIndex, ChainHead, Record
 from drkit.errors import DrkitError
 from drkit.supervise import MIN_SECRET
 
@@ -162,6 +162,14 @@ class Catalog:
         with self.session() as session:
             return self._append(session, new)
 
+    def append_decided(self, decide: Callable[[Session], NewRecord]) -> Record:
+        """Append the record ``decide`` returns after reading the catalog under the chain's
+        write lock: two processes can never both decide on the same state (``decide``
+        raises to append nothing)."""
+        with self.session() as session:
+            session.execute(select(ChainHead).where(ChainHead.id == 1).with_for_update())
+            return self._append(session, decide(session))
+
     def _append(self, session: Session, new: NewRecord) -> Record:
         head = session.execute(
             select(ChainHead).where(ChainHead.id == 1).with_for_update()
@@ -205,6 +213,10 @@ class Catalog:
         head.seq = fields["seq"]
         head.hash = fields["hash"]
         session.flush()
+        anomaly = new.evidence.get("anomaly") if new.kind == "backup" else None
+        if isinstance(anomaly, dict) and anomaly.get("flagged") is True:
+            session.add(AnomalyIndex(record_id=record.id, hostname=self.hostname,
+                                     target=new.target, repository=new.repository))
         self.appended += 1
         return record
 

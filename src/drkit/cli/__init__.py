@@ -27,6 +27,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"drkit: error: {message}\n")
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r} (1-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (commands, flags and help texts)."""
     common = _Parser(add_help=False)
@@ -78,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freshness", action="store_true",
                    help="only the repositories' own snapshot lists against each target's "
                         "RPO, every host's (recorded; every check does it too)")
-    p.add_argument("--as-of", metavar="TIME", help="judge freshness as of TIME (ISO 8601)")
+    p.add_argument("--as-of", metavar="TIME",
+                   help="with --freshness: judge as of TIME (ISO 8601; recorded)")
     p.add_argument("--spot", metavar="TARGET",
                    help="compare a random sample of TARGET's source files with its newest "
                         "good snapshot (REPO: which repository, default its first)")
@@ -230,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ack", parents=[common, as_json],
                        help="acknowledge a backup flagged as an anomaly (recorded)")
-    p.add_argument("record_id", type=int, metavar="RECORD_ID")
+    p.add_argument("record_ids", type=int, nargs="+", metavar="RECORD_ID",
+                   help="the flagged backup records (one run flags each repository)")
     p.add_argument("--reason", required=True, metavar="TEXT", help="why it is fine")
 
     sub.add_parser("metrics", parents=[common],
@@ -245,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common],
                        help="run every schedule in the config through Prefect (embedded "
                             "server unless PREFECT_API_URL is set)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
+    p.add_argument("--metrics-port", type=_port, metavar="PORT",
                    help="also serve Prometheus metrics at http://ADDR:PORT/metrics")
     p.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDR",
                    help="the metrics listener's address (default: 127.0.0.1)")

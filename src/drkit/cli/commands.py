@@ -227,6 +227,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     when = as_of(args.as_of)
     if args.freshness and args.read_data_subset:
         raise BadRequestError("--freshness reads no data: drop --read-data-subset")
+    if when is not None and not args.freshness:
+        raise BadRequestError("--as-of applies to --freshness only (an integrity check "
+                              "is of now)")
     config = _config(args)
     runs = run_checks(config, _catalog(config), _journal(config), args.repositories,
                       subset=args.read_data_subset, freshness_only=args.freshness, now=when)

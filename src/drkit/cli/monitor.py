@@ -19,12 +19,16 @@ def cmd_ack(args: argparse.Namespace) -> int:
     from drkit.jobs.common import open_config_catalog
 
     config = _config(args)
-    found = acknowledge(open_config_catalog(config), args.record_id, reason=args.reason)
+    catalog = open_config_catalog(config)
+    done = []
+    for record_id in dict.fromkeys(args.record_ids):  # each decided under the chain's lock
+        found = acknowledge(catalog, record_id, reason=args.reason)
+        done.append(found.to_json())
+        if not args.json:
+            print(f"anomaly of backup record {found.record_id} ({found.target} -> "
+                  f"{found.repository}) acknowledged (record {found.ack_record})")
     if args.json:
-        emit_json(found.to_json())
-    else:
-        print(f"anomaly of backup record {found.record_id} ({found.target} -> "
-              f"{found.repository}) acknowledged (record {found.ack_record})")
+        emit_json(done)
     return EXIT_OK
 
 
@@ -88,7 +92,8 @@ def status_extras(config: Any, plans: Any, catalog: Any, *, freshness: bool
     problems: list[str] = []
     with catalog.read_session() as session:
         forecasts = [forecast(config, session, name, now) for name in config.repositories]
-        growth = target_growth(session, config.host, now - timedelta(seconds=WINDOW_S))
+        growth = target_growth(session, config.host, now - timedelta(seconds=WINDOW_S),
+                               list(config.targets))
     problems += [f.describe() for f in forecasts if f.warn]
     out: dict[str, Any] = {
         "capacity": [f.to_json() for f in forecasts],
@@ -96,25 +101,33 @@ def status_extras(config: Any, plans: Any, catalog: Any, *, freshness: bool
                              "window_days": WINDOW_S / 86400}
                             for (target, repository), figures in sorted(growth.items())
                             if target in config.targets]}
-    if freshness:
+    if freshness:  # read now, from each repository
+        from drkit.errors import DrkitError, describe
         from drkit.jobs.common import restic_repository
         from drkit.jobs.freshness import judge, target_rpos
         from drkit.restic import commands
+        from drkit.supervise import Limits
 
         rows: list[Any] = []
         rpos = target_rpos(plans)
         for name in config.repositories:
             try:
                 listed = commands.snapshots(restic_repository(config, name),
-                                            action=f"freshness of {name}")
-            except Exception as exc:
-                from drkit.errors import DrkitError, describe
-
-                if not isinstance(exc, DrkitError):
-                    raise
+                                            action=f"freshness of {name}",
+                                            limits=Limits.after(config.timeouts.restic))
+            except DrkitError as exc:
                 problems.append(f"freshness of {name}: {describe(exc)}")
                 continue
             rows += judge(config, name, listed, rpos, now)
         problems += [row.describe() for row in rows if row.stale]
         out["freshness"] = [row.to_json() for row in rows]
+    else:  # the verdicts the last checks recorded
+        from drkit.jobs.freshness import last_verdicts
+
+        verdicts = last_verdicts(config, catalog)
+        out["freshness"] = [{**row, "as_of": verdict.get("as_of")}
+                            for verdict in verdicts.values() for row in verdict.get("rows", [])]
+        problems += [f"freshness (as of {verdict.get('as_of')}): {error}"
+                     for verdict in verdicts.values() if verdict["status"] != "passed"
+                     for error in verdict.get("errors", [])]
     return out, problems

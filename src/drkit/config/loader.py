@@ -43,14 +43,19 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, int], list[str]]:
         ) from None
     except OSError as exc:
         raise BadRequestError(f"cannot read {path}: {exc.strerror}") from None
+    # Parsed once (the node tree gives the lines, the data is built from it), with libyaml
+    # when PyYAML has it: the config and every plan are read at each command's start.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
+    finally:
+        loader.dispose()
     lines: dict[Loc, int] = {}
     duplicates: list[str] = []
     if node is not None:

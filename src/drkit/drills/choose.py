@@ -114,29 +114,17 @@ def choose_snapshot(recorder: Recorder, repo: ResticRepository, identity: Snapsh
 
 def last_normal(recorder: Recorder, identity: SnapshotIdentity, repository: str
                 ) -> tuple[GoodSnapshot, str]:
-    """The newest good backup taken before the oldest anomaly nobody acknowledged (with
-    none open: the newest good backup never flagged), and why. Raises :class:`DrillError`
-    when there is none."""
-    from drkit.catalog import snapshots as known
-    from drkit.catalog.anomalies import anomalies
+    """The good snapshot to go back to (:func:`drkit.catalog.anomalies.last_normal`) and
+    why. Raises :class:`DrillError` when there is none."""
+    from drkit.catalog.anomalies import last_normal as find
 
     with recorder.catalog.get().read_session() as session:
-        flagged = anomalies(session, host=identity.host, target=identity.target)
-        flagged = [a for a in flagged if a.repository == repository]
-        good = known.good_snapshots(session, target=identity.target, repository=repository,
-                                    host=identity.host)
-    opened = [a.record_id for a in flagged if a.open]
-    if opened:
-        candidates = [g for g in good if g.record_id < min(opened)]
-        why = (f"the newest good backup before the open anomaly of record {min(opened)}")
-    else:
-        marked = {a.record_id for a in flagged}
-        candidates = [g for g in good if g.record_id not in marked]
-        why = "the newest good backup never flagged as an anomaly"
-    if not candidates:
+        chosen, why, _ = find(session, target=identity.target, repository=repository,
+                              host=identity.host)
+    if chosen is None:
         raise DrillError(f"no good backup of {identity.describe()} in repository "
                          f"'{repository}' precedes its anomalies (pick: last_normal)")
-    return candidates[0], f"{why}: record {candidates[0].record_id} (pick: last_normal)"
+    return chosen, f"{why}: record {chosen.record_id} (pick: last_normal)"
 
 
 def newest_by(recorder: Recorder, identity: SnapshotIdentity, repository: str,

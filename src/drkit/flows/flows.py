@@ -196,7 +196,9 @@ def backup_flow(config: str, target: str, repositories: list[str] | None = None
         time.sleep(delay)
     failures = {repo: str(run["error"]) for repo, run in results.items()
                 if run["status"] != "succeeded"}
-    ping_failures(settings, target, failures)
+    ping_failures(settings, target, {**failures, **{  # a flagged backup pings a failure
+        repo: "anomaly: " + "; ".join(run["anomaly"]) for repo, run in results.items()
+        if run["status"] == "succeeded" and run.get("anomaly")}})
     if failures:
         raise RunFailed("; ".join(f"{r}: {m}" for r, m in failures.items()), transient=False)
     return list(results.values())

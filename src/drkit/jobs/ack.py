@@ -6,6 +6,8 @@ its target's baseline again, and reports show both."""
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from drkit.catalog.anomalies import Anomaly, anomalies
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.models import Record
@@ -15,28 +17,39 @@ from drkit.errors import BadRequestError
 
 def acknowledge(catalog: Catalog, record_id: int, *, reason: str) -> Anomaly:
     """Record that the anomaly of backup record ``record_id`` was looked at. A bad request
-    when the record is no flagged backup, was acknowledged already, or ``reason`` is empty."""
+    when the record is no flagged backup of this host, was acknowledged already, or
+    ``reason`` is empty. Decided under the chain's lock: two acks cannot both land."""
     if not reason.strip():
         raise BadRequestError("say why the anomaly is fine: --reason TEXT")
-    with catalog.read_session() as session:
+    found: list[Anomaly] = []
+
+    def decide(session: Session) -> NewRecord:
         record = session.get(Record, record_id)
         if record is None or record.kind != "backup":
             raise BadRequestError(f"record {record_id} is not a backup",
                                   hint="`drkit status` lists the open anomalies")
-        found = anomalies(session, target=record.target)
-        flagged = next((a for a in found if a.record_id == record_id), None)
+        if record.hostname != catalog.hostname:
+            raise BadRequestError(f"backup record {record_id} was made by host "
+                                  f"{record.hostname!r}: acknowledge it there (this is "
+                                  f"{catalog.hostname!r})")
+        flagged = next((a for a in anomalies(session, target=record.target,
+                                             host=record.hostname)
+                        if a.record_id == record_id), None)
         if flagged is None:
             raise BadRequestError(f"backup record {record_id} was not flagged as an anomaly")
         if not flagged.open:
             raise BadRequestError(f"the anomaly of record {record_id} was acknowledged "
                                   f"already (record {flagged.ack_record})")
-        record_hash, snapshot = record.hash, record.snapshot_id
-    now = utcnow()
-    ack = catalog.append(NewRecord(
-        kind="ack", status="recorded", target=flagged.target, repository=flagged.repository,
-        snapshot_id=snapshot, started_at=now, finished_at=now,
-        evidence={"record_id": record_id, "record_hash": record_hash, "reason": reason,
-                  "reasons": flagged.reasons}))
-    flagged.ack_record, flagged.acknowledged_at = ack.id, now
+        found.append(flagged)
+        now = utcnow()
+        return NewRecord(kind="ack", status="recorded", target=flagged.target,
+                         repository=flagged.repository, snapshot_id=record.snapshot_id,
+                         started_at=now, finished_at=now,
+                         evidence={"record_id": record_id, "record_hash": record.hash,
+                                   "reason": reason, "reasons": flagged.reasons})
+
+    ack = catalog.append_decided(decide)
+    (flagged,) = found
+    flagged.ack_record, flagged.acknowledged_at = ack.id, ack.finished_at
     flagged.acknowledged_by, flagged.ack_reason = ack.actor, reason
     return flagged

@@ -34,29 +34,39 @@ from drkit.catalog.anomalies import PastBackup
 from drkit.config.models import AnomalySettings
 
 MIB = 1024 * 1024
+MIN_SAMPLED = 4  # fewer sampled files say nothing (one new .zip is not ransomware)
 
 
 def figures_of(summary: dict[str, Any], previous: dict[str, Any] | None,
-               entropy: dict[str, Any] | None = None) -> dict[str, float]:
-    """The figures of one run (its restic summary, the previous run's, its entropy sample)."""
+               entropy: dict[str, Any] | None = None, *, min_sampled: int = MIN_SAMPLED
+               ) -> dict[str, float]:
+    """The figures of one run (its restic summary, the previous run's, its entropy sample:
+    counted from ``min_sampled`` files; a baseline run's few files still say what is usual)."""
     def count(data: dict[str, Any] | None, key: str) -> int:
         value = (data or {}).get(key)
         return int(value) if isinstance(value, int | float) and value > 0 else 0
 
     changed, unmodified = count(summary, "files_changed"), count(summary, "files_unmodified")
-    before = count(previous, "total_files_processed")
+    new, before = count(summary, "files_new"), count(previous, "total_files_processed")
     added = count(summary, "data_added")
     out = {
-        "changed": changed / max(1, changed + unmodified),
-        "removed": max(0, before - changed - unmodified) / max(1, before),
         "size": math.log10(count(summary, "total_bytes_processed") + 1),
         "added": added / max(1, count(summary, "total_bytes_processed")),
+        "added_bytes": added,
     }
+    # Every file new while the previous run had files: restic compared with no parent (the
+    # paths changed, the first run of a new host): nothing to say about changes or removals.
+    if previous is not None and not (new and not changed and not unmodified):
+        removed = max(0, before - changed - unmodified)
+        out.update({"changed": changed / max(1, changed + unmodified),
+                    "removed": removed / max(1, before),
+                    "changed_files": changed, "removed_files": removed})
     packed = summary.get("data_added_packed")
     if isinstance(packed, int | float) and added >= MIB:
         out["packed"] = float(packed) / added
     share = (entropy or {}).get("encrypted_share")
-    if isinstance(share, int | float) and (entropy or {}).get("sampled"):
+    if isinstance(share, int | float) and int((entropy or {}).get("sampled") or 0) >= \
+            min_sampled:
         out["entropy"] = float(share)
     return out
 
@@ -119,7 +129,7 @@ def score(summary: dict[str, Any], history: Sequence[PastBackup], settings: Anom
         before = history[index - 1].summary if index > 0 else None
         if before is None:
             continue  # the first run has nothing to compare its changes with
-        baseline.append(figures_of(run.summary, before, run.entropy))
+        baseline.append(figures_of(run.summary, before, run.entropy, min_sampled=1))
     baseline = baseline[-settings.window:]
     verdict = Verdict(flagged=False, baseline_runs=len(baseline), figures=current)
     if len(baseline) < settings.warmup:
@@ -135,24 +145,49 @@ def score(summary: dict[str, Any], history: Sequence[PastBackup], settings: Anom
         verdict.medians[rule.figure] = median
         verdict.scores[rule.figure] = z
         far = z >= settings.sensitivity if rule.up else z <= -settings.sensitivity
-        if far and _past_the_bar(rule.figure, current[rule.figure], median, settings):
+        if far and _past_the_bar(rule.figure, current, verdict.medians, settings):
             verdict.reasons.append(_say(rule, current[rule.figure], median))
+    partial = _partial(current, verdict, settings)
+    if partial and not verdict.reasons:
+        verdict.reasons.append(partial)
     verdict.flagged = bool(verdict.reasons)
     return verdict
 
 
-def _past_the_bar(figure: str, value: float, median: float,
+def _partial(current: dict[str, float], verdict: Verdict, settings: AnomalySettings
+             ) -> str | None:
+    """Part of the tree encrypted: neither "most files" nor "most data" alone, but both out
+    together (a fifth of the files changed, far out, *and* four times the usual share of new
+    data, at least a fifth of what was read)."""
+    scores, medians = verdict.scores, verdict.medians
+    if "changed" not in scores or "added" not in scores:
+        return None
+    if scores["changed"] >= settings.sensitivity and current["changed"] >= 0.2 \
+            and current.get("changed_files", 0) >= settings.min_files \
+            and current["added"] >= max(4 * medians["added"], 0.2) \
+            and current.get("added_bytes", 0) >= MIB:
+        return (f"{current['changed'] * 100:.0f}% of the files changed and "
+                f"{current['added'] * 100:.0f}% of the data read was new (usually "
+                f"{medians['changed'] * 100:.0f}% and {medians['added'] * 100:.0f}%): part of "
+                "the tree rewritten?")
+    return None
+
+
+def _past_the_bar(figure: str, current: dict[str, float], medians: dict[str, float],
                   settings: AnomalySettings) -> bool:
     """The absolute condition beside the statistical one (no alarm for a steady history's
-    small wobble)."""
+    small wobble, nor for a handful of files)."""
+    value, median = current[figure], medians[figure]
     if figure in ("changed", "removed"):
-        return value >= settings.changed
+        return value >= settings.changed and \
+            current.get(f"{figure}_files", 0) >= settings.min_files
     if figure == "size":  # log10 of bytes: below `shrink` of the usual size
         return 10 ** (value - median) < settings.shrink
-    if figure == "added":
-        return value >= max(4 * median, 0.5)  # a chunk's worth of variation is normal
-    if figure == "packed":
-        return value >= 0.9
+    if figure == "added":  # a chunk's worth of variation is normal; so are a few KiB
+        return value >= max(4 * median, 0.5) and current.get("added_bytes", 0) >= MIB
+    if figure == "packed":  # only beside a jump of new data (one new video is no attack)
+        return value >= 0.9 and "added" in medians and \
+            current["added"] >= max(2 * medians["added"], 0.1)
     return value >= 0.5  # entropy: most sampled files look encrypted
 
 

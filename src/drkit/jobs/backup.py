@@ -157,8 +157,10 @@ def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_r
             runs.finish(repo_name, error=reason)
     done = runs.done()
     if ping and not dry_run and done:
-        ping_failures(config, name, {r.repository: r.error or r.status for r in done
-                                     if r.status != "succeeded"})
+        ping_failures(config, name, {  # a flagged backup pings a failure: look at it
+            r.repository: r.error or r.status if r.status != "succeeded"
+            else "anomaly: " + "; ".join(r.anomaly or []) for r in done
+            if r.status != "succeeded" or r.anomaly})
     return done
 
 
@@ -250,7 +252,7 @@ class _TargetRun:
         settings = target.anomaly
         if not settings.enabled:
             return {}
-        clock = time.perf_counter()
+        clock, sampling = time.perf_counter(), 0.0
         try:
             catalog = self.recorder.catalog.get() if self.recorder is not None else None
             assert catalog is not None
@@ -263,7 +265,10 @@ class _TargetRun:
 
                 since = history[-1].started_at.replace(tzinfo=UTC).timestamp() \
                     if history else 0.0
-                self._entropy = entropy_sample(self.source_paths, since=since, count=count)
+                sampling = time.perf_counter()
+                self._entropy = entropy_sample(self.source_paths, since=since, count=count,
+                                               exclude=getattr(target, "exclude", ()))
+                sampling = time.perf_counter() - sampling  # its own cost is in its evidence
             if self._entropy is not None:
                 evidence["entropy_sample"] = self._entropy
             verdict = score(asdict(summary), history, settings, self._entropy).to_json()
@@ -271,7 +276,7 @@ class _TargetRun:
             log.warning("backup %s -> %s: not compared with its history: %s: %s", self.name,
                         repo_name, type(exc).__name__, exc)
             verdict = {"flagged": False, "error": f"{type(exc).__name__}: {exc}"}
-        verdict["ms"] = round((time.perf_counter() - clock) * 1000, 2)
+        verdict["ms"] = round((time.perf_counter() - clock - sampling) * 1000, 2)
         evidence["anomaly"] = verdict
         return verdict
 

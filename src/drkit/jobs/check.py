@@ -42,6 +42,7 @@ class CheckRun:
     posture: dict[str, Any] | None = None
     record_id: int | None = None
     transient: bool = False  # stopped by something that may pass (storage down, locked)
+    freshness: dict[str, Any] | None = None  # the freshness verdict recorded beside it
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -88,9 +89,9 @@ def run_checks(config: Config, catalog: Catalog, journal: RunJournal,
                freshness_only: bool = False, now: datetime | None = None) -> list[CheckRun]:
     """Check each named repository (all when empty). ``subset`` (from the command line) reads
     exactly that; otherwise ``checks.read_data_subset`` is read in rotating slices. Every
-    check also judges the repository's freshness (:mod:`drkit.jobs.freshness`, as of
-    ``now``) and measures its stored size (:mod:`drkit.jobs.capacity`); ``freshness_only``
-    does only the first (recorded as kind ``freshness``).
+    check also records the repository's freshness apart (:mod:`drkit.jobs.freshness`, as of
+    ``now``: its own record, its own verdict) and measures its stored size
+    (:mod:`drkit.jobs.capacity`); ``freshness_only`` does only the freshness.
     Raises :class:`BadRequestError` for unknown names or a malformed subset."""
     from drkit.drills.plans import load_plans
     from drkit.jobs.freshness import target_rpos
@@ -98,17 +99,38 @@ def run_checks(config: Config, catalog: Catalog, journal: RunJournal,
     selected = select_names(names, config.repositories, "repository")
     if subset is not None:
         slices_of(subset)  # validate before anything runs
-    version = detect_restic_version(config)
     rpos = target_rpos(load_plans(config))
+    if freshness_only:
+        return [_freshness_only(config, catalog, name, rpos, now) for name in selected]
+    version = detect_restic_version(config)
     return [_check_one(config, catalog, journal, name, subset, version,
-                       _Freshness(rpos, now, freshness_only)) for name in selected]
+                       _Freshness(rpos, now)) for name in selected]
+
+
+def _freshness_only(config: Config, catalog: Catalog, name: str, rpos: dict[str, float],
+                    now: datetime | None) -> CheckRun:
+    """``check --freshness``: one snapshot listing, judged and recorded."""
+    from drkit.jobs.freshness import record_freshness
+
+    start = time.monotonic()
+    listed, error = None, None
+    try:
+        listed = commands.snapshots(restic_repository(config, name),
+                                    action=f"freshness of {name}",
+                                    limits=Limits.after(config.timeouts.restic))
+    except DrkitError as exc:
+        error = exc
+    fresh = record_freshness(config, catalog, name, listed, rpos, now=now, error=error)
+    return CheckRun(repository=name, status=fresh.status, read_data_subset=None,
+                    duration_s=round(time.monotonic() - start, 3), errors=fresh.errors,
+                    record_id=fresh.record_id, transient=fresh.transient,
+                    freshness=fresh.to_json())
 
 
 @dataclass(frozen=True)
 class _Freshness:
     rpos: dict[str, float]
     now: datetime | None
-    only: bool
 
 
 def _missing_snapshots(catalog: Catalog, repo: ResticRepository,
@@ -130,14 +152,11 @@ def _missing_snapshots(catalog: Catalog, repo: ResticRepository,
 
 def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
                subset: str | None, version: str | None, fresh: _Freshness) -> CheckRun:
-    handle = journal.open("freshness" if fresh.only else "check", repository=name,
-                          restic_version=version)
+    handle = journal.open("check", repository=name, restic_version=version)
     repo = restic_repository(config, name)
     evidence: dict[str, Any] = {}
     configured = config.checks.read_data_subset if config.checks else None
-    if fresh.only:
-        subset = None
-    elif subset is None and configured and configured.strip() not in ("100%", "1/1"):
+    if subset is None and configured and configured.strip() not in ("100%", "1/1"):
         slices = slices_of(configured)
         n = next_slice(catalog, name, slices)
         subset = f"{n}/{slices}"
@@ -149,13 +168,11 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     action = f"check {name}"
     limits = Limits.after(config.timeouts.check)
     try:
-        data = _Part(status="skipped") if fresh.only else \
-            _check_data(config, repo, subset, evidence, action=action, limits=limits)
+        data = _check_data(config, repo, subset, evidence, action=action, limits=limits)
         data_s = round(time.monotonic() - start, 3)
         listed, found = _check_snapshots(catalog, repo, data, action=action, limits=limits)
-        stale = _check_freshness(config, repo.name, found, fresh, evidence)
-        posture = _Part(status="skipped") if fresh.only else _check_posture(repo)
-        if not fresh.only and data.status != "not_run":
+        posture = _check_posture(repo)
+        if data.status != "not_run":
             from drkit.jobs.capacity import measure
 
             evidence["stats"] = measure(repo, action=action, limits=limits)
@@ -164,7 +181,7 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
                            evidence=evidence)
         journal.close(handle)
         raise
-    errors = data.errors + listed.errors + stale.errors + posture.errors
+    errors = data.errors + listed.errors + posture.errors
     duration = time.monotonic() - start
     status = "failed" if errors else "passed"
     evidence.update({"errors": errors, "posture": posture.found,
@@ -172,7 +189,6 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
                               "duration_s": data_s},
                      "snapshots": {"status": listed.status, "errors": listed.errors},
                      "posture_check": {"status": posture.status, "errors": posture.errors},
-                     "freshness_check": {"status": stale.status, "errors": stale.errors},
                      "duration_s": round(duration, 3)})
     if repo.config.posture is not None:
         evidence["posture_demanded"] = repo.config.posture.model_dump()
@@ -180,8 +196,7 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
                                 error="; ".join(errors)[:4000] or None)
     journal.close(handle)
     if errors:
-        notify_failure(config, "freshness" if fresh.only else "check", status,
-                       repository=name, errors=errors,
+        notify_failure(config, "check", status, repository=name, errors=errors,
                        run_id=handle.run_id, record_id=record.id)
     if "total_size" in (evidence.get("stats") or {}):
         _warn_of_quota(config, catalog, name)
@@ -189,10 +204,16 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
         log.error("%s: %s", action, error)
     if not errors:
         log.info("%s: passed (read data: %s, %.1f s)", action, subset or "none", duration)
-    stopped_by = data.transient + listed.transient + stale.transient + posture.transient
+    freshness = None
+    if found is not None:  # judged from the list the check read: recorded apart
+        from drkit.jobs.freshness import record_freshness
+
+        freshness = record_freshness(config, catalog, name, found, fresh.rpos,
+                                     now=fresh.now).to_json()
+    stopped_by = data.transient + listed.transient + posture.transient
     return CheckRun(repository=name, status=status, read_data_subset=subset,
                     duration_s=round(duration, 3), errors=errors, posture=posture.found,
-                    record_id=record.id,
+                    record_id=record.id, freshness=freshness,
                     transient=bool(stopped_by) and len(stopped_by) == len(errors)
                     and all(stopped_by))
 
@@ -264,24 +285,6 @@ def _check_snapshots(catalog: Catalog, repo: ResticRepository, data: _Part, *, a
         part.fail(describe(exc), transient=exc.transient, ran=False)
         return part, None
     return part, present
-
-
-def _check_freshness(config: Config, repository: str, listed: list[Snapshot] | None,
-                     fresh: _Freshness, evidence: dict[str, Any]) -> _Part:
-    """Each target/host's newest snapshot in the repository against its RPO."""
-    from drkit.catalog.inflight import utcnow
-    from drkit.jobs.freshness import judge
-
-    part = _Part()
-    if listed is None:
-        part.status = "not_run"
-        return part
-    rows = judge(config, repository, listed, fresh.rpos, fresh.now or utcnow())
-    evidence["freshness"] = [row.to_json() for row in rows]
-    for row in rows:
-        if row.stale:
-            part.fail(row.describe())
-    return part
 
 
 def _check_posture(repo: ResticRepository) -> _Part:

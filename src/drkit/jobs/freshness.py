@@ -11,16 +11,22 @@ which the repository holds counts as stale too. `drkit check` records it with ev
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from drkit.catalog.chain import optional_time
+from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 from drkit.drills.plans import RecoveryPlan
+from drkit.errors import DrkitError, describe
 from drkit.identity import target_of
+from drkit.notify import notify_failure
 from drkit.restic.commands import Snapshot
+
+log = logging.getLogger("drkit.check")
 
 
 @dataclass(frozen=True)
@@ -65,19 +71,28 @@ def target_rpos(plans: dict[str, RecoveryPlan]) -> dict[str, float]:
 
 
 def judge(config: Config, repository: str, listed: Sequence[Snapshot],
-          rpos: dict[str, float], now: datetime) -> list[Freshness]:
+          rpos: dict[str, float], now: datetime, unusable: frozenset[str] = frozenset()
+          ) -> list[Freshness]:
     """Freshness of every target/host ``listed`` (a repository's ``restic snapshots``), and
-    of each of this host's targets the repository should hold but does not."""
+    of each declared target the repository should hold but does not. Snapshots whose id
+    starts with one of ``unusable`` (this host's failed runs left them) do not count; nor do
+    the ``retired_hosts``. A copy repository is judged by its ``max_snapshot_age`` only (it
+    lags its source by the copy schedule)."""
     newest: dict[tuple[str, str], list[datetime]] = {}
     for snap in listed:
         target = target_of(snap.tags)
-        if target is not None:  # safety copies and foreign snapshots carry no target tag
-            newest.setdefault((target, snap.hostname), []).append(snap.time)
+        if target is None or snap.hostname in config.retired_hosts:
+            continue  # safety copies and foreign snapshots carry no target tag
+        if any(snap.id.startswith(bad) for bad in unusable):
+            continue
+        newest.setdefault((target, snap.hostname), []).append(snap.time)
     held = {target for target, _ in newest}
     for target in config.targets:  # declared here, and no host's snapshot of it at all
         if repository in config.holding(target) and target not in held:
             newest[(target, config.host)] = []
     default = config.repositories[repository].max_snapshot_age
+    if config.repositories[repository].copy_from is not None:
+        rpos = {}
     now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     out = []
     for (target, host), times in sorted(newest.items()):
@@ -88,3 +103,79 @@ def judge(config: Config, repository: str, listed: Sequence[Snapshot],
             age_s=round((now - latest).total_seconds(), 3) if latest else None,
             rpo_s=rpos.get(target, default)))
     return out
+
+
+@dataclass
+class FreshnessRun:
+    """One repository's freshness verdict, as recorded (kind ``freshness``)."""
+
+    repository: str
+    status: str
+    rows: list[Freshness]
+    errors: list[str]
+    record_id: int | None = None
+    transient: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repository": self.repository, "status": self.status, "errors": self.errors,
+                "record_id": self.record_id, "rows": [row.to_json() for row in self.rows]}
+
+
+def record_freshness(config: Config, catalog: Catalog, repository: str,
+                     listed: Sequence[Snapshot] | None, rpos: dict[str, float], *,
+                     now: datetime | None = None, error: DrkitError | None = None
+                     ) -> FreshnessRun:
+    """Judge ``listed`` (None: the list could not be read, ``error`` says why) and record
+    the verdict: ``passed``, or ``failed`` naming every stale target/host. Kept apart from
+    the integrity check's verdict (a host that went silent is no damage to the data)."""
+    from drkit.catalog.inflight import utcnow
+    from drkit.catalog.snapshots import failed_run_snapshots
+    from drkit.catalog.store import NewRecord
+
+    moment = now or utcnow()
+    rows: list[Freshness] = []
+    errors: list[str] = []
+    if listed is None:
+        errors.append(f"the snapshot list of {repository} could not be read: "
+                      f"{describe(error) if error else 'not read'}")
+    else:
+        with catalog.read_session() as session:
+            unusable = failed_run_snapshots(session, repository=repository, host=config.host)
+        rows = judge(config, repository, listed, rpos, moment, frozenset(unusable))
+        errors = [row.describe() for row in rows if row.stale]
+    status = "failed" if errors else "passed"
+    started = utcnow()
+    record = catalog.append(NewRecord(
+        kind="freshness", status=status, repository=repository, started_at=started,
+        finished_at=utcnow(), error="; ".join(errors)[:4000] or None,
+        evidence={"as_of": moment, "rows": [row.to_json() for row in rows],
+                  "errors": errors, "retired_hosts": list(config.retired_hosts)}))
+    for problem in errors:
+        log.error("freshness %s: %s", repository, problem)
+    if errors:
+        notify_failure(config, "freshness", status, repository=repository, errors=errors,
+                       record_id=record.id)
+    return FreshnessRun(repository=repository, status=status, rows=rows, errors=errors,
+                        record_id=record.id,
+                        transient=listed is None and bool(error and error.transient))
+
+
+def last_verdicts(config: Config, catalog: Catalog) -> dict[str, dict[str, Any]]:
+    """Each repository's newest recorded freshness verdict by this host (its evidence, with
+    ``status`` and ``finished_at``)."""
+    import json
+
+    from sqlalchemy import func, select
+
+    from drkit.catalog.models import Record
+
+    with catalog.read_session() as session:
+        newest = (select(Record.repository, func.max(Record.seq).label("seq"))
+                  .where(Record.kind == "freshness", Record.hostname == config.host)
+                  .group_by(Record.repository).subquery())
+        found = session.execute(select(Record.repository, Record.status, Record.finished_at,
+                                       Record.evidence)
+                                .join(newest, Record.seq == newest.c.seq)).all()
+    return {repository: {**json.loads(evidence), "status": status, "finished_at": finished}
+            for repository, status, finished, evidence in found
+            if repository in config.repositories}

@@ -5,7 +5,7 @@ afresh at each scrape. Every series carries ``host`` (the config's host identity
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from drkit.catalog.store import Catalog
     from drkit.drills.plans import RecoveryPlan
 
+log = logging.getLogger("drkit.metrics")
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -52,7 +53,7 @@ def collect(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog,
             now: datetime | None = None) -> list[GaugeMetricFamily]:
     """Every drkit metric, as of ``now``."""
     from drkit.catalog.capacity import WINDOW_S, forecast, target_growth
-    from drkit.catalog.models import Record
+    from drkit.jobs.freshness import last_verdicts
     from drkit.jobs.status import plan_statuses, repository_checks, target_statuses
 
     now = now or utcnow()
@@ -110,11 +111,11 @@ def collect(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog,
                     "drkit_check_read_data_slices).", int(n), repository=r)
             out.set("drkit_check_read_data_slices", "Slices the data is read in.", int(of),
                     repository=r)
-    from sqlalchemy import select
 
     with catalog.read_session() as session:
-        for (t, r), figures in target_growth(
-                session, config.host, now - timedelta(seconds=WINDOW_S)).items():
+        growth = target_growth(session, config.host, now - timedelta(seconds=WINDOW_S),
+                               list(config.targets))
+        for (t, r), figures in growth.items():
             if t in config.targets:
                 out.set("drkit_target_source_bytes", "What the newest good backup read.",
                         figures["source_bytes"], target=t, repository=r)
@@ -133,28 +134,21 @@ def collect(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog,
                     "quota.", found.days_to_quota, repository=name)
             out.set("drkit_repository_full_read_seconds", "A full check --read-data at the "
                     "measured read rate.", found.full_read_s, repository=name)
-            last = session.scalar(
-                select(Record.evidence).where(Record.kind.in_(("check", "freshness")),
-                                              Record.repository == name,
-                                              Record.hostname == config.host)
-                .order_by(Record.seq.desc()).limit(1))
-            for row in _freshness(last):
-                labels = {"repository": name, "target": str(row.get("target")),
-                          "snapshot_host": str(row.get("host"))}
-                out.set("drkit_freshness_newest_age_seconds", "Age of the newest snapshot "
-                        "the repository itself holds, per target/host.", row.get("age_s"),
-                        **labels)
-                out.set("drkit_freshness_stale", "1 when the repository's newest snapshot "
-                        "of the target/host is past its RPO.", int(bool(row.get("stale"))),
-                        **labels)
+    for name, verdict in last_verdicts(config, catalog).items():
+        out.set("drkit_freshness_checked_timestamp_seconds", "When the repository's own "
+                "snapshot list was last judged.", _ts(verdict["finished_at"]), repository=name)
+        for row in verdict.get("rows", []):
+            labels = {"repository": name, "target": str(row.get("target")),
+                      "snapshot_host": str(row.get("host"))}
+            newest = row.get("newest_at")
+            out.set("drkit_freshness_newest_snapshot_timestamp_seconds", "The newest "
+                    "snapshot of the target/host the repository holds (at the last judgement).",
+                    _ts(datetime.fromisoformat(newest.removesuffix("Z")))
+                    if isinstance(newest, str) else None, **labels)
+            out.set("drkit_freshness_stale", "1 when the repository's newest snapshot of the "
+                    "target/host was past its RPO at the last judgement.",
+                    int(bool(row.get("stale"))), **labels)
     return list(out.families.values())
-
-
-def _freshness(evidence: str | None) -> Iterator[dict[str, Any]]:
-    rows = json.loads(evidence).get("freshness") if evidence else None
-    for row in rows if isinstance(rows, list) else ():
-        if isinstance(row, dict):
-            yield row
 
 
 def registry(load: Any) -> CollectorRegistry:
@@ -164,8 +158,24 @@ def registry(load: Any) -> CollectorRegistry:
 
     class _Collector(Collector):
         def collect(self) -> Iterator[GaugeMetricFamily]:
-            config, plans, catalog = load()
-            yield from collect(config, plans, catalog)
+            from prometheus_client.core import GaugeMetricFamily
+
+            up = GaugeMetricFamily("drkit_up", "1 when the metrics could be read from the "
+                                   "catalog at this scrape.")
+            try:
+                config, plans, catalog = load()
+                families = collect(config, plans, catalog)
+            except Exception as exc:  # one line, and a metric an alert can fire on
+                from drkit.config.secrets import redact
+
+                log.error("metrics: the catalog could not be read: %s: %s",
+                          type(exc).__name__, redact(str(exc))[:300])
+                up.add_metric([], 0.0)
+                yield up
+                return
+            up.add_metric([], 1.0)
+            yield up
+            yield from families
 
     found = CollectorRegistry(auto_describe=False)
     found.register(_Collector())

@@ -166,9 +166,18 @@ def _forget_and_prune(repo: ResticRepository, catalog: Catalog | None,
         plan = commands.forget(repo, tags=identity.tags, host=identity.host,
                                keep=retention_flags(policy), dry_run=True, action=action,
                                limits=limits)
+    held = _anomaly_hold(catalog, identity, repo.name)
     removing = [s for s in plan.removed if s.id not in bad]
-    run.kept = [s.id for s in plan.kept if s.id not in bad]
-    evidence["kept"] = _listed([s for s in plan.kept if s.id not in bad])
+    holding = [s for s in removing if any(s.id.startswith(h) for h in held)]
+    if holding:
+        evidence["anomaly_hold"] = _listed(holding)
+        log.warning("%s: %d snapshot(s) kept past retention while an anomaly is open (the "
+                    "last normal backup and the flagged ones): %s", action, len(holding),
+                    ", ".join(s.short_id for s in holding))
+    removing = [s for s in removing if s not in holding]
+    kept = [s for s in plan.kept if s.id not in bad] + holding
+    run.kept = [s.id for s in kept]
+    evidence["kept"] = _listed(kept)
     if run.dry_run:
         run.removed = [s.id for s in removing]
         evidence["removed"] = _listed(removing)
@@ -180,6 +189,24 @@ def _forget_and_prune(repo: ResticRepository, catalog: Catalog | None,
     evidence["removed"] = _listed(removing)
     if bad or removing or unfinished:
         evidence["prune_summary"] = commands.prune(repo, action=action, limits=limits)
+
+
+def _anomaly_hold(catalog: Catalog | None, identity: SnapshotIdentity,
+                  repository: str) -> set[str]:
+    """While an anomaly of the target is open, retention must not take what a recovery from
+    it needs: the last normal snapshot before it (pick: last_normal) and the flagged ones
+    (evidence). Their snapshot ids (as the catalog holds them)."""
+    from drkit.catalog.anomalies import last_normal
+
+    if catalog is None:
+        return set()
+    with catalog.read_session() as session:
+        chosen, _, opened = last_normal(session, target=identity.target,
+                                        repository=repository, host=identity.host)
+    held = {a.snapshot_id for a in opened if a.repository == repository and a.snapshot_id}
+    if opened and chosen is not None:
+        held.add(chosen.snapshot_id)
+    return held
 
 
 def _unusable(repo: ResticRepository, catalog: Catalog | None, identity: SnapshotIdentity,

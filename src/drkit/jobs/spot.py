@@ -66,6 +66,32 @@ def _sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
+def _pick(steady: list[str], source: dict[str, os.stat_result], count: int, max_bytes: int,
+          rng: random.Random | None) -> list[str]:
+    """Up to ``count`` random paths of ``steady`` holding at most ``max_bytes`` together."""
+    order = list(steady)
+    (rng or random.SystemRandom()).shuffle(order)
+    chosen: list[str] = []
+    total = 0
+    for path in order:
+        if len(chosen) >= count:
+            break
+        if total + source[path].st_size <= max_bytes:
+            chosen.append(path)
+            total += source[path].st_size
+    return chosen
+
+
+def _moved(before: os.stat_result, path: str) -> bool:
+    """Whether the file changed since it was first looked at (size, mtime, ctime)."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return True
+    return (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != \
+        (before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+
+
 def spot_check(config: Config, catalog: Catalog, journal: RunJournal, name: str, *,
                repository: str | None = None, rng: random.Random | None = None) -> SpotRun:
     """Spot-check target ``name`` (a files target) against its newest good snapshot in
@@ -96,12 +122,15 @@ def spot_check(config: Config, catalog: Catalog, journal: RunJournal, name: str,
         snapshot, listing = list_snapshot(repo, SnapshotIdentity(config.host, name),
                                           good.snapshot_id, limits=limits)
         files = {str(node["path"]): node for node in listing.files}
-        walked = walk([str(p) for p in target.paths], budget=WALK_BUDGET)
+        walked = walk([str(p) for p in target.paths], budget=WALK_BUDGET,
+                      exclude=target.exclude)
         source = {path: info for path, info in walked.files}
         run.source_files, run.snapshot_files = len(source), len(files)
         evidence["walk_truncated"] = walked.truncated
         gap = abs(len(source) - len(files)) / max(1, len(files))
-        if gap > target.spot.count_tolerance:
+        if walked.truncated:  # a partial count says nothing; the content sample still does
+            evidence["count_not_compared"] = f"the walk stopped after {WALK_BUDGET} entries"
+        elif gap > target.spot.count_tolerance:
             run.errors.append(f"the source holds {len(source)} files, the snapshot "
                               f"{len(files)}: {gap:.1%} apart, more than the "
                               f"{target.spot.count_tolerance:.1%} tolerated")
@@ -115,15 +144,18 @@ def spot_check(config: Config, catalog: Catalog, journal: RunJournal, name: str,
                 steady.append(path)
             else:
                 run.changed_since += 1
-        chosen = (rng or random.SystemRandom()).sample(steady,
-                                                       min(target.spot.sample, len(steady)))
+        chosen = _pick(steady, source, target.spot.sample, target.spot.max_bytes, rng)
         run.sampled = len(chosen)
         if chosen:
             with staging_dir(config.state_dir, f"spot-{name}") as into:
                 restore(repo, snapshot.id, into, include=chosen, limits=limits)
                 for path in chosen:
-                    if _sha256(into / path.lstrip(os.sep)) != _sha256(Path(path)):
-                        run.differing.append(path)
+                    if _sha256(into / path.lstrip(os.sep)) == _sha256(Path(path)):
+                        continue
+                    if _moved(source[path], path):  # written while we read it: a change
+                        run.changed_since += 1
+                        continue
+                    run.differing.append(path)
         share = len(run.differing) / max(1, run.sampled)
         if share > target.spot.content_tolerance:
             run.errors.append(

@@ -136,8 +136,9 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
     plans = plans or {}
     with catalog.read_session() as session:
         states = {(s.target, s.repository): s
-                  for s in queries.backup_states(session, ("backup", "copy"),
-                                                 host=config.host)}
+                  for s in queries.backup_states(
+                      session, ("backup", "copy"), host=config.host,
+                      pairs=[(t, r) for t in config.targets for r in config.holding(t)])}
         drills = queries.last_drills(session)
         checks = queries.last_checks(session)
         flagged = [a for a in anomalies(session, host=config.host) if a.open]

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from drkit import __version__
 from drkit.catalog import report_queries as q
-from drkit.catalog.anomalies import anomalies
+from drkit.catalog.anomalies import Anomaly, anomalies
 from drkit.catalog.capacity import Forecast, forecast
 from drkit.catalog.chain import optional_time as iso
 from drkit.catalog.inflight import utcnow
@@ -137,6 +137,15 @@ class Report:
         }
 
 
+def _as_of(anomaly: Anomaly, end: datetime) -> dict[str, Any]:
+    """An anomaly as it stood at the period's end: an acknowledgement made later is not
+    shown (the report of a past period says the same thing whenever it is built)."""
+    if anomaly.acknowledged_at is not None and anomaly.acknowledged_at > end:
+        anomaly.acknowledged_by = anomaly.acknowledged_at = anomaly.ack_record = None
+        anomaly.ack_reason = None
+    return anomaly.to_json()
+
+
 def build_report(session: Session, config: Config, plans: dict[str, RecoveryPlan],
                  scope: q.Scope, *, series: bool = False, now: datetime | None = None
                  ) -> Report:
@@ -173,7 +182,7 @@ def build_report(session: Session, config: Config, plans: dict[str, RecoveryPlan
         drills=drill_rows, recoveries=summaries.recovery_rows(session, scope),
         remediations=[i.to_json() for i in found if i.plan in {p.plan for p in plan_rows}
                       and (i.open_at(end) or scope.since <= (i.closed_at or end) <= end)],
-        anomalies=[a.to_json() for a in anomalies(session, until=end)
+        anomalies=[_as_of(a, end) for a in anomalies(session, until=end, from_chain=True)
                    if (scope.targets is None or a.target in scope.targets)
                    and (a.finished_at >= scope.since or a.acknowledged_at is None
                         or a.acknowledged_at > end)],

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt
+from pydantic import AfterValidator, Field, PositiveInt
 
-from drkit.config.models import Share, Strict, TargetConfig, resolve_path
+from drkit.config.models import Share, Size, Strict, TargetConfig, resolve_path
 from drkit.targets.base import BackupSource, TargetError, iter_missing
 
 
@@ -19,6 +19,7 @@ class SpotCheck(Strict):
     sample: PositiveInt = 50         # files compared byte for byte
     count_tolerance: Share = 0.05    # the file counts may differ by this share
     content_tolerance: Share = 0.0   # this share of unchanged-looking sampled files may differ
+    max_bytes: Size = 1 << 30        # the sample restores and hashes at most this much
 
 
 class FilesTarget(TargetConfig):
@@ -29,7 +30,7 @@ class FilesTarget(TargetConfig):
     exclude: list[str] = Field(default_factory=list)
     # At each backup, read the head of up to N files changed since the last one and record
     # how many look encrypted (high entropy, incompressible): part of the anomaly verdict.
-    entropy_sample: NonNegativeInt = 0
+    entropy_sample: int = Field(default=0, ge=0, le=64)
     spot: SpotCheck = Field(default_factory=SpotCheck)
 
 

@@ -8,6 +8,7 @@ their cost does not grow with the tree: on a huge tree the sample comes from the
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import random
@@ -22,6 +23,7 @@ from typing import Any
 HEAD = 64 * 1024
 MIN_JUDGED = 4096   # smaller files cannot show their entropy reliably
 BUDGET = 50_000
+SAMPLE_BUDGET = 20_000  # a backup's entropy sample: ~0.1 s of lstat at most
 
 
 @dataclass
@@ -33,13 +35,35 @@ class Walked:
     truncated: bool
 
 
-def walk(paths: Sequence[str], *, budget: int = BUDGET) -> Walked:
-    """Regular files under ``paths`` (symlinks not followed), at most ``budget`` entries."""
+def excluded(path: str, patterns: Sequence[str]) -> bool:
+    """Whether ``path`` matches one of restic's ``--exclude`` ``patterns``, approximately:
+    a pattern with a ``/`` is matched against the path's end, one without against each of
+    its components (``*.tmp``, ``cache/``)."""
+    parts = path.split(os.sep)
+    for pattern in patterns:
+        bare = pattern.rstrip("/")
+        if not bare:
+            continue
+        if "/" in bare:
+            if fnmatch.fnmatchcase(path, bare) or \
+                    fnmatch.fnmatchcase(path, "*/" + bare.lstrip("/")):
+                return True
+        elif any(fnmatch.fnmatchcase(part, bare) for part in parts):
+            return True
+    return False
+
+
+def walk(paths: Sequence[str], *, budget: int = BUDGET, exclude: Sequence[str] = ()
+         ) -> Walked:
+    """Regular files under ``paths`` (symlinks not followed, ``exclude`` patterns left out),
+    at most ``budget`` entries."""
     files: list[tuple[str, os.stat_result]] = []
     entries = 0
     stack = list(reversed(paths))
     while stack:
         path = stack.pop()
+        if exclude and excluded(path, exclude):
+            continue
         try:
             info = os.lstat(path)
         except OSError:
@@ -82,11 +106,12 @@ def _heads(paths: Iterator[str]) -> Iterator[bytes]:
 
 
 def entropy_sample(paths: Sequence[str], *, since: float, count: int,
-                   budget: int = BUDGET, rng: random.Random | None = None) -> dict[str, Any]:
+                   budget: int = SAMPLE_BUDGET, rng: random.Random | None = None,
+                   exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Up to ``count`` files modified after ``since`` (epoch seconds), read at their head:
     how many look encrypted. Files under 4 KiB are not judged."""
     clock = time.monotonic()
-    walked = walk(paths, budget=budget)
+    walked = walk(paths, budget=budget, exclude=exclude)
     changed = [path for path, info in walked.files
                if max(info.st_mtime, info.st_ctime) > since and info.st_size >= MIN_JUDGED]
     chosen = (rng or random.SystemRandom()).sample(changed, min(count, len(changed)))
