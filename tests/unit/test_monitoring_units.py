@@ -179,3 +179,40 @@ def test_contrib_dashboard_and_alerts_use_metrics_drkit_exports() -> None:
     exprs += [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
     used = {name for expr in exprs for name in re.findall(r"drkit_[a-z0-9_]+", expr)}
     assert used and used <= defined, used - defined
+
+
+def test_growth_states_and_anomaly_index_on_sqlite_and_postgresql(catalog_url: str) -> None:
+    """The database-side parts of status and metrics (JSON read by SQLite and by PostgreSQL,
+    per-pair lookups, the anomaly index) give the same answers on both catalogs."""
+    from drkit.catalog.anomalies import anomalies
+    from drkit.catalog.capacity import target_growth
+    from drkit.catalog.queries import backup_states
+
+    catalog = open_catalog(catalog_url, hostname="h1")
+    other = open_catalog(catalog_url, hostname="h2")
+    for day in range(5):
+        at = T0 + timedelta(days=day)
+        flagged = day == 3
+        catalog.append(NewRecord(
+            kind="backup", status="succeeded", target="t", repository="r", snapshot_id=f"s{day}",
+            started_at=at, finished_at=at + timedelta(minutes=1),
+            evidence={"restic_summary": {"data_added": 1000 * (day + 1),
+                                         "total_bytes_processed": 10**6 + day},
+                      "anomaly": {"flagged": flagged, "reasons": ["x"] if flagged else []}}))
+    catalog.append(NewRecord(kind="backup", status="failed", target="t", repository="r",
+                             started_at=T0 + timedelta(days=6), finished_at=T0 + timedelta(
+                                 days=6, minutes=1), error="boom", evidence={}))
+    other.append(NewRecord(kind="backup", status="succeeded", target="t", repository="r",
+                           started_at=T0, finished_at=T0, evidence={"restic_summary": {
+                               "data_added": 7, "total_bytes_processed": 7}}))
+    with catalog.read_session() as session:
+        growth = target_growth(session, "h1", T0 + timedelta(days=1), ["t"])
+        (state,) = backup_states(session, ("backup", "copy"), host="h1",
+                                 pairs=[("t", "r"), ("t", "nowhere")])
+        flagged = anomalies(session, host="h1")
+        from_chain = anomalies(session, host="h1", from_chain=True)
+    assert growth == {("t", "r"): {"source_bytes": 10**6 + 4, "added_bytes": 2000 + 3000 + 4000
+                                   + 5000, "backups": 4}}
+    assert state.last_status == "failed" and state.last_snapshot_id == "s4"
+    assert state.recovery_point_at == T0 + timedelta(days=4)
+    assert [a.snapshot_id for a in flagged] == [a.snapshot_id for a in from_chain] == ["s3"]
