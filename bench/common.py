@@ -40,7 +40,7 @@ def write_chain(url: str, records: list[dict[str, Any]]) -> None:
     from sqlalchemy import insert, update
 
     from drkit.catalog.chain import canonical_json, record_hash
-    from drkit.catalog.models import ChainHead, Record
+    from drkit.catalog.models import AnomalyIndex, ChainHead, Record
     from drkit.catalog.store import open_catalog
 
     catalog = open_catalog(url)
@@ -61,3 +61,9 @@ def write_chain(url: str, records: list[dict[str, Any]]) -> None:
             session.execute(insert(Record), rows[chunk:chunk + 5000])
         session.execute(update(ChainHead).where(ChainHead.id == 1)
                         .values(seq=len(rows), hash=previous))
+        flagged = [{"record_id": seq, "hostname": "bench", "target": record.get("target"),
+                    "repository": record.get("repository")}
+                   for seq, record in enumerate(records, start=1)
+                   if (record["evidence"].get("anomaly") or {}).get("flagged") is True]
+        if flagged:  # what Catalog.append writes beside a flagged backup
+            session.execute(insert(AnomalyIndex), flagged)

@@ -236,3 +236,28 @@ def test_a_recovery_never_goes_back_to_the_flagged_data(tree_project: Project) -
     assert drilled.returncode == 0, drilled.stdout + drilled.stderr
     sandbox = Path(json.loads(drilled.stdout)["sandbox"])
     assert next(sandbox.rglob("doc01.txt")).read_bytes() == before
+
+
+def test_a_scoring_failure_never_fails_the_backup(tree_project: Project,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog's history cannot be read for scoring: the backup is still recorded as
+    succeeded, the evidence says why it was not compared."""
+    from drkit.catalog import anomalies
+    from drkit.config.loader import load_config
+    from drkit.jobs.backup import run_backups
+    from drkit.jobs.common import Recorder
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("history unreadable")
+
+    monkeypatch.setattr(anomalies, "recent_backups", broken)
+    for key, value in tree_project.env.items():
+        monkeypatch.setenv(key, value)
+    config = load_config(tree_project.config_path)
+    (run,) = run_backups(config, Recorder.for_config(config))
+    assert run.status == "succeeded" and run.anomaly is None
+    (record,) = records(tree_project, "backup")
+    assert record["status"] == "succeeded"
+    verdict = json.loads(record["evidence"])["anomaly"]
+    assert verdict["flagged"] is False
+    assert verdict["error"] == "RuntimeError: history unreadable"

@@ -17,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Project, S3Endpoint
+from tests.helpers import wait_for
 
 
 def host_project(root: Path, project: Project, endpoint: S3Endpoint, bucket: str, host: str,
@@ -53,55 +54,70 @@ def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
+def newest_snapshot(project: Project, target: str, host: str) -> datetime:
+    """The newest snapshot of ``target`` by ``host`` that the repository holds now, as
+    `status --freshness` reads it (every host's, without recording anything)."""
+    rows = project.run("status", "--freshness", "--json")
+    (row,) = [r for r in json.loads(rows.stdout)["freshness"]
+              if r["target"] == target and r["host"] == host]
+    return datetime.fromisoformat(row["newest_at"].replace("Z", "+00:00"))
+
+
 def test_a_host_whose_snapshots_stop_arriving_is_flagged(
         project: Project, rclone_endpoint: S3Endpoint,
         webhook: tuple[str, list[dict[str, Any]]]) -> None:
+    """Beta's worker backs up once and stops. Alpha's scheduler and catalog have nothing to
+    say (its own target is fresh), but the shared repository's own snapshot list shows beta
+    went silent: past the repository's max_snapshot_age (3 s here), alpha's freshness check
+    fails, is recorded and notified, and status and metrics show it."""
     bucket = f"fresh-{time.monotonic_ns()}"
     alpha = host_project(project.root / "alpha", project, rclone_endpoint, bucket, "alpha",
-                         "web", {"max_snapshot_age": "2h"}, hook=webhook[0])
+                         "web", {"max_snapshot_age": "3s"}, hook=webhook[0])
     beta = host_project(project.root / "beta", project, rclone_endpoint, bucket, "beta",
                         "orders")
     assert alpha.run("repo", "init").returncode == 0
     assert beta.run("backup").returncode == 0, "beta's worker runs once"
     assert alpha.run("backup").returncode == 0
+    silent_since = newest_snapshot(alpha, "orders", "beta")
+    wait_for(lambda: datetime.now(UTC) > silent_since + timedelta(seconds=4),
+             "beta's snapshot to be older than 3 s")
 
-    fresh = alpha.run_json("check", "--freshness")["checks"][0]
-    assert fresh["status"] == "passed", fresh
-    # Beta's worker stops; three hours on, alpha's own backups are fresh (rpo 1d), its
-    # scheduler has nothing to say, and the repository shows beta went silent.
-    later = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
-    result = alpha.run("check", "--freshness", "--as-of", later, "--json")
+    result = alpha.run("check", "--freshness", "--json")
     assert result.returncode == 1, result.stdout
     (check,) = json.loads(result.stdout)["checks"]
     (error,) = check["errors"]
     assert "target orders of host beta" in error and "has its worker stopped" in error
     (event,) = [e for e in webhook[1] if e["event"] == "freshness_failed"]
     assert event["repository"] == "shared" and event["errors"] == [error]
-    # status reports the recorded verdict, the metrics too
-    result = alpha.run("status")
-    assert result.returncode == 1 and "target orders of host beta" in result.stderr
-    stale = scrape(alpha.run("metrics").stdout)
+    assert alpha.run("status", "--json").returncode == 1  # the recorded verdict
+    assert "target orders of host beta" in alpha.run("status").stderr
     key = frozenset({"host": "alpha", "repository": "shared", "target": "orders",
                      "snapshot_host": "beta"}.items())
-    assert stale[("drkit_freshness_stale", key)] == 1
-    # a full check's integrity verdict is its own: the repository is intact
+    samples = scrape(alpha.run("metrics").stdout)
+    assert samples[("drkit_freshness_stale", key)] == 1
+    assert samples[("drkit_freshness_newest_snapshot_timestamp_seconds", key)] == \
+        pytest.approx(silent_since.timestamp(), abs=1e-3)
+
+    # Beta comes back. Judged as of a second after its new snapshot, all is fresh; that
+    # judgement is recorded as asked, and never taken for the current verdict.
+    assert beta.run("backup").returncode == 0
+    back = newest_snapshot(alpha, "orders", "beta")
+    asked = alpha.run_json("check", "--freshness", "--as-of",
+                           (back + timedelta(seconds=1)).isoformat())["checks"][0]
+    assert asked["status"] == "passed", asked
+    rows = {(r["target"], r["host"]): r for r in asked["freshness"]["rows"]}
+    assert rows[("orders", "beta")]["snapshots"] == 2
+    assert rows[("web", "alpha")]["rpo_s"] == 86400  # its plan's RPO, not the repository's
+    before = alpha.run_json("check", "--freshness", "--as-of",
+                            (silent_since - timedelta(seconds=1)).isoformat(),
+                            expect=1)["checks"][0]
+    assert [r["target"] for r in before["freshness"]["rows"] if r["stale"]] == ["web"]
+    assert alpha.run("status").returncode == 1  # still the verdict of now
+    # The integrity check's verdict is its own: the repository is intact.
     full = alpha.run("check", "--json")
     (intact,) = json.loads(full.stdout)["checks"]
-    assert intact["status"] == "passed" and intact["freshness"]["status"] == "passed"
-    assert full.returncode == 0
-
-    # The same from `status --freshness` (read, not recorded), and in the metrics.
-    status = alpha.run_json("status", "--freshness")
-    rows = {(r["target"], r["host"]): r for r in status["freshness"]}
-    assert rows[("orders", "beta")]["stale"] is False
-    assert rows[("web", "alpha")]["rpo_s"] == 86400
-    samples = scrape(alpha.run("metrics").stdout)
-    assert samples[("drkit_freshness_stale", key)] == 0
-    beta_newest = rows[("orders", "beta")]["newest_at"]
-    assert samples[("drkit_freshness_newest_snapshot_timestamp_seconds", key)] == \
-        pytest.approx(datetime.fromisoformat(beta_newest.replace("Z", "+00:00")).timestamp(),
-                      abs=1e-3)
-    assert alpha.run("check", "--as-of", later).returncode == 2  # --freshness only
+    assert full.returncode == 0 and intact["status"] == "passed" and intact["errors"] == []
+    assert alpha.run("check", "--as-of", back.isoformat()).returncode == 2  # --freshness only
 
 
 def test_metrics_say_what_status_says(project: Project, rclone_endpoint: S3Endpoint) -> None:
@@ -204,3 +220,20 @@ def test_spot_check_catches_a_file_changed_behind_drkits_back(
     assert result.returncode == 1
     assert "the source holds 9 files, the snapshot 5" in result.stderr
     assert alpha.run("check", "--spot", "nonesuch").returncode == 2
+
+
+def test_metrics_say_drkit_is_down_when_the_catalog_cannot_be_read(project: Project) -> None:
+    """The textfile recipe must not keep publishing the last good file: `drkit metrics`
+    prints drkit_up 0 (and exits 1 with the reason) when the catalog does not answer."""
+    from drkit.locals3 import free_port
+
+    project.write_config({
+        "host": "alpha",
+        "catalog": f"postgresql+psycopg://drkit@127.0.0.1:{free_port()}/nowhere",
+        "repositories": {"r": {"url": str(project.root / "r"),
+                               "password": {"env": "DRKIT_TEST_PASSWORD"}}}})
+    result = project.run("metrics")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot open catalog" in result.stderr
+    (up,) = [s for f in text_string_to_metric_families(result.stdout) for s in f.samples]
+    assert (up.name, up.labels, up.value) == ("drkit_up", {"host": "alpha"}, 0.0)

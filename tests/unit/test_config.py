@@ -181,3 +181,20 @@ prune: {schedule: "every day"}
     assert any("'retries.attempts'" in p for p in found), found
     assert any("'retries.delays'" in p for p in found), found
     assert any("'prune.schedule'" in p for p in found), found
+
+
+def test_yaml_merge_keys_are_no_duplicates(tmp_path: Path) -> None:
+    """`<<: *anchor` (a common way to share target settings) loads; a real duplicate key
+    is still an error with its line."""
+    path = tmp_path / "drkit.yaml"
+    path.write_text(
+        "repositories:\n  r: {url: /tmp/r, password: {env: X}}\n"
+        "targets:\n"
+        "  a: &files {kind: files, paths: [/srv/a], repositories: [r]}\n"
+        "  b:\n    <<: *files\n    paths: [/srv/b]\n")
+    config = load_config(path)
+    assert [str(p) for p in config.targets["b"].paths] == ["/srv/b"]  # type: ignore[attr-defined]
+    path.write_text("repositories:\n  r: {url: /tmp/r, password: {env: X}}\n"
+                    "repositories:\n  s: {url: /tmp/s, password: {env: X}}\n")
+    with pytest.raises(ConfigError, match=r"drkit.yaml:3: .*duplicate key"):
+        load_config(path)

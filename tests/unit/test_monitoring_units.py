@@ -198,6 +198,7 @@ def test_growth_states_and_anomaly_index_on_sqlite_and_postgresql(catalog_url: s
             started_at=at, finished_at=at + timedelta(minutes=1),
             evidence={"restic_summary": {"data_added": 1000 * (day + 1),
                                          "total_bytes_processed": 10**6 + day},
+                      "fingerprints": {"t": {"value": "a\x00b"}},  # JSON casts refuse it
                       "anomaly": {"flagged": flagged, "reasons": ["x"] if flagged else []}}))
     catalog.append(NewRecord(kind="backup", status="failed", target="t", repository="r",
                              started_at=T0 + timedelta(days=6), finished_at=T0 + timedelta(
@@ -216,3 +217,50 @@ def test_growth_states_and_anomaly_index_on_sqlite_and_postgresql(catalog_url: s
     assert state.last_status == "failed" and state.last_snapshot_id == "s4"
     assert state.recovery_point_at == T0 + timedelta(days=4)
     assert [a.snapshot_id for a in flagged] == [a.snapshot_id for a in from_chain] == ["s3"]
+
+
+def test_a_scrape_that_cannot_read_the_catalog_says_so(caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    from prometheus_client import generate_latest
+
+    from drkit.jobs.metrics import registry
+
+    def broken() -> Any:
+        raise OSError("catalog.db: disk I/O error")
+
+    text = generate_latest(registry(broken)).decode()
+    assert "drkit_up{host=\"\"} 0.0" in text
+    assert [r.getMessage() for r in caplog.records if r.name == "drkit.metrics"] == [
+        "metrics: the catalog could not be read: OSError: catalog.db: disk I/O error"]
+
+
+def test_ransomware_that_renames_what_it_encrypts_is_flagged() -> None:
+    """Encrypted to x.locked and the original deleted: every file new and the data new (all
+    of it, or 40% of it), where a real path change is every file new and the data known."""
+    past = history(15, random.Random(7))
+    settings = AnomalySettings()
+    everything = summary(0, 0, new=1030, added=10**8)
+    assert any("gone" in r for r in score(everything, past, settings).reasons)
+    part = summary(0, 600, new=420, added=4 * 10**7)
+    reasons = score(part, past, settings).reasons
+    assert reasons and "were replaced" in reasons[0]
+    moved = summary(0, 0, new=1030, added=2 * 10**6)  # the paths changed: data known
+    assert not score(moved, past, settings).flagged
+
+
+@pytest.mark.parametrize(("path", "patterns", "out"), [
+    ("/srv/app/x.log", ["/srv/app/*.log"], True),
+    ("/srv/app/sub/x.log", ["/srv/app/*.log"], False),   # * stays within a component
+    ("/srv/app/sub/x.log", ["/srv/app/**/*.log"], True),
+    ("/srv/app/tmp", ["/tmp"], False),                  # a leading / anchors
+    ("/tmp/x", ["/tmp"], True),                         # what lies below goes too
+    ("/srv/app/cache/a", ["cache/"], True),             # any component on
+    ("/srv/app/a.tmp", ["*.tmp"], True),
+    ("/srv/app/keep.tmp", ["*.tmp", "!keep.tmp"], False),
+    ("/home/u/x/.cache/y", ["/home/*/.cache"], False),
+    ("/home/u/.cache/y", ["/home/*/.cache"], True),
+])
+def test_excludes_match_as_restic_does(path: str, patterns: list[str], out: bool) -> None:
+    from drkit.targets.sample import excluded
+
+    assert excluded(path, patterns) is out

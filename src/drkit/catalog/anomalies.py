@@ -176,7 +176,9 @@ def last_normal(session: Session, *, target: str, repository: str, host: str
     """
     from drkit.catalog.snapshots import good_snapshots
 
-    flagged = anomalies(session, host=host, target=target)
+    # From the chain itself, not the index: what is restored and what prune keeps must not
+    # depend on a table outside the hash chain (one target's backups: an index range).
+    flagged = anomalies(session, host=host, target=target, from_chain=True)
     good = good_snapshots(session, target=target, repository=repository, host=host)
     opened = [a for a in flagged if a.open]
     if opened:
@@ -184,8 +186,9 @@ def last_normal(session: Session, *, target: str, repository: str, host: str
         chosen = next((g for g in good if g.backed_up_at < first.started_at), None)
         return chosen, (f"the newest good backup before the open anomaly of record "
                         f"{first.record_id} (in {first.repository})"), opened
+    # The flagged runs' data: the flagged records, and any snapshot of the same data (the
+    # run's other repositories, copies) by when it was backed up.
     marked = {a.record_id for a in flagged}
-    marked_times = {a.finished_at for a in flagged}
-    chosen = next((g for g in good if g.record_id not in marked
-                   and (g.data_at is None or g.data_at not in marked_times)), None)
+    chosen = next((g for g in good if g.record_id not in marked and not any(
+        a.started_at <= g.backed_up_at <= a.finished_at for a in flagged)), None)
     return chosen, "the newest good backup never flagged as an anomaly", []

@@ -148,11 +148,13 @@ def _share(subset: object) -> float | None:
 
 
 def _summary_figure(session: Session, key: str) -> Any:
-    """restic's summary figure ``key`` of a record's evidence, read by the database."""
+    """restic's summary figure ``key`` (a whole number) of a record's evidence, read by the
+    database. PostgreSQL reads it from the canonical text with a pattern: a JSON cast would
+    refuse the whole record for an escaped NUL anywhere in it (a fingerprint may hold one);
+    ``restic_summary`` is a flat object of numbers, and canonical JSON is compact."""
     if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        return cast(cast(Record.evidence, JSONB)["restic_summary"][key].astext, BigInteger)
+        pattern = '"restic_summary":\\{[^{}]*"' + key + '":([0-9]+)'
+        return cast(func.substring(Record.evidence, pattern), BigInteger)
     return func.json_extract(Record.evidence, f"$.restic_summary.{key}")
 
 
@@ -176,6 +178,6 @@ def target_growth(session: Session, host: str, since: datetime, targets: Sequenc
         row = out.setdefault((target or "", repository or ""),
                              {"source_bytes": 0, "added_bytes": 0, "backups": 0})
         row["added_bytes"] += int(added or 0)
-        row["source_bytes"] = int(read or 0)
+        row["source_bytes"] = int(read) if read is not None else row["source_bytes"]
         row["backups"] += 1
     return out

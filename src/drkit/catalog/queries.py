@@ -73,6 +73,11 @@ def backup_states(session: Session, kinds: tuple[str, ...] = ("backup",), *,
     return states
 
 
+# Two result columns and a few parameters a pair: well under SQLite's 2,000 columns and
+# 999 parameters of old builds, and PostgreSQL's 1,664 target-list entries.
+_PAIRS_A_STATEMENT = 64
+
+
 def _states_of(session: Session, kinds: tuple[str, ...], host: str,
                pairs: Sequence[tuple[str, str]]) -> list[RepositoryState]:
     unique = list(dict.fromkeys(pairs))
@@ -83,14 +88,18 @@ def _states_of(session: Session, kinds: tuple[str, ...], host: str,
     kinds_sql = ", ".join(f":k{i}" for i in range(len(kinds)))
     base = (f"SELECT max(seq) FROM records WHERE kind IN ({kinds_sql}) AND hostname = :host "
             "AND target = :t{i} AND repository = :r{i}")
-    parts = []
-    params: dict[str, Any] = {"host": host, **{f"k{i}": kind for i, kind in enumerate(kinds)}}
-    for i, (target, repository) in enumerate(unique):
-        lookup = base.format(i=i)
-        parts += [f"({lookup})", f"({lookup} AND status = 'succeeded')"]
-        params.update({f"t{i}": target, f"r{i}": repository})
-    row = session.execute(text("SELECT " + ", ".join(parts)), params).one()
-    newest = {pair: (row[2 * i], row[2 * i + 1]) for i, pair in enumerate(unique)}
+    newest: dict[tuple[str, str], tuple[int | None, int | None]] = {}
+    for start in range(0, len(unique), _PAIRS_A_STATEMENT):
+        chunk = unique[start:start + _PAIRS_A_STATEMENT]
+        parts = []
+        params: dict[str, Any] = {"host": host,
+                                  **{f"k{i}": kind for i, kind in enumerate(kinds)}}
+        for i, (target, repository) in enumerate(chunk):
+            lookup = base.format(i=i)
+            parts += [f"({lookup})", f"({lookup} AND status = 'succeeded')"]
+            params.update({f"t{i}": target, f"r{i}": repository})
+        row = session.execute(text("SELECT " + ", ".join(parts)), params).one()
+        newest.update({pair: (row[2 * i], row[2 * i + 1]) for i, pair in enumerate(chunk)})
     wanted = {seq for pair in newest.values() for seq in pair if seq is not None}
     records = {r.seq: r for r in session.scalars(select(Record).where(
         Record.seq.in_(sorted(wanted))))} if wanted else {}

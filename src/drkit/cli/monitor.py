@@ -15,13 +15,17 @@ from drkit.errors import EXIT_FAILED, EXIT_OK, BadRequestError
 def cmd_ack(args: argparse.Namespace) -> int:
     """``ack RECORD_ID --reason TEXT``: record that a flagged backup was looked at."""
     from drkit.cli.commands import _config, emit_json
-    from drkit.jobs.ack import acknowledge
+    from drkit.jobs.ack import acknowledge, check_ackable
     from drkit.jobs.common import open_config_catalog
 
     config = _config(args)
     catalog = open_config_catalog(config)
+    wanted = list(dict.fromkeys(args.record_ids))
+    if not args.reason.strip():
+        raise BadRequestError("say why the anomaly is fine: --reason TEXT")
+    check_ackable(catalog, wanted)  # all of them, or none
     done = []
-    for record_id in dict.fromkeys(args.record_ids):  # each decided under the chain's lock
+    for record_id in wanted:  # each decided again under the chain's lock
         found = acknowledge(catalog, record_id, reason=args.reason)
         done.append(found.to_json())
         if not args.json:
@@ -39,8 +43,18 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from drkit.jobs.common import open_config_catalog
     from drkit.jobs.metrics import exposition
 
-    config = _config(args)
-    sys.stdout.write(exposition(config, load_plans(config), open_config_catalog(config)))
+    config = _config(args)  # a bad config is a bad request (exit 2), said as such
+    try:
+        plans, catalog = load_plans(config), open_config_catalog(config)
+    except Exception:
+        # What a textfile collector should publish when drkit cannot read its catalog (a
+        # file left from the last good run would say all is well), then the error, exit 1.
+        sys.stdout.write("# HELP drkit_up 1 when the metrics could be read from the "
+                         "catalog.\n# TYPE drkit_up gauge\n"
+                         f'drkit_up{{host="{config.host}"}} 0.0\n')
+        sys.stdout.flush()
+        raise
+    sys.stdout.write(exposition(config, plans, catalog))
     return EXIT_OK
 
 
@@ -118,7 +132,11 @@ def status_extras(config: Any, plans: Any, catalog: Any, *, freshness: bool
             except DrkitError as exc:
                 problems.append(f"freshness of {name}: {describe(exc)}")
                 continue
-            rows += judge(config, name, listed, rpos, now)
+            from drkit.catalog.snapshots import failed_run_snapshots
+
+            with catalog.read_session() as session:
+                unusable = failed_run_snapshots(session, repository=name, host=config.host)
+            rows += judge(config, name, listed, rpos, now, frozenset(unusable))
         problems += [row.describe() for row in rows if row.stale]
         out["freshness"] = [row.to_json() for row in rows]
     else:  # the verdicts the last checks recorded

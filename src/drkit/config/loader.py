@@ -45,9 +45,15 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, int], list[str]]:
         raise BadRequestError(f"cannot read {path}: {exc.strerror}") from None
     # Parsed once (the node tree gives the lines, the data is built from it), with libyaml
     # when PyYAML has it: the config and every plan are read at each command's start.
+    # The lines are indexed before the data is built: building flattens YAML merge keys
+    # (``<<: *anchor``) into the node tree, which would look like duplicate keys.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    lines: dict[Loc, int] = {}
+    duplicates: list[str] = []
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _index_lines(node, (), lines, duplicates, path)
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -56,10 +62,6 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, int], list[str]]:
         raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
     finally:
         loader.dispose()
-    lines: dict[Loc, int] = {}
-    duplicates: list[str] = []
-    if node is not None:
-        _index_lines(node, (), lines, duplicates, path)
     return data, lines, duplicates
 
 

@@ -34,6 +34,7 @@ from drkit.catalog.anomalies import PastBackup
 from drkit.config.models import AnomalySettings
 
 MIB = 1024 * 1024
+NO_PARENT_ADDED = 0.25  # new data share below which "all files new" is a path change
 MIN_SAMPLED = 4  # fewer sampled files say nothing (one new .zip is not ransomware)
 
 
@@ -54,9 +55,11 @@ def figures_of(summary: dict[str, Any], previous: dict[str, Any] | None,
         "added": added / max(1, count(summary, "total_bytes_processed")),
         "added_bytes": added,
     }
-    # Every file new while the previous run had files: restic compared with no parent (the
-    # paths changed, the first run of a new host): nothing to say about changes or removals.
-    if previous is not None and not (new and not changed and not unmodified):
+    # Every file new while the previous run had files, and the data mostly known: restic
+    # compared with no parent (the paths changed), nothing to say about changes or
+    # removals. Every file new *and* the data new is every file renamed and rewritten.
+    no_parent = new and not changed and not unmodified and out["added"] < NO_PARENT_ADDED
+    if previous is not None and not no_parent:
         removed = max(0, before - changed - unmodified)
         out.update({"changed": changed / max(1, changed + unmodified),
                     "removed": removed / max(1, before),
@@ -156,20 +159,21 @@ def score(summary: dict[str, Any], history: Sequence[PastBackup], settings: Anom
 
 def _partial(current: dict[str, float], verdict: Verdict, settings: AnomalySettings
              ) -> str | None:
-    """Part of the tree encrypted: neither "most files" nor "most data" alone, but both out
-    together (a fifth of the files changed, far out, *and* four times the usual share of new
-    data, at least a fifth of what was read)."""
+    """Part of the tree encrypted (in place, or renamed: the originals gone, new files in
+    their stead): neither "most files" nor "most data" alone, but both out together (a fifth
+    of the files changed or gone, far out, *and* four times the usual share of new data, at
+    least a fifth of what was read)."""
     scores, medians = verdict.scores, verdict.medians
-    if "changed" not in scores or "added" not in scores:
+    if "added" not in scores or current["added"] < max(4 * medians["added"], 0.2) \
+            or current.get("added_bytes", 0) < MIB:
         return None
-    if scores["changed"] >= settings.sensitivity and current["changed"] >= 0.2 \
-            and current.get("changed_files", 0) >= settings.min_files \
-            and current["added"] >= max(4 * medians["added"], 0.2) \
-            and current.get("added_bytes", 0) >= MIB:
-        return (f"{current['changed'] * 100:.0f}% of the files changed and "
-                f"{current['added'] * 100:.0f}% of the data read was new (usually "
-                f"{medians['changed'] * 100:.0f}% and {medians['added'] * 100:.0f}%): part of "
-                "the tree rewritten?")
+    for figure, what in (("changed", "changed"), ("removed", "were replaced")):
+        if scores.get(figure, 0.0) >= settings.sensitivity and current[figure] >= 0.2 \
+                and current.get(f"{figure}_files", 0) >= settings.min_files:
+            return (f"{current[figure] * 100:.0f}% of the files {what} and "
+                    f"{current['added'] * 100:.0f}% of the data read was new (usually "
+                    f"{medians[figure] * 100:.0f}% and {medians['added'] * 100:.0f}%): part "
+                    "of the tree rewritten?")
     return None
 
 

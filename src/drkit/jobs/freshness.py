@@ -78,8 +78,11 @@ def judge(config: Config, repository: str, listed: Sequence[Snapshot],
     starts with one of ``unusable`` (this host's failed runs left them) do not count; nor do
     the ``retired_hosts``. A copy repository is judged by its ``max_snapshot_age`` only (it
     lags its source by the copy schedule)."""
+    now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     newest: dict[tuple[str, str], list[datetime]] = {}
     for snap in listed:
+        if snap.time > now:
+            continue  # judged as of an earlier moment: what came later did not exist yet
         target = target_of(snap.tags)
         if target is None or snap.hostname in config.retired_hosts:
             continue  # safety copies and foreign snapshots carry no target tag
@@ -93,7 +96,6 @@ def judge(config: Config, repository: str, listed: Sequence[Snapshot],
     default = config.repositories[repository].max_snapshot_age
     if config.repositories[repository].copy_from is not None:
         rpos = {}
-    now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     out = []
     for (target, host), times in sorted(newest.items()):
         latest = max(times) if times else None
@@ -127,7 +129,9 @@ def record_freshness(config: Config, catalog: Catalog, repository: str,
                      ) -> FreshnessRun:
     """Judge ``listed`` (None: the list could not be read, ``error`` says why) and record
     the verdict: ``passed``, or ``failed`` naming every stale target/host. Kept apart from
-    the integrity check's verdict (a host that went silent is no damage to the data)."""
+    the integrity check's verdict (a host that went silent is no damage to the data). A
+    judgement as of another moment (``now``) is recorded as such (``as_of_asked``) and never
+    taken for the current verdict (:func:`last_verdicts`)."""
     from drkit.catalog.inflight import utcnow
     from drkit.catalog.snapshots import failed_run_snapshots
     from drkit.catalog.store import NewRecord
@@ -148,7 +152,8 @@ def record_freshness(config: Config, catalog: Catalog, repository: str,
     record = catalog.append(NewRecord(
         kind="freshness", status=status, repository=repository, started_at=started,
         finished_at=utcnow(), error="; ".join(errors)[:4000] or None,
-        evidence={"as_of": moment, "rows": [row.to_json() for row in rows],
+        evidence={"as_of": moment, "as_of_asked": now is not None,
+                  "rows": [row.to_json() for row in rows],
                   "errors": errors, "retired_hosts": list(config.retired_hosts)}))
     for problem in errors:
         log.error("freshness %s: %s", repository, problem)
@@ -161,8 +166,9 @@ def record_freshness(config: Config, catalog: Catalog, repository: str,
 
 
 def last_verdicts(config: Config, catalog: Catalog) -> dict[str, dict[str, Any]]:
-    """Each repository's newest recorded freshness verdict by this host (its evidence, with
-    ``status`` and ``finished_at``)."""
+    """Each repository's newest recorded freshness verdict of now by this host (its
+    evidence, with ``status`` and ``finished_at``; judgements asked ``--as-of`` another
+    moment do not count)."""
     import json
 
     from sqlalchemy import func, select
@@ -171,7 +177,8 @@ def last_verdicts(config: Config, catalog: Catalog) -> dict[str, dict[str, Any]]
 
     with catalog.read_session() as session:
         newest = (select(Record.repository, func.max(Record.seq).label("seq"))
-                  .where(Record.kind == "freshness", Record.hostname == config.host)
+                  .where(Record.kind == "freshness", Record.hostname == config.host,
+                         Record.evidence.not_like('%"as_of_asked":true%'))
                   .group_by(Record.repository).subquery())
         found = session.execute(select(Record.repository, Record.status, Record.finished_at,
                                        Record.evidence)

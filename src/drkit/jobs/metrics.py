@@ -137,6 +137,9 @@ def collect(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog,
     for name, verdict in last_verdicts(config, catalog).items():
         out.set("drkit_freshness_checked_timestamp_seconds", "When the repository's own "
                 "snapshot list was last judged.", _ts(verdict["finished_at"]), repository=name)
+        out.set("drkit_freshness_passed", "1 when the last freshness judgement passed (0: a "
+                "target/host was stale, or the snapshot list could not be read).",
+                int(verdict["status"] == "passed"), repository=name)
         for row in verdict.get("rows", []):
             labels = {"repository": name, "target": str(row.get("target")),
                       "snapshot_host": str(row.get("host"))}
@@ -161,19 +164,21 @@ def registry(load: Any) -> CollectorRegistry:
             from prometheus_client.core import GaugeMetricFamily
 
             up = GaugeMetricFamily("drkit_up", "1 when the metrics could be read from the "
-                                   "catalog at this scrape.")
+                                   "catalog at this scrape.", labels=["host"])
+            host = ""
             try:
                 config, plans, catalog = load()
+                host = config.host
                 families = collect(config, plans, catalog)
             except Exception as exc:  # one line, and a metric an alert can fire on
                 from drkit.config.secrets import redact
 
                 log.error("metrics: the catalog could not be read: %s: %s",
                           type(exc).__name__, redact(str(exc))[:300])
-                up.add_metric([], 0.0)
+                up.add_metric([host], 0.0)
                 yield up
                 return
-            up.add_metric([], 1.0)
+            up.add_metric([host], 1.0)
             yield up
             yield from families
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, PositiveInt
+from pydantic import AfterValidator, Field, PositiveInt, field_validator
 
 from drkit.config.models import Share, Size, Strict, TargetConfig, resolve_path
 from drkit.targets.base import BackupSource, TargetError, iter_missing
@@ -31,6 +31,13 @@ class FilesTarget(TargetConfig):
     # At each backup, read the head of up to N files changed since the last one and record
     # how many look encrypted (high entropy, incompressible): part of the anomaly verdict.
     entropy_sample: int = Field(default=0, ge=0, le=64)
+
+    @field_validator("entropy_sample")
+    @classmethod
+    def _enough_to_judge(cls, value: int) -> int:
+        if 0 < value < 4:
+            raise ValueError("sample at least 4 files (fewer say nothing), or 0 for none")
+        return value
     spot: SpotCheck = Field(default_factory=SpotCheck)
 
 

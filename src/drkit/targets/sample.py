@@ -35,22 +35,35 @@ class Walked:
     truncated: bool
 
 
+def _glob(pattern: list[str], parts: list[str]) -> bool:
+    """Whether path components ``parts`` match ``pattern``'s components exactly: ``*`` and
+    ``?`` within one component, ``**`` over any number of them."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and \
+        _glob(pattern[1:], parts[1:])
+
+
 def excluded(path: str, patterns: Sequence[str]) -> bool:
-    """Whether ``path`` matches one of restic's ``--exclude`` ``patterns``, approximately:
-    a pattern with a ``/`` is matched against the path's end, one without against each of
-    its components (``*.tmp``, ``cache/``)."""
-    parts = path.split(os.sep)
-    for pattern in patterns:
-        bare = pattern.rstrip("/")
-        if not bare:
+    """Whether restic's ``--exclude`` ``patterns`` exclude ``path``, as restic matches them:
+    by path components (``*`` stays within one, ``**`` crosses any number); a pattern that
+    starts with ``/`` is anchored at the root, any other may match from any component on; a
+    match excludes what lies below too; a later ``!pattern`` includes again."""
+    parts = [part for part in path.split(os.sep) if part]
+    verdict = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        text = (raw[1:] if negate else raw).rstrip("/")
+        if not text:
             continue
-        if "/" in bare:
-            if fnmatch.fnmatchcase(path, bare) or \
-                    fnmatch.fnmatchcase(path, "*/" + bare.lstrip("/")):
-                return True
-        elif any(fnmatch.fnmatchcase(part, bare) for part in parts):
-            return True
-    return False
+        pattern = [part for part in text.split("/") if part]
+        if not text.startswith("/"):
+            pattern = ["**", *pattern]
+        if any(_glob(pattern, parts[:end]) for end in range(1, len(parts) + 1)):
+            verdict = not negate
+    return verdict
 
 
 def walk(paths: Sequence[str], *, budget: int = BUDGET, exclude: Sequence[str] = ()
