@@ -153,6 +153,10 @@ def test_metrics_say_what_status_says(project: Project, rclone_endpoint: S3Endpo
     assert capacity["size"] > 0 and capacity["quota"] == 2**30
     assert value("drkit_repository_size_bytes", repository="shared") == capacity["size"]
     assert value("drkit_repository_quota_bytes", repository="shared") == 2**30
+    # what a full read would take, at the rate the half read achieved
+    assert capacity["full_read_s"] > 0
+    assert value("drkit_repository_full_read_seconds", repository="shared") == \
+        capacity["full_read_s"]
 
     # The same through `serve`'s listener, scraped over HTTP.
     from drkit.catalog.store import open_catalog
