@@ -206,6 +206,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                   + ("" if evidence.healthy else "  (NOT COVERED: see the errors of the "
                                                   "last runs, or run `drkit audit verify`)"))
         render.capacity_lines(extras["capacity"])
+        if extras.get("freshness"):
+            render.freshness_table(extras["freshness"], title="freshness" + (
+                "" if args.freshness else " (the last check's verdict)"))
     for problem in problems:
         print(f"drkit: {problem}", file=sys.stderr)
     healthy = (all(s.healthy for s in statuses) and all(p.healthy for p in drills)
@@ -235,6 +238,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                       subset=args.read_data_subset, freshness_only=args.freshness, now=when)
     if args.json:
         emit_json({"checks": [run.to_json() for run in runs]})
+    elif args.freshness:
+        render.freshness_table([row for run in runs for row in (run.freshness or {}).get(
+            "rows", [])], title="freshness" + (f" as of {when}Z" if when else ""))
     else:
         render.check_table(runs)
     failed = [run.repository for run in runs if run.status != "passed"]

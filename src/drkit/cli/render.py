@@ -275,3 +275,20 @@ def capacity_lines(forecasts: Sequence[dict[str, object]]) -> None:
                 + (f", reached in {days:.0f} days ({str(found.get('quota_at'))[:10]})"
                    if isinstance(days, float | int) else ""))
         console.print(("[red]" + line + " (WARNING)[/]") if found.get("warn") else line)
+
+
+def freshness_table(rows: Sequence[dict[str, object]], title: str = "freshness") -> None:
+    """Each target/host a repository holds: its newest snapshot's age against its limit."""
+    table = Table(title=title, title_justify="left")
+    for column in ("repository", "target", "host", "newest snapshot", "age", "limit",
+                   "verdict"):
+        table.add_column(column)
+    for row in rows:
+        age, limit = row.get("age_s"), row.get("rpo_s")
+        table.add_row(str(row["repository"]), str(row["target"]), str(row["host"]),
+                      str(row.get("newest_at") or "none"),
+                      _age(age if isinstance(age, float | int) else None),
+                      _age(limit if isinstance(limit, float | int) else None),
+                      "[red]STALE[/]" if row.get("stale") else (
+                          "[green]ok[/]" if limit is not None else "not judged"))
+    _console().print(table)
