@@ -81,6 +81,7 @@ def test_a_host_whose_snapshots_stop_arriving_is_flagged(
     silent_since = newest_snapshot(alpha, "orders", "beta")
     wait_for(lambda: datetime.now(UTC) > silent_since + timedelta(seconds=4),
              "beta's snapshot to be older than 3 s")
+    assert alpha.run("status").returncode == 0  # alpha's own view: nothing wrong
 
     result = alpha.run("check", "--freshness", "--json")
     assert result.returncode == 1, result.stdout
