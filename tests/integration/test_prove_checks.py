@@ -175,8 +175,12 @@ def test_pgbench_writing_during_the_backup(project: Project, postgres: DatabaseS
         done = subprocess.run(argv, capture_output=True, text=True, env=pg)
         assert done.returncode == 0, done.stderr
     done = project.root / "pgbench.done"
+    # The writer lets go of pg_dump's output pipes: drkit kills whatever still holds a
+    # finished child's pipes (a setsid escapee) a moment later, which would stop the shell
+    # before it writes pgbench.done whenever pgbench outlives pg_dump.
     wrapper = script(project.root / "busy-pg_dump", f"""\
-        setsid sh -c 'pgbench -n -c 2 -t 1500 >{project.root}/pgbench.out 2>&1; echo $? >{done}' &
+        setsid sh -c 'pgbench -n -c 2 -t 1500 >{project.root}/pgbench.out 2>&1; echo $? >{done}' \\
+            </dev/null >/dev/null 2>&1 &
         until [ "$(psql -XAtqc 'select count(*) > 200 from pgbench_history')" = t ]; do
             sleep 0.01
         done
