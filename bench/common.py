@@ -67,3 +67,26 @@ def write_chain(url: str, records: list[dict[str, Any]]) -> None:
                    if (record["evidence"].get("anomaly") or {}).get("flagged") is True]
         if flagged:  # what Catalog.append writes beside a flagged backup
             session.execute(insert(AnomalyIndex), flagged)
+
+
+def write_project(root: Path, plans: dict[str, list[str]], targets: list[str], *, rpo: str,
+                  repository: dict[str, Any] | None = None) -> Path:
+    """A bench deployment under ``root``: host "bench" (the records' hostname), one local
+    repository ``primary`` (with ``repository``'s settings), ``targets`` as files targets,
+    ``plans`` (name -> targets) with objectives ``rpo``/15m. Returns the config's path."""
+    import yaml
+
+    (root / "config").mkdir()
+    (root / "recovery_plans").mkdir()
+    for plan, steps in plans.items():
+        (root / "recovery_plans" / f"{plan}.yaml").write_text(yaml.safe_dump({
+            "name": plan, "objectives": {"rpo": rpo, "rto": "15m"},
+            "steps": [{"target": t} for t in steps]}))
+    config = root / "config" / "drkit.yaml"
+    config.write_text(yaml.safe_dump({
+        "host": "bench",  # the records' hostname: status shows this host's backups
+        "repositories": {"primary": {"url": str(root / "repo"), **(repository or {}),
+                                     "password": {"env": "BENCH_PASSWORD"}}},
+        "targets": {t: {"kind": "files", "paths": [str(root)], "repositories": ["primary"]}
+                    for t in targets}}))
+    return config

@@ -25,9 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bench.common import timed, write_chain
+from bench.common import timed, write_chain, write_project
 from drkit.catalog.inflight import utcnow
 from drkit.catalog.store import open_catalog
 
@@ -129,19 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="drkit-bench-monitoring-") as work:
         root = Path(work)
-        (root / "config").mkdir()
-        (root / "recovery_plans").mkdir()
-        for plan, targets in PLANS.items():
-            (root / "recovery_plans" / f"{plan}.yaml").write_text(yaml.safe_dump({
-                "name": plan, "objectives": {"rpo": "1d", "rto": "15m"},
-                "steps": [{"target": t} for t in targets]}))
-        config = root / "config" / "drkit.yaml"
-        config.write_text(yaml.safe_dump({
-            "host": "bench",
-            "repositories": {"primary": {"url": str(root / "repo"), "quota": "1TiB",
-                                         "password": {"env": "BENCH_PASSWORD"}}},
-            "targets": {t: {"kind": "files", "paths": [str(root)], "repositories": ["primary"]}
-                        for t in TARGETS}}))
+        config = write_project(root, PLANS, TARGETS, rpo="1d", repository={"quota": "1TiB"})
         url = f"sqlite:///{root / 'config' / '.drkit' / 'catalog.db'}"
         fill(url, args.records, args.days)
         scores = scoring_ms(url, 200)

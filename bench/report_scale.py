@@ -21,9 +21,7 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-import yaml
-
-from bench.common import timed, write_chain
+from bench.common import timed, write_chain, write_project
 from drkit.catalog.inflight import utcnow
 
 TARGETS = [f"app-{index}" for index in range(10)]
@@ -70,19 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="drkit-bench-report-") as work:
         root = Path(work)
-        (root / "config").mkdir()
-        (root / "recovery_plans").mkdir()
-        for plan, targets in PLANS.items():
-            (root / "recovery_plans" / f"{plan}.yaml").write_text(yaml.safe_dump({
-                "name": plan, "objectives": {"rpo": "1h", "rto": "15m"},
-                "steps": [{"target": t} for t in targets]}))
-        config = root / "config" / "drkit.yaml"
-        config.write_text(yaml.safe_dump({
-            "host": "bench",  # the records' hostname: status shows this host's backups
-            "repositories": {"primary": {"url": str(root / "repo"),
-                                         "password": {"env": "BENCH_PASSWORD"}}},
-            "targets": {t: {"kind": "files", "paths": [str(root)], "repositories": ["primary"]}
-                        for t in TARGETS}}))
+        config = write_project(root, PLANS, TARGETS, rpo="1h")
         fill_catalog(f"sqlite:///{root / 'config' / '.drkit' / 'catalog.db'}", args.records,
                      args.days)
         env = {**os.environ, "BENCH_PASSWORD": "unused"}
