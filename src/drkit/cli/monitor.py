@@ -130,7 +130,7 @@ def status_extras(config: Any, plans: Any, catalog: Any, *, freshness: bool
                                             action=f"freshness of {name}",
                                             limits=Limits.after(config.timeouts.restic))
             except DrkitError as exc:
-                problems.append(f"freshness of {name}: {describe(exc)}")
+                problems.append(describe(exc))  # it names the action and repository
                 continue
             from drkit.catalog.snapshots import failed_run_snapshots
 
