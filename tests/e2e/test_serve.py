@@ -1,25 +1,29 @@
-"""`drkit serve` and `drkit deploy` against real Prefect servers (`prefect server start`):
-scheduled runs, the catch-up after downtime, a worker picking a run up, clean shutdown."""
+"""`drkit serve` against its real embedded Prefect server (`prefect server start`): scheduled
+runs, the catch-up after downtime, clean shutdown, a server that dies, a second serve, a serve
+killed with -9 and restarted with a changed config. (`drkit deploy` and workers:
+tests/e2e/test_sites.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from drkit.flows.server import healthy, is_server_process
 from drkit.locals3 import free_port
 from tests.conftest import Project
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,48 +53,54 @@ def scheduled_project(project: Project) -> None:
     assert project.run("repo", "init").returncode == 0
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs of live processes whose command line or environment contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if text.encode() in blob:
-            found.append(int(entry.name))
-    return found
+def server_of(project: Project) -> tuple[int, int]:
+    """The embedded server's (pid, port), as serve wrote them down."""
+    left = json.loads((project.root / "config" / ".drkit" / "prefect" / "server.json").read_text())
+    return int(left["pid"]), int(left["port"])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_serve(project: Project, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **project.env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_HOME": str(project.root / "no-profile"),  # no user profile's API URL
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # pick scheduled runs up within 2 s
+    env.pop("PREFECT_API_URL", None)
+    with (project.root / f"{name}.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "drkit", "--config", str(project.config_path), "serve",
+             *extra], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=project.root)
+
+
+def output(project: Project, name: str) -> str:
+    return (project.root / f"{name}.log").read_text(errors="replace")
 
 
 def test_serve_runs_schedules_catches_up_once_and_stops_cleanly(project: Project) -> None:
     scheduled_project(project)
     assert project.run("backup", "minutely").returncode == 0
-    env = {**os.environ, **project.env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # pick scheduled runs up within 2 s
-    env.pop("PREFECT_API_URL", None)
-    log = (project.root / "serve.log").open("w")
     metrics_port = free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "serve",
-         "--metrics-port", str(metrics_port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=project.root)
+    serve = start_serve(project, "serve", "--metrics-port", str(metrics_port))
     try:
         deadline = time.monotonic() + 180
         scheduled = False
         while time.monotonic() < deadline and not scheduled:
             time.sleep(2)
-            assert serve.poll() is None, (project.root / "serve.log").read_text()
+            assert serve.poll() is None, output(project, "serve")
             minutely = [b for b in backups(project) if b["target"] == "minutely"]
             scheduled = len(minutely) >= 2 and minutely[-1]["status"] == "succeeded"
-        output = (project.root / "serve.log").read_text()
-        assert scheduled, output
-        assert "Prefect UI: http://127.0.0.1:" in output
-        assert "backup/backup-minutely" in output and "* * * * *" in output
+        log = output(project, "serve")
+        assert scheduled, log
+        assert "Prefect UI: http://127.0.0.1:" in log
+        assert "backup/default.backup-minutely" in log and "* * * * *" in log
         yearly = [b for b in backups(project) if b["target"] == "yearly"]
-        assert [b["status"] for b in yearly] == ["succeeded"]  # one catch-up, not a burst
-        port = output.split("Prefect UI: http://127.0.0.1:", 1)[1].split()[0]
+        assert [b["status"] for b in yearly] == ["succeeded"]  # its one catch-up
+        pid, port = server_of(project)
+        assert log.split("Prefect UI: http://127.0.0.1:", 1)[1].split()[0] == str(port)
+        assert is_server_process(pid, port) and listening(port)
         # /metrics, computed at the scrape: the scheduled backups are in it.
         def finished(target: str) -> list[float]:
             return [datetime.fromisoformat(b["finished_at"].replace("Z", "+00:00"))
@@ -110,61 +120,74 @@ def test_serve_runs_schedules_catches_up_once_and_stops_cleanly(project: Project
     finally:
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(timeout=60)
-        log.close()
-    output = (project.root / "serve.log").read_text()
-    assert code == 0, output
-    assert "serve stopped" in output and "Traceback" not in output
-    time.sleep(1)
-    assert processes_mentioning(f"127.0.0.1:{port}") == [], "orphan processes left"
+    log = output(project, "serve")
+    assert code == 0, log
+    assert "serve stopped" in log and "Traceback" not in log
+    # Nothing left: the server process is gone and nothing listens on its port.
+    wait_for(lambda: not is_server_process(pid, port) and not listening(port),
+             "the embedded server to be gone", 30)
     with pytest.raises(OSError):  # the metrics listener went with serve
         urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[str]:
-    """A real `prefect server start` (what a site would run on PostgreSQL); its API URL."""
-    from drkit.flows.server import embedded_server
-
-    with embedded_server(tmp_path / "server") as server:
-        yield server.api_url
-
-
-def test_deploy_registers_on_a_work_pool_and_a_worker_runs_it(
-        project: Project, prefect_server: str, tmp_path: Path) -> None:
+def test_serve_watches_its_server_refuses_a_twin_and_cleans_up_after_kill_9(
+        project: Project) -> None:
+    """The embedded server killed: restarted once, then serve stops with exit 1. A second
+    serve on the same state directory refuses. serve killed with -9 leaves its server
+    running; the next serve stops it and registers its changed config."""
     scheduled_project(project)
-    env = {**os.environ, **project.env, "PREFECT_API_URL": prefect_server,
-           "PREFECT_HOME": str(tmp_path / "client"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    deploy = subprocess.run(
-        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "deploy",
-         "--work-pool", "site-a"], capture_output=True, text=True, env=env, timeout=180)
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    assert "created process work pool 'site-a'" in deploy.stdout
-    assert "prefect worker start --pool site-a" in deploy.stdout
+    serve = start_serve(project, "watched", "--server-restarts", "1")
+    try:
+        wait_for(lambda: "serving; Ctrl-C" in output(project, "watched") or serve.poll(),
+                 "serve to start", 240)
+        assert serve.poll() is None, output(project, "watched")
+        twin = start_serve(project, "twin")
+        assert twin.wait(timeout=120) == 2
+        assert "another 'drkit serve' runs on this state directory" in output(project, "twin")
+        pid, port = server_of(project)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: "embedded Prefect server restarted (1)" in output(project, "watched"),
+                 "the server's restart", 240)
+        restarted, same_port = server_of(project)
+        assert restarted != pid and same_port == port and healthy(f"http://127.0.0.1:{port}/api")
+        os.kill(restarted, signal.SIGKILL)  # past --server-restarts 1: serve stops
+        assert serve.wait(timeout=120) == 1
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    # The last word is one error line (Prefect's own client may have printed its retries).
+    last = output(project, "watched").strip().splitlines()[-1]
+    assert last.startswith("drkit: error: the embedded Prefect server died (exit -9) and was "
+                           "restarted 1 times already; serve stops"), last
+    assert not listening(port)
 
-    run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run",
-                          "backup/backup-minutely"], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
-    worker = subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool",
-                             "site-a", "--run-once"], capture_output=True, text=True, env=env,
-                            timeout=300, cwd=tmp_path)
-    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    records = backups(project)
-    assert [(b["target"], b["status"]) for b in records] == [("minutely", "succeeded")]
-
-    query = urllib.request.Request(f"{prefect_server}/flow_runs/filter", method="POST",
-                                   data=b"{}", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(query, timeout=30) as response:
-        runs = json.loads(response.read())
-    # The one the worker ran (the schedule has queued more, waiting for a worker).
-    assert [r["name"] for r in runs if r["state_type"] != "SCHEDULED"] == [
-        "backup minutely -> r"]
-    assert [r["state_type"] for r in runs if r["name"] == "backup minutely -> r"] == [
-        "COMPLETED"]
-
-    # Without a server to register on, deploy is a bad request (exit 2), not a traceback.
-    env.pop("PREFECT_API_URL")
-    lonely = subprocess.run(
-        [sys.executable, "-m", "drkit", "--config", str(project.config_path), "deploy",
-         "--work-pool", "site-a"], capture_output=True, text=True, env=env, timeout=60)
-    assert lonely.returncode == 2 and "PREFECT_API_URL" in lonely.stderr
+    serve = start_serve(project, "killed")
+    wait_for(lambda: "serving; Ctrl-C" in output(project, "killed") or serve.poll(),
+             "serve to start", 240)
+    orphan, port = server_of(project)
+    serve.kill()  # -9: no clean-up
+    serve.wait(timeout=30)
+    assert is_server_process(orphan, port) and listening(port)  # left behind
+    # Restarted for real, with a changed config: the next serve stops the orphan, updates
+    # the changed schedule and removes the one no longer declared.
+    config = yaml.safe_load(project.config_path.read_text())
+    config["targets"]["minutely"]["schedule"] = "*/5 * * * *"
+    del config["targets"]["yearly"]
+    project.write_config(config)
+    serve = start_serve(project, "again")
+    try:
+        wait_for(lambda: "serving; Ctrl-C" in output(project, "again") or serve.poll(),
+                 "serve to start again", 240)
+        assert serve.poll() is None, output(project, "again")
+        assert not is_server_process(orphan, port)
+        _, new_port = server_of(project)
+        query = urllib.request.Request(f"http://127.0.0.1:{new_port}/api/deployments/filter",
+                                       method="POST", data=b"{}",
+                                       headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(query, timeout=30) as response:
+            found = {d["name"]: d["schedules"][0]["schedule"]["cron"]
+                     for d in json.loads(response.read())}
+        assert found == {"default.backup-minutely": "*/5 * * * *"}
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0, output(project, "again")

@@ -220,7 +220,7 @@ def test_wrong_password_is_not_retried(prefect_harness: None, env: Project,
     assert "password" in backups[0]["error"]
 
 
-def test_restarting_with_a_changed_config_updates_and_removes_deployments(
+def test_two_sites_share_a_server_and_each_updates_only_its_own_deployments(
         prefect_harness: None, env: Project) -> None:
     from prefect.client.orchestration import get_client
 
@@ -235,8 +235,8 @@ def test_restarting_with_a_changed_config_updates_and_removes_deployments(
     config["targets"]["u"] = {**config["targets"]["t"], "schedule": "0 2 * * *"}
     config["checks"] = {"schedule": "0 3 * * *"}
 
-    def register(settings: dict[str, Any]) -> list[str]:
-        project.write_config(settings)
+    def register(site: str, settings: dict[str, Any]) -> list[str]:
+        project.write_config({**settings, "site": site})
         loaded = load_config(project.config_path)
         found = build_deployments(loaded, load_plans(loaded))
         for _, deployment in found:
@@ -244,15 +244,23 @@ def test_restarting_with_a_changed_config_updates_and_removes_deployments(
         remove_stale(loaded, {deployment.name for _, deployment in found})
         return sorted(deployment.name for _, deployment in found)
 
-    def crons() -> dict[str, str]:
+    def deployments() -> dict[str, tuple[str, list[str], dict[str, Any]]]:
         with get_client(sync_client=True) as client:
-            return {d.name: d.schedules[0].schedule.cron for d in client.read_deployments()
-                    if "drkit" in d.tags and d.parameters.get("config") ==
-                    str(project.config_path)}
+            return {d.name: (d.schedules[0].schedule.cron, sorted(d.tags), d.parameters)
+                    for d in client.read_deployments() if "drkit" in d.tags}
 
-    assert register(config) == ["backup-t", "backup-u", "check"]
-    assert crons() == {"backup-t": "0 * * * *", "backup-u": "0 2 * * *", "check": "0 3 * * *"}
+    # Both sites declare the same schedule names; neither's deploy touches the other's.
+    assert register("eu-1", config) == ["eu-1.backup-t", "eu-1.backup-u", "eu-1.check"]
+    assert register("us-2", config) == ["us-2.backup-t", "us-2.backup-u", "us-2.check"]
     config["targets"]["t"]["schedule"] = "*/30 * * * *"
     del config["targets"]["u"]
-    assert register(config) == ["backup-t", "check"]
-    assert crons() == {"backup-t": "*/30 * * * *", "check": "0 3 * * *"}
+    assert register("eu-1", config) == ["eu-1.backup-t", "eu-1.check"]
+    found = deployments()
+    assert {name: cron for name, (cron, _, _) in found.items()} == {
+        "eu-1.backup-t": "*/30 * * * *", "eu-1.check": "0 3 * * *",
+        "us-2.backup-t": "0 * * * *", "us-2.backup-u": "0 2 * * *", "us-2.check": "0 3 * * *"}
+    # Tagged by site and what they touch; the parameters carry names, never a path.
+    assert found["eu-1.backup-t"][1] == ["drkit", "repository:r", "site:eu-1", "target:t"]
+    assert found["eu-1.backup-t"][2] == {"target": "t", "repositories": ["r"]}
+    assert found["us-2.check"][2] == {"repositories": ["r"]}
+    assert not any(str(project.root) in json.dumps(p) for _, _, p in found.values())

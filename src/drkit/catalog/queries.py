@@ -78,6 +78,18 @@ def backup_states(session: Session, kinds: tuple[str, ...] = ("backup",), *,
 _PAIRS_A_STATEMENT = 64
 
 
+def states_by_host(session: Session, kinds: tuple[str, ...],
+                   wanted: Sequence[tuple[str, str, str]]
+                   ) -> dict[tuple[str, str], RepositoryState]:
+    """The state of each (host, target, repository) asked for, keyed (target, repository):
+    each target's records as made by the host whose data it is."""
+    by_host: dict[str, list[tuple[str, str]]] = {}
+    for host, target, repository in wanted:
+        by_host.setdefault(host, []).append((target, repository))
+    return {(s.target, s.repository): s for host, pairs in by_host.items()
+            for s in _states_of(session, kinds, host, pairs)}
+
+
 def _states_of(session: Session, kinds: tuple[str, ...], host: str,
                pairs: Sequence[tuple[str, str]]) -> list[RepositoryState]:
     unique = list(dict.fromkeys(pairs))

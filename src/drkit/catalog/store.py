@@ -57,6 +57,9 @@ class NewRecord:
     evidence: dict[str, Any] = field(default_factory=dict)
     restic_version: str | None = None
     run_id: str | None = None
+    # Whose data the record is about, when another host did the work (a copy of a target
+    # bound to another host); default: the catalog's host, the one that did it.
+    hostname: str | None = None
 
 
 def masked_url(url: str) -> str:
@@ -191,7 +194,7 @@ class Catalog:
             "target": new.target,
             "repository": new.repository,
             "plan": new.plan,
-            "hostname": self.hostname,
+            "hostname": new.hostname or self.hostname,
             "drkit_version": __version__,
             "restic_version": new.restic_version,
             "started_at": _naive(new.started_at),
@@ -215,7 +218,7 @@ class Catalog:
         session.flush()
         anomaly = new.evidence.get("anomaly") if new.kind == "backup" else None
         if isinstance(anomaly, dict) and anomaly.get("flagged") is True:
-            session.add(AnomalyIndex(record_id=record.id, hostname=self.hostname,
+            session.add(AnomalyIndex(record_id=record.id, hostname=fields["hostname"],
                                      target=new.target, repository=new.repository))
         self.appended += 1
         return record

@@ -261,10 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also serve Prometheus metrics at http://ADDR:PORT/metrics")
     p.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDR",
                    help="the metrics listener's address (default: 127.0.0.1)")
+    p.add_argument("--server-restarts", type=int, default=3, metavar="N",
+                   help="restart a dead embedded Prefect server up to N times, then stop "
+                        "with exit 1 (default: 3)")
     p = sub.add_parser("deploy", parents=[common],
-                       help="register the schedules on a Prefect work pool (scale-out: "
-                            "'prefect worker start --pool NAME' on each host)")
-    p.add_argument("--work-pool", required=True, metavar="NAME")
+                       help="register the site's schedules on a Prefect work pool (scale-out: "
+                            "'drkit worker' on each host)")
+    p.add_argument("--work-pool", metavar="NAME", help="default: drkit-SITE")
+    p = sub.add_parser("worker", parents=[common],
+                       help="run this host's Prefect worker: the site's pool, queues "
+                            "host-HOST and any")
+    p.add_argument("--work-pool", metavar="NAME", help="default: drkit-SITE")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="at most N flow runs at once on this host")
 
     p = sub.add_parser("demo", parents=[common],
                        help="the whole loop on a local S3 endpoint, in a temporary directory")
@@ -273,18 +282,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Redacting(logging.Formatter):
-    """Masks every secret drkit knows in every log line (a second line of defence)."""
+    """Masks every secret drkit knows in every log line (a second line of defence). Without
+    --verbose, other libraries' lines (Prefect's, while serving) come without traceback."""
+
+    def __init__(self, fmt: str, *, verbose: bool) -> None:
+        super().__init__(fmt)
+        self.verbose = verbose
 
     def format(self, record: logging.LogRecord) -> str:
         from drkit.config.secrets import redact
 
+        if not self.verbose and record.exc_info and not record.name.startswith("drkit"):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None,
+                                            "exc_text": None})
+            text = redact(super().format(record))
+            return text if "(run with --verbose" in text else \
+                f"{text} (run with --verbose for the traceback)"
         return redact(super().format(record))
 
 
 def _configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Redacting("drkit: %(message)s" if not verbose else
-                                    "%(asctime)s %(name)s %(levelname)s: %(message)s"))
+                                    "%(asctime)s %(name)s %(levelname)s: %(message)s",
+                                    verbose=verbose))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -20,7 +20,8 @@ def dispatch(args: argparse.Namespace) -> int:
         "init": cmd_init, "validate": cmd_validate, "repo": cmd_repo_init,
         "backup": cmd_backup, "snapshots": cmd_snapshots, "status": cmd_status,
         "drill": cmd_drill, "check": cmd_check, "prune": cmd_prune, "audit": evidence.cmd_audit,
-        "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "demo": cmd_demo,
+        "report": cmd_report, "serve": cmd_serve, "deploy": cmd_deploy, "worker": cmd_worker,
+        "demo": cmd_demo,
         "restore": recovery.cmd_restore, "ls": recovery.cmd_ls,
         "recover": recovery.cmd_recover, "copy": recovery.cmd_copy,
         "keygen": evidence.cmd_keygen, "remediation": evidence.cmd_remediation,
@@ -140,6 +141,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from drkit.cli import render
 
     if not runs:
+        if config.targets:
+            raise BadRequestError(f"no target of this host ({config.host}) in the config: "
+                                  f"each runs on its own host")
         raise BadRequestError("no targets declared in the config")
     if args.json:
         emit_json({"runs": [run.to_json() for run in runs]})
@@ -363,8 +367,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from drkit.flows.serve import serve
 
     config = _config(args)
+    if args.server_restarts < 0:
+        raise BadRequestError("--server-restarts must be 0 or more")
     return serve(config, load_plans(config), _catalog(config), metrics=(
-        (args.metrics_address, args.metrics_port) if args.metrics_port is not None else None))
+        (args.metrics_address, args.metrics_port) if args.metrics_port is not None else None),
+        server_restarts=args.server_restarts)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -373,6 +380,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     config = _config(args)
     return deploy(config, load_plans(config), args.work_pool)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from drkit.flows.serve import worker
+
+    if args.limit is not None and args.limit < 1:
+        raise BadRequestError("--limit must be 1 or more")
+    return worker(_config(args), args.work_pool, args.limit)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import re
 import socket
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -39,6 +39,12 @@ from drkit.config.fields import (
     resolve_path,
 )
 from drkit.config.secrets import SecretRef
+
+if TYPE_CHECKING:
+    from drkit.identity import SnapshotIdentity
+
+# A site's name goes into Prefect deployment names, tags and work-pool names.
+SITE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 
 __all__ = ["HOST_PATTERN", "NAME_PATTERN", "CronExpr", "Duration", "EnvName", "Limit", "Name",
            "Share", "Size", "Strict", "parse_duration", "parse_size", "resolve_path"]
@@ -186,6 +192,10 @@ class TargetConfig(Strict):
     healthcheck: Healthcheck | None = None
     timeout: Limit | None = None  # one backup to one repository; default: timeouts.backup
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    # The machine this target's data lives on: its backups run only there (a worker started
+    # for that host), and its snapshots are that host's. Default: every host that runs
+    # drkit with this config backs it up as its own (the single-machine case).
+    host: Annotated[str, Field(pattern=HOST_PATTERN)] | None = None
 
     @field_validator("repositories")
     @classmethod
@@ -325,6 +335,9 @@ class Config(Strict):
     restic_binary: str = "restic"
     host: str = Field(default_factory=socket.gethostname, pattern=HOST_PATTERN,
                       description="the identity snapshots are made and found under")
+    # The site this config describes: deployments are named, tagged and cleaned up by it, so
+    # several sites share one Prefect server without touching each other's.
+    site: str = Field(default="default", pattern=SITE_PATTERN)
     parallelism: PositiveInt = 2
     # Hosts that backed up into these repositories once and no longer do: their snapshots
     # stay (until forgotten by hand) but freshness no longer expects new ones.
@@ -370,6 +383,24 @@ class Config(Strict):
         """The copy repositories filled from any of ``repositories``, in declaration order."""
         return [name for name, repo in self.repositories.items()
                 if repo.copy_from is not None and repo.copy_from in repositories]
+
+    def host_of(self, target: str) -> str:
+        """The host whose data ``target`` is: its ``host:``, else this machine's identity."""
+        return self.targets[target].host or self.host
+
+    def identity(self, target: str) -> SnapshotIdentity:
+        """Whose snapshots ``target``'s are (the one place that says so)."""
+        from drkit.identity import SnapshotIdentity
+
+        return SnapshotIdentity(self.host_of(target), target)
+
+    def runs_here(self, target: str) -> bool:
+        """Whether ``target``'s backups run on this machine."""
+        return self.host_of(target) == self.host
+
+    def site_hosts(self) -> list[str]:
+        """Every host the site's targets run on (this one for unbound targets)."""
+        return sorted({self.host_of(name) for name in self.targets} or {self.host})
 
     def holding(self, target: str) -> list[str]:
         """Every repository holding ``target``'s snapshots: its own, then their copies."""

@@ -34,7 +34,6 @@ from drkit.drills.restore import (
 from drkit.drills.result import DrillContext, DrillResult, StepResult
 from drkit.drills.sandbox import Sandbox, sandbox, sweep
 from drkit.errors import DrkitError, describe
-from drkit.identity import SnapshotIdentity
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
 from drkit.notify import notify_failure
 from drkit.supervise import Limits
@@ -196,7 +195,7 @@ def _restore_and_check(config: Config, recorder: Recorder, step: PlanStep, repo_
                        result: StepResult) -> StepResult:
     target = config.targets[step.target]
     repo = restic_repository(config, repo_name)
-    identity = SnapshotIdentity(config.host, step.target)
+    identity = config.identity(step.target)
     try:
         choice = choose_snapshot(recorder, repo, identity, wanted, step.pick, limits)
         result.chosen_by = f"{choice.reason}; {why}" if why else choice.reason

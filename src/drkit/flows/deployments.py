@@ -1,16 +1,19 @@
 """Deployments from the config: ``drkit serve`` serves them, ``drkit deploy`` registers them
-on a work pool for ``prefect worker`` processes.
+on the site's work pool for workers (``drkit worker``).
 
 One deployment per schedule (see :func:`drkit.jobs.schedule.declared_schedules`), named
-``backup-TARGET``, ``check``, ``prune``, ``drill-PLAN``, ``report``; each with a concurrency
-limit of 1, so two runs of one target's backup (or of prune) never overlap, whichever worker
-picks them up. Tags: ``drkit`` and ``drkit-config:<hash of the config path>``, so a restarted
-``serve`` removes the deployments of schedules no longer in its config, and only those.
+``SITE.backup-TARGET``, ``SITE.check``, ``SITE.prune``, ``SITE.drill-PLAN``, ``SITE.report``
+(Prefect forbids ``/`` in names). Each has a concurrency limit of 1, so two runs of one
+deployment never overlap, whichever worker picks them up: a backup's extra runs wait (and are
+then skipped, as late runs with a newer good backup), any other's are cancelled, so a slow run
+never builds a queue. A host-bound backup goes to work queue ``host-NAME``, everything else to
+``any``. Tags: ``drkit``, ``site:SITE`` (a restarted ``serve`` or a new ``deploy`` removes its
+own site's deployments whose schedule is gone, and only those) and ``target:``,
+``repository:``, ``plan:`` for filtering in the UI. Parameters carry names only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,13 +27,22 @@ from drkit.jobs.schedule import Schedule, declared_schedules
 log = logging.getLogger("drkit.serve")
 
 
-def config_tag(config: Config) -> str:
-    return "drkit-config:" + hashlib.sha256(str(config.source).encode()).hexdigest()[:12]
+def site_tag(config: Config) -> str:
+    return f"site:{config.site}"
+
+
+def deployment_name(config: Config, schedule_name: str) -> str:
+    return f"{config.site}.{schedule_name}"
+
+
+def default_pool(config: Config) -> str:
+    return f"drkit-{config.site}"
 
 
 def build_deployments(config: Config, plans: dict[str, RecoveryPlan], *,
                       work_pool: str | None = None) -> list[tuple[Schedule, Any]]:
     """(schedule, RunnerDeployment) for every schedule in the config and the plans."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
@@ -39,30 +51,34 @@ def build_deployments(config: Config, plans: dict[str, RecoveryPlan], *,
     out = []
     for schedule in declared_schedules(config, plans):
         deployment = FLOWS[schedule.kind].to_deployment(
-            name=schedule.name,
+            name=deployment_name(config, schedule.name),
             schedules=[Cron(schedule.cron, timezone=config.timezone)],
-            parameters={"config": str(config.source), **schedule.parameters},
+            parameters=dict(schedule.parameters),
             description=schedule.description,
-            tags=["drkit", config_tag(config)],
-            concurrency_limit=1,
+            tags=["drkit", site_tag(config), *schedule.labels],
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+                if schedule.kind == "backup" else ConcurrencyLimitStrategy.CANCEL_NEW),
             entrypoint_type=EntrypointType.MODULE_PATH,
             work_pool_name=work_pool,
+            work_queue_name=schedule.queue if work_pool else None,
         )
         out.append((schedule, deployment))
     return out
 
 
 def remove_stale(config: Config, keep: set[str]) -> list[str]:
-    """Delete this config's deployments whose schedule is gone from it; return their names."""
+    """Delete this site's deployments whose schedule is gone from its config; return their
+    names. Another site's deployments are never touched."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
     removed = []
     with get_client(sync_client=True) as client:
         found = client.read_deployments(deployment_filter=DeploymentFilter(
-            tags=DeploymentFilterTags(all_=[config_tag(config)])))
+            tags=DeploymentFilterTags(all_=["drkit", site_tag(config)])))
         for deployment in found:
-            if deployment.name not in keep:
+            if deployment.name not in keep and deployment.name.startswith(f"{config.site}."):
                 client.delete_deployment(deployment.id)
                 removed.append(deployment.name)
     for name in removed:
@@ -70,13 +86,14 @@ def remove_stale(config: Config, keep: set[str]) -> list[str]:
     return removed
 
 
-def trigger_catch_up(targets: list[str]) -> list[str]:
+def trigger_catch_up(config: Config, targets: list[str]) -> list[str]:
     """Start one run of each named target's backup deployment now; return the run names."""
     from prefect.deployments import run_deployment
 
     started = []
     for target in targets:
-        run: Any = run_deployment(f"backup/backup-{target}", timeout=0, tags=["catch-up"])
+        run: Any = run_deployment(f"backup/{deployment_name(config, f'backup-{target}')}",
+                                  timeout=0, tags=["catch-up"])
         started.append(str(run.name))
         log.info("catch-up: %s's last good backup is older than its schedule; one backup "
                  "queued now", target)

@@ -7,110 +7,35 @@ repository locked) are retried, with the config's ``retries`` delays; a wrong pa
 config fails at once. Every attempt is a real run, so every attempt is a catalog record.
 
 Flows are referenced by module path (``drkit.flows.flows.backup_flow``), so a Prefect worker
-on any host with drkit installed can run them.
+on any host with drkit installed can run them. Their parameters carry names only: each host
+finds its config itself (``$DRKIT_CONFIG``, which ``drkit worker`` and ``drkit serve`` set,
+else ``./config/drkit.yaml``). While a task works, every repository lock also takes the
+repository's Prefect global concurrency limit (:mod:`drkit.flows.slots`), drkit's log lines
+go to the run's logs, and backups, drills and reports publish artifacts
+(:mod:`drkit.flows.console`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, task
-from prefect.client.schemas.objects import State, TaskRun
 from prefect.runtime import flow_run
 
-from drkit.config.models import Config
+from drkit.flows.common import (
+    RunFailed,
+    _as_flow_run,
+    _catalog_and_journal,
+    _config,
+    _log,
+    _one_after_another,
+    _recorder,
+    _retrying,
+    _timed,
+    retry_only_transient,
+)
 
-
-class RunFailed(Exception):
-    """A job ran and failed; ``transient`` says whether trying again may help."""
-
-    def __init__(self, message: str, *, transient: bool) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Prefect may persist results)
-        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
-
-
-def _rebuild(cls: type[RunFailed], message: str, state: dict[str, Any]) -> RunFailed:
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
-    error.__dict__.update(state)
-    return error
-
-
-def retry_only_transient(_task: Any, _task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect retry condition: retry a :class:`RunFailed` marked transient, nothing else."""
-    data = state.data
-    if not isinstance(data, BaseException):
-        try:
-            state.result()
-        except BaseException as exc:  # only inspected, never swallowed silently
-            data = exc
-    return isinstance(data, RunFailed) and data.transient
-
-
-def _config(path: str) -> Config:
-    from drkit.config.loader import load_config
-
-    return load_config(path)
-
-
-@contextmanager
-def _as_flow_run() -> Iterator[None]:
-    """While a task works: the records it appends name the flow run and its deployment as
-    their actor; afterwards, the signed checkpoint of what it appended."""
-    from prefect.runtime import deployment
-
-    from drkit.catalog.store import CURRENT_OWNER
-    from drkit.identity import os_actor, pop_actor, push_actor
-
-    name = deployment.name or "no deployment"
-    push_actor(f"prefect flow run {flow_run.name} ({flow_run.id}), deployment {name}, "
-               f"as {os_actor()}")
-    owner = object()  # this task's catalogs: checkpointed and closed at its end
-    token = CURRENT_OWNER.set(owner)
-    try:
-        yield
-    finally:
-        pop_actor()
-        CURRENT_OWNER.reset(token)
-        from drkit.jobs.evidence import finish
-
-        finish(owner, close=True)
-
-
-def _recorder(config: Config) -> Any:
-    from drkit.jobs.common import Recorder
-
-    return Recorder.for_config(config)
-
-
-def _catalog_and_journal(config: Config) -> tuple[Any, Any]:
-    from drkit.catalog.inflight import RunJournal
-    from drkit.jobs.common import open_config_catalog
-
-    journal = RunJournal(config.state_dir)
-    return open_config_catalog(config, recover=journal), journal
-
-
-def _retrying(task_fn: Any, config: Config) -> Any:
-    retries = config.retries
-    return task_fn.with_options(retries=retries.attempts,
-                                retry_delay_seconds=[float(d) for d in retries.delays],
-                                retry_condition_fn=retry_only_transient)
-
-
-def _one_after_another(task_fn: Any, config: str, names: list[str]) -> list[Any]:
-    """Run ``task_fn(config, name)`` for each name in turn (each takes its repository
-    exclusively); raise :class:`RunFailed` naming every failure after all have run."""
-    states = [task_fn(config, name, return_state=True) for name in names]
-    failed = [s for s in states if not s.is_completed()]
-    if failed:
-        raise RunFailed("; ".join(str(s.message) for s in failed), transient=False)
-    return [s.result() for s in states]
+__all__ = ["FLOWS", "RunFailed", "retry_only_transient"]
 
 
 # --- backup ---------------------------------------------------------------------------------
@@ -132,14 +57,15 @@ def _backup_task_name() -> str:
 
 
 @task(name="backup", task_run_name=_backup_task_name)
-def backup_task(config_path: str, target: str, repositories: list[str]) -> list[dict[str, Any]]:
+def backup_task(config_path: str | None, target: str, repositories: list[str]
+                ) -> list[dict[str, Any]]:
     """Back ``target`` up to ``repositories`` exactly as ``drkit backup`` does (one prepared
     copy for all of them); raise :class:`BackupFailed` with every run if any failed."""
-    with _as_flow_run():
+    config = _config(config_path)
+    with _as_flow_run(config):
         from drkit.jobs.backup import backup_target
         from drkit.jobs.common import Recorder, detect_restic_version
 
-        config = _config(config_path)
         runs = [run.to_json() for run in backup_target(
             config, Recorder.for_config(config), target, repositories=repositories, ping=False,
             restic_version=detect_restic_version(config))]
@@ -156,18 +82,49 @@ def _backup_name() -> str:
     return f"backup {parameters['target']} -> {', '.join(repositories)}"
 
 
+@task(name="late", task_run_name="late? {target}")
+def late_task(config_path: str | None, target: str, repositories: list[str],
+              scheduled_at: str) -> list[dict[str, Any]] | None:
+    """No bursts: a run of a deployment whose target already has a good backup newer than
+    the run's scheduled time is skipped, and recorded as such (``skip`` records)."""
+    from datetime import datetime
+
+    from drkit.jobs.schedule import record_skips, skip_reason
+
+    config = _config(config_path)
+    with _as_flow_run(config):
+        due = datetime.fromisoformat(scheduled_at)
+        catalog, _ = _catalog_and_journal(config)
+        newer = skip_reason(config, catalog, target, repositories, due)
+        if newer is None:
+            return None
+        ids = record_skips(config, catalog, target, due, newer, run=str(flow_run.id))
+        _log().info("backup %s skipped: scheduled for %s, and a good backup newer than that "
+                    "exists in %s (skip records %s)", target, scheduled_at,
+                    ", ".join(newer), ", ".join(map(str, ids)))
+        return [{"target": target, "repository": repo, "status": "skipped",
+                 "snapshot_id": backup["snapshot_id"], "record_id": record_id,
+                 "newer_backup": backup}
+                for (repo, backup), record_id in zip(newer.items(), ids, strict=True)]
+
+
 @flow(name="backup", flow_run_name=_backup_name, validate_parameters=True)
-def backup_flow(config: str, target: str, repositories: list[str] | None = None
-                ) -> list[dict[str, Any]]:
+def backup_flow(target: str, repositories: list[str] | None = None,
+                config: str | None = None) -> list[dict[str, Any]]:
     """Back one target up to its repositories, then ping its healthcheck.
 
-    Each attempt is one task that prepares the target once and backs that copy up to every
-    repository still to do; repositories that failed for a transient reason (storage
-    unreachable, locked) are tried again after ``retries.delays``, the others are final.
+    A run of a deployment that was due while nothing ran (a worker down) is skipped when a
+    good backup newer than its scheduled time exists. Each attempt is one task that prepares
+    the target once and backs that copy up to every repository still to do; repositories
+    that failed for a transient reason (storage unreachable, locked) are tried again after
+    ``retries.delays``, the others are final.
     """
     import time
 
+    from prefect.runtime import deployment
+
     from drkit.errors import BadRequestError
+    from drkit.flows.console import backup_artifact
     from drkit.jobs.backup import ping_failures
 
     settings = _config(config)
@@ -177,10 +134,18 @@ def backup_flow(config: str, target: str, repositories: list[str] | None = None
     pending = [r for r in declared if repositories is None or r in repositories]
     if not pending:
         raise BadRequestError(f"target {target!r} is backed up to none of {repositories}")
+    if deployment.id is not None:
+        skipped = late_task(config, target, pending,
+                            flow_run.scheduled_start_time.isoformat())
+        if skipped is not None:
+            backup_artifact(target, skipped)
+            return skipped
     retries = settings.retries
+    limit = settings.targets[target].timeout or settings.timeouts.backup
+    attempt_task = _timed(backup_task, len(pending) * (limit + settings.lock_timeout))
     results: dict[str, dict[str, Any]] = {}
     for attempt in range(retries.attempts + 1):
-        state = backup_task(config, target, pending, return_state=True)
+        state = attempt_task(config, target, pending, return_state=True)
         outcome = state.result(raise_on_failure=False)
         runs = outcome.runs if isinstance(outcome, BackupFailed) else outcome
         if not isinstance(runs, list):  # the task itself broke (not a failed backup)
@@ -194,6 +159,7 @@ def backup_flow(config: str, target: str, repositories: list[str] | None = None
         _log().info("backup %s -> %s failed for a transient reason; retrying in %.0f s",
                     target, ", ".join(pending), delay)
         time.sleep(delay)
+    backup_artifact(target, list(results.values()))
     failures = {repo: str(run["error"]) for repo, run in results.items()
                 if run["status"] != "succeeded"}
     ping_failures(settings, target, {**failures, **{  # a flagged backup pings a failure
@@ -204,21 +170,15 @@ def backup_flow(config: str, target: str, repositories: list[str] | None = None
     return list(results.values())
 
 
-def _log() -> Any:
-    from prefect.logging import get_run_logger
-
-    return get_run_logger()
-
-
 # --- copy -----------------------------------------------------------------------------------
 
 @task(name="copy", task_run_name="copy into {repository}")
-def copy_task(config_path: str, repository: str) -> list[dict[str, Any]]:
+def copy_task(config_path: str | None, repository: str) -> list[dict[str, Any]]:
     """``drkit copy REPOSITORY``; raise :class:`RunFailed` when a target's copy failed."""
-    with _as_flow_run():
+    config = _config(config_path)
+    with _as_flow_run(config):
         from drkit.jobs.copy import copy_repositories
 
-        config = _config(config_path)
         runs = copy_repositories(config, _recorder(config), [repository])
         failed = [run for run in runs if run.status == "failed"]
         if failed:
@@ -229,22 +189,25 @@ def copy_task(config_path: str, repository: str) -> list[dict[str, Any]]:
 
 
 @flow(name="copy", flow_run_name="copy into {repository}")
-def copy_flow(config: str, repository: str) -> list[dict[str, Any]]:
+def copy_flow(repository: str, config: str | None = None) -> list[dict[str, Any]]:
     """Fill one copy repository from its source (what the catalog says is good, not copied
     before); transient failures are retried with the config's ``retries``."""
-    result: list[dict[str, Any]] = _retrying(copy_task, _config(config))(config, repository)
+    settings = _config(config)
+    result: list[dict[str, Any]] = _retrying(
+        _timed(copy_task, settings.timeouts.backup + settings.lock_timeout), settings)(
+        config, repository)
     return result
 
 
 # --- check ----------------------------------------------------------------------------------
 
 @task(name="check", task_run_name="check {repository}")
-def check_task(config_path: str, repository: str) -> dict[str, Any]:
+def check_task(config_path: str | None, repository: str) -> dict[str, Any]:
     """``drkit check REPOSITORY``; raise :class:`RunFailed` when it did not pass."""
-    with _as_flow_run():
+    config = _config(config_path)
+    with _as_flow_run(config):
         from drkit.jobs.check import run_checks
 
-        config = _config(config_path)
         catalog, journal = _catalog_and_journal(config)
         (run,) = run_checks(config, catalog, journal, [repository])
         if run.status != "passed":
@@ -259,22 +222,24 @@ def _check_name() -> str:
 
 
 @flow(name="check", flow_run_name=_check_name)
-def check_flow(config: str, repositories: list[str] | None = None) -> list[dict[str, Any]]:
+def check_flow(repositories: list[str] | None = None, config: str | None = None
+               ) -> list[dict[str, Any]]:
     """Check repositories one after the other (each takes its repository exclusively)."""
     settings = _config(config)
-    return _one_after_another(_retrying(check_task, settings), config,
+    timed = _timed(check_task, settings.timeouts.check + settings.lock_timeout)
+    return _one_after_another(_retrying(timed, settings), config,
                               repositories or list(settings.repositories))
 
 
 # --- prune ----------------------------------------------------------------------------------
 
 @task(name="prune", task_run_name="prune {target}")
-def prune_task(config_path: str, target: str) -> list[dict[str, Any]]:
+def prune_task(config_path: str | None, target: str) -> list[dict[str, Any]]:
     """``drkit prune TARGET`` in each of its repositories."""
-    with _as_flow_run():
+    config = _config(config_path)
+    with _as_flow_run(config):
         from drkit.jobs.prune import run_prunes
 
-        config = _config(config_path)
         catalog, journal = _catalog_and_journal(config)
         runs = run_prunes(config, catalog, journal, [target])
         failed = [r for r in runs if r.status != "succeeded"]
@@ -290,25 +255,32 @@ def _prune_name() -> str:
 
 
 @flow(name="prune", flow_run_name=_prune_name)
-def prune_flow(config: str, targets: list[str] | None = None) -> list[dict[str, Any]]:
+def prune_flow(targets: list[str] | None = None, config: str | None = None
+               ) -> list[dict[str, Any]]:
     """Apply retention target by target (prune takes each repository exclusively)."""
     settings = _config(config)
     names = targets or [n for n, t in settings.targets.items() if t.retention]
-    per_target = _one_after_another(_retrying(prune_task, settings), config, names)
+    most = max((len(settings.targets[n].repositories) for n in names), default=1)
+    timed = _timed(prune_task, most * (settings.timeouts.prune + settings.lock_timeout))
+    per_target = _one_after_another(_retrying(timed, settings), config, names)
     return [run for runs in per_target for run in runs]
 
 
 # --- drill ----------------------------------------------------------------------------------
 
 @task(name="drill", task_run_name="drill {plan}")
-def drill_task(config_path: str, plan: str) -> dict[str, Any]:
-    """``drkit drill PLAN``. Not retried: a failed or breached drill is the finding."""
-    with _as_flow_run():
+def drill_task(config_path: str | None, plan: str) -> dict[str, Any]:
+    """``drkit drill PLAN``. Not retried: a failed or breached drill is the finding. Its
+    table artifact either way; a ``drkit.drill.breached`` event when it did not pass."""
+    config = _config(config_path)
+    with _as_flow_run(config):
         from drkit.drills.plans import find_plan, load_plans
         from drkit.drills.runner import run_drill
+        from drkit.flows.console import drill_artifact, drill_event
 
-        config = _config(config_path)
         result = run_drill(config, find_plan(load_plans(config), plan), _recorder(config))
+        drill_artifact(result.to_json())
+        drill_event(result.to_json(), config.site)
         if result.status != "passed":
             raise RunFailed(f"drill {plan}: {result.status}"
                             + (f": {result.error}" if result.error else ""), transient=False)
@@ -317,22 +289,24 @@ def drill_task(config_path: str, plan: str) -> dict[str, Any]:
 
 
 @flow(name="drill", flow_run_name="drill {plan}")
-def drill_flow(config: str, plan: str) -> dict[str, Any]:
+def drill_flow(plan: str, config: str | None = None) -> dict[str, Any]:
     """Rehearse one recovery plan."""
-    result: dict[str, Any] = drill_task(config, plan)
+    settings = _config(config)
+    result: dict[str, Any] = _timed(drill_task, settings.timeouts.drill)(config, plan)
     return result
 
 
 # --- report ---------------------------------------------------------------------------------
 
 @task(name="report", task_run_name="report {fmt} last {since}")
-def report_task(config_path: str, since: str, fmt: str) -> dict[str, Any]:
+def report_task(config_path: str | None, since: str, fmt: str) -> dict[str, Any]:
     """``drkit report`` into the reports directory (and the evidence bucket, if set)."""
-    with _as_flow_run():
+    config = _config(config_path)
+    with _as_flow_run(config):
         from drkit.drills.plans import load_plans
+        from drkit.flows.console import report_artifact
         from drkit.jobs.report import parse_period, run_report, scope_for
 
-        config = _config(config_path)
         plans = load_plans(config)
         start, end = parse_period(since, None)
         catalog, _ = _catalog_and_journal(config)
@@ -341,14 +315,19 @@ def report_task(config_path: str, since: str, fmt: str) -> dict[str, Any]:
                          fmt=fmt, output=None, interactive=False)
         if run.status != "succeeded":
             raise RunFailed(f"report: {run.error}", transient=False)
-        return {"path": str(run.path), "records": run.records, "uploads": run.uploads,
-                "non_compliant": [f"{c.control}:{c.subject}" for c in run.report.non_compliant]}
+        summary = {"path": str(run.path), "records": run.records, "uploads": run.uploads,
+                   "non_compliant": [f"{c.control}:{c.subject}"
+                                     for c in run.report.non_compliant]}
+        report_artifact(str(run.path), summary)
+        return summary
 
 
 @flow(name="report", flow_run_name="report {fmt} last {since}")
-def report_flow(config: str, since: str = "30d", fmt: str = "html") -> dict[str, Any]:
+def report_flow(since: str = "30d", fmt: str = "html", config: str | None = None
+                ) -> dict[str, Any]:
     """Write the compliance report for the last ``since``."""
-    result: dict[str, Any] = report_task(config, since, fmt)
+    settings = _config(config)
+    result: dict[str, Any] = _timed(report_task, settings.timeouts.restic)(config, since, fmt)
     return result
 
 

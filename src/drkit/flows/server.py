@@ -1,105 +1,271 @@
-"""The embedded Prefect server ``drkit serve`` runs when no ``PREFECT_API_URL`` is set.
+"""The embedded Prefect server ``drkit serve`` runs when no Prefect API is configured.
 
 ``prefect server start`` on 127.0.0.1 and a free port, its SQLite database and home under
 ``state_dir/prefect``, in its own process group so that stopping it stops everything it
-started. No Prefect import here: it is a child process and an HTTP health check.
+started. One ``serve`` a state directory (``serve.lock``); the server's pid, port and start
+time are written to ``server.json``, so a server left behind by a ``serve`` killed with -9 is
+recognised (its real command line) and stopped by the next one. A watchdog restarts a server
+that dies, on the same port, up to ``restarts`` times; past that ``serve`` stops with exit 1.
+No Prefect import here: it is a child process and an HTTP health check.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import IO
 
-from drkit.errors import DrkitError
+from drkit.errors import BadRequestError, DrkitError
 from drkit.processes import free_port
 
 log = logging.getLogger("drkit.serve")
 HEALTH_TIMEOUT_S = 180.0
 
 
-@dataclass(frozen=True)
-class EmbeddedServer:
-    url: str  # http://127.0.0.1:PORT
-    home: Path
-    pid: int
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.url}/api"
+def configured_api_url() -> str | None:
+    """The Prefect API this process would talk to: ``PREFECT_API_URL`` from the environment,
+    else from the active Prefect profile (``prefect config set PREFECT_API_URL=...``), read
+    the way Prefect reads it; None when neither sets one."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadRequestError(f"cannot read the Prefect profiles at {path}: {exc}") from None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    value = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+    return str(value) if value else None
 
 
 def prefect_environment(home: Path) -> dict[str, str]:
     """Settings for an embedded server and its clients: everything under ``home``."""
     return {
         "PREFECT_HOME": str(home),
+        "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no phoning home (and no network here)
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
     }
 
 
+class EmbeddedServer:
+    """One ``prefect server start`` child (restartable on the same port)."""
+
+    def __init__(self, home: Path, port: int) -> None:
+        self.home, self.port = home, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "server.log"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        env = {**os.environ, **prefect_environment(self.home)}
+        env.pop("PREFECT_API_URL", None)
+        with open(self.log_path, "ab") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                 "--port", str(self.port)], stdin=subprocess.DEVNULL, stdout=sink,
+                stderr=sink, env=env, start_new_session=True)
+        (self.home / "server.json").write_text(json.dumps(
+            {"pid": self.process.pid, "port": self.port, "serve_pid": os.getpid()}))
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        log.info("starting the embedded Prefect server on %s (data in %s)", self.url,
+                 self.home)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-1500:]
+                raise DrkitError(f"the embedded Prefect server exited with "
+                                 f"{self.process.returncode}; its log ({self.log_path}) "
+                                 f"ends:\n{tail}")
+            if healthy(self.api_url):
+                return
+            time.sleep(0.5)
+        raise DrkitError(f"the embedded Prefect server did not become healthy within "
+                         f"{HEALTH_TIMEOUT_S:.0f} s (log: {self.log_path})")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop_group(self.process.pid, self.process)
+        (self.home / "server.json").unlink(missing_ok=True)
+
+
+def healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop_group(pid: int, process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM to ``pid``'s process group, SIGKILL after 20 s."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                break
+        elif not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.2)
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)  # what is left of the group
+    if process is not None:
+        process.wait(timeout=10)
+
+
+def is_server_process(pid: int, port: int) -> bool:
+    """Whether ``pid`` is a live ``prefect server start ... --port PORT`` (by its real command
+    line: a recycled pid is never killed)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"prefect" in argv and b"server" in argv and b"start" in argv and \
+        b"--port" in argv and argv[argv.index(b"--port") + 1:][:1] == [str(port).encode()]
+
+
+def stop_orphan(home: Path) -> int | None:
+    """Stop the server a killed ``serve`` left behind (per ``server.json``); its pid."""
+    try:
+        left = json.loads((home / "server.json").read_text())
+        pid, port = int(left["pid"]), int(left["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    (home / "server.json").unlink(missing_ok=True)
+    if not is_server_process(pid, port):
+        return None
+    log.warning("stopping the embedded Prefect server (pid %d, port %d) that a stopped "
+                "'serve' left running", pid, port)
+    _stop_group(pid, None)
+    return pid
+
+
+@contextmanager
+def serve_lock(home: Path) -> Iterator[IO[str]]:
+    """Held for as long as one ``serve`` runs on this state directory; a second refuses."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "serve.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise BadRequestError(f"another 'drkit serve' runs on this state directory "
+                                  f"({home.parent}): pid {holder}",
+                                  hint="stop it first, or give this one its own "
+                                       "state_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield handle
+
+
+class Watchdog:
+    """Restarts the server when it dies, up to ``restarts`` times; then stops ``serve``
+    (SIGTERM to this process) with :attr:`failure` set."""
+
+    def __init__(self, server: EmbeddedServer, restarts: int) -> None:
+        self.server, self.restarts_left = server, restarts
+        self.restarted = 0
+        self.failure: str | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="drkit-server-watchdog",
+                                        daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=HEALTH_TIMEOUT_S + 30)
+
+    def settle(self) -> None:
+        """Wait until the server runs (restarted, if it had died) or serve must stop."""
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S + 30
+        while time.monotonic() < deadline and self.failure is None:
+            process = self.server.process
+            if process is not None and process.poll() is None and healthy(self.server.api_url):
+                return
+            time.sleep(0.5)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            process = self.server.process
+            if process is None or process.poll() is None:
+                continue
+            code = process.returncode
+            _stop_group(process.pid, process)  # whatever it left of its group
+            if self._stopping.is_set():
+                return
+            if self.restarts_left <= 0:
+                self.failure = (f"the embedded Prefect server died (exit {code}) and was "
+                                f"restarted {self.restarted} times already; serve stops "
+                                f"(log: {self.server.log_path})")
+                log.error("%s", self.failure)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            self.restarts_left -= 1
+            log.error("the embedded Prefect server died (exit %s); restarting it on %s",
+                      code, self.server.url)
+            try:
+                self.server.start()
+            except DrkitError as exc:
+                self.failure = f"the embedded Prefect server died and did not restart: {exc}"
+                log.error("%s", self.failure)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            self.restarted += 1
+            log.warning("the embedded Prefect server is back (restart %d)", self.restarted)
+            print(f"embedded Prefect server restarted ({self.restarted})", flush=True)
+
+
 @contextmanager
 def embedded_server(state_dir: Path) -> Iterator[EmbeddedServer]:
-    """Start ``prefect server start``, wait until it answers its health check, yield it, and
-    stop it (SIGTERM to its process group, SIGKILL after 20 s) however the block ends."""
+    """Start ``prefect server start`` (after stopping one a killed ``serve`` left), wait until
+    it answers its health check, yield it, and stop it however the block ends."""
     home = state_dir / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = home / "server.log"
-    env = {**os.environ, **prefect_environment(home)}
-    env.pop("PREFECT_API_URL", None)
-    with open(log_path, "ab") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env=env,
-            start_new_session=True)
-    server = EmbeddedServer(url=f"http://127.0.0.1:{port}", home=home, pid=process.pid)
+    stop_orphan(home)
+    server = EmbeddedServer(home, free_port())
     try:
-        _wait_healthy(server, process, log_path)
+        server.start()
         yield server
     finally:
-        _stop(process)
-
-
-def _wait_healthy(server: EmbeddedServer, process: subprocess.Popen[bytes],
-                  log_path: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    log.info("starting the embedded Prefect server on %s (data in %s)", server.url, server.home)
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-1500:]
-            raise DrkitError(f"the embedded Prefect server exited with {process.returncode}; "
-                             f"its log ({log_path}) ends:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"{server.api_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise DrkitError(f"the embedded Prefect server did not become healthy within "
-                     f"{HEALTH_TIMEOUT_S:.0f} s (log: {log_path})")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    log.info("embedded Prefect server stopped")
+        server.stop()
+        log.info("embedded Prefect server stopped")

@@ -14,7 +14,6 @@ from drkit.config.models import Config
 from drkit.drills.choose import choose_snapshot
 from drkit.drills.restore import list_snapshot
 from drkit.errors import BadRequestError
-from drkit.identity import SnapshotIdentity
 from drkit.jobs.common import Recorder, holding_repository, restic_repository
 from drkit.restic.commands import Snapshot
 from drkit.supervise import Limits
@@ -42,7 +41,7 @@ def browse(config: Config, recorder: Recorder, name: str, *, path: str | None = 
     relative to the target's one backed-up path)."""
     repo_name = holding_repository(config, name, repository)
     repo = restic_repository(config, repo_name)
-    identity = SnapshotIdentity(config.host, name)
+    identity = config.identity(name)
     limits = Limits.after(config.timeouts.restic)
     choice = choose_snapshot(recorder, repo, identity, snapshot, "newest", limits)
     if choice.snapshot is not None and choice.listing is not None:

@@ -22,7 +22,6 @@ from drkit.catalog.inflight import utcnow
 from drkit.catalog.store import NewRecord
 from drkit.config.models import Config
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.identity import SnapshotIdentity
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository, select_names
 from drkit.jobs.locks import repository_lock
 from drkit.notify import notify_failure
@@ -106,7 +105,8 @@ def _copy_target(config: Config, recorder: Recorder, name: str, source: str, tar
         done = known.copied_sources(session, name)  # copied, or found gone from the source
         pending = [(r.id, r.snapshot_id or "", r.started_at, r.finished_at, r.evidence)
                    for r in known.good_backup_records(session, target=target,
-                                                      repository=source, host=config.host)
+                                                      repository=source,
+                                                      host=config.host_of(target))
                    if (r.snapshot_id or "")[:8] not in done]
     if not pending:
         run.status = "up_to_date"
@@ -114,7 +114,7 @@ def _copy_target(config: Config, recorder: Recorder, name: str, source: str, tar
     handle = recorder.journal.open("copy", target=target, repository=name,
                                    restic_version=version)
     repo = restic_repository(config, name, with_source=True)
-    identity = SnapshotIdentity(config.host, target)
+    identity = config.identity(target)
     action = f"copy {target} {source} -> {name}"
     try:
         commands.copy(repo, [p[1] for p in pending], action=action,
@@ -135,7 +135,7 @@ def _copy_target(config: Config, recorder: Recorder, name: str, source: str, tar
         catalog.append(NewRecord(
             kind="copy", status="succeeded", started_at=started, finished_at=utcnow(),
             target=target, repository=name, snapshot_id=copies[snapshot[:8]],
-            restic_version=version,
+            restic_version=version, hostname=config.host_of(target),
             # One record per copied snapshot; the run's id on the first (a run is recorded
             # once: the journal's crash recovery looks for it), fresh ones on the others.
             run_id=handle.run_id if index == 0 else None,

@@ -1,14 +1,16 @@
 """drkit's own per-repository lock on this host: backups share it, check and prune take it
-alone, so they never run beside each other here. Across hosts, restic's repository locks
-(waited for by :func:`drkit.restic.runner.run_restic`) keep the same promise."""
+alone, so they never run beside each other here. Across hosts, a *gate* keeps the same
+promise when one is installed (Prefect's global concurrency limits, for runs of deployments:
+:mod:`drkit.flows.slots`), and restic's repository locks (waited for by
+:func:`drkit.restic.runner.run_restic`) always do."""
 
 from __future__ import annotations
 
 import fcntl
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from drkit.catalog.inflight import utcnow
@@ -21,6 +23,19 @@ class RepositoryBusy(DrkitError):
     """Another drkit run on this host holds the repository for too long."""
 
     transient = True
+
+
+# (repository, exclusive, timeout_s, action) -> held for the body; raises RepositoryBusy.
+Gate = Callable[[str, bool, float, str], AbstractContextManager[None]]
+_gate: Gate | None = None
+
+
+def install_gate(gate: Gate | None) -> Gate | None:
+    """Make every repository lock also pass ``gate`` (shared by all hosts); return the one it
+    replaces. Installed by a flow run's tasks, never by the CLI."""
+    global _gate
+    previous, _gate = _gate, gate
+    return previous
 
 
 @contextmanager
@@ -51,6 +66,9 @@ def repository_lock(state_dir: Path, repository: str, *, exclusive: bool, timeou
                     told = True
                 time.sleep(0.1)
         try:
-            yield utcnow().isoformat()
+            gate = _gate
+            left = max(0.0, deadline - time.monotonic())
+            with gate(repository, exclusive, left, action) if gate else nullcontext():
+                yield utcnow().isoformat()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

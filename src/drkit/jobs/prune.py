@@ -81,21 +81,21 @@ def _has_unusable(catalog: Catalog | None, config: Config, name: str, repo_name:
         return False
     with catalog.read_session() as session:
         return bool(known.unusable_snapshots(session, target=name, repository=repo_name,
-                                             host=config.host).forget
+                                             host=config.host_of(name)).forget
                     or known.had_runs_cut_short(session, target=name, repository=repo_name,
-                                                host=config.host))
+                                                host=config.host_of(name)))
 
 
 def _prune_one(config: Config, catalog: Catalog | None, journal: RunJournal, name: str,
                repo_name: str, dry_run: bool, version: str | None) -> PruneRun:
     target = config.targets[name]
     repo = restic_repository(config, repo_name)
-    identity = SnapshotIdentity(config.host, name)
+    identity = config.identity(name)
     handle = None if dry_run else journal.open("prune", target=name, repository=repo_name,
                                                restic_version=version)
     run = PruneRun(target=name, repository=repo_name, status="failed", dry_run=dry_run)
     policy = target.retention.model_dump(exclude_none=True) if target.retention else None
-    evidence: dict[str, Any] = {"policy": policy, "dry_run": dry_run, "host": config.host}
+    evidence: dict[str, Any] = {"policy": policy, "dry_run": dry_run, "host": identity.host}
     action = f"prune {name} in {repo_name}"
     limits = Limits.after(config.timeouts.prune)
     try:

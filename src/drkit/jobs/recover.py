@@ -37,7 +37,7 @@ from drkit.drills.plans import PlanStep, RecoveryPlan
 from drkit.drills.restore import SPACE_MARGIN, DrillError, list_snapshot
 from drkit.drills.sandbox import sandbox, sandbox_root
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.identity import SnapshotIdentity, os_actor, safety_tags
+from drkit.identity import os_actor, safety_tags
 from drkit.jobs.common import Recorder, detect_restic_version, restic_repository
 from drkit.jobs.locks import repository_lock
 from drkit.jobs.restore import check_destination, restore_target, sqlite_sidecars
@@ -256,7 +256,7 @@ def _survey(config: Config, recorder: Recorder, step: PlanStep, at: datetime | N
     planned = RecoverStep(target=step.target, repository=_repository(config, step, repository),
                           destination="")
     repo = restic_repository(config, planned.repository)
-    identity = SnapshotIdentity(config.host, step.target)
+    identity = config.identity(step.target)
     limits = Limits.after(config.timeouts.restic)
     chosen, planned.chosen_by = newest_by(recorder, identity, planned.repository, at)
     snap, listing = list_snapshot(repo, identity, chosen.snapshot_id, limits=limits)

@@ -42,7 +42,7 @@ from drkit.drills.restore import (
     size_watch,
 )
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.identity import SnapshotIdentity, os_actor
+from drkit.identity import os_actor
 from drkit.jobs.common import Recorder, detect_restic_version, holding_repository, restic_repository
 from drkit.owned import remove_tree
 from drkit.restic.commands import Snapshot
@@ -262,7 +262,7 @@ def restore_verified(config: Config, recorder: Recorder, result: RestoreResult, 
     from drkit.drills.choose import newest_by, recorded_fingerprints, recorded_size
 
     repo = restic_repository(config, result.repository)
-    identity = SnapshotIdentity(config.host, name)
+    identity = config.identity(name)
     limits = Limits.after(config.timeouts.drill)
     if wanted is not None:
         snap, listing = list_snapshot(repo, identity, wanted, limits=limits)

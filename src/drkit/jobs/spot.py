@@ -23,7 +23,6 @@ from drkit.catalog.inflight import RunJournal, utcnow
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.identity import SnapshotIdentity
 from drkit.jobs.common import holding_repository, restic_repository
 from drkit.jobs.staging import staging_dir
 from drkit.notify import notify_failure
@@ -109,17 +108,18 @@ def spot_check(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     repo_name = holding_repository(config, name, repository)
     handle = journal.open("spot", target=name, repository=repo_name)
     run = SpotRun(target=name, repository=repo_name, status="failed")
-    evidence: dict[str, Any] = {"tolerances": target.spot.model_dump(), "host": config.host}
+    evidence: dict[str, Any] = {"tolerances": target.spot.model_dump(),
+                                "host": config.host_of(name)}
     try:
         with catalog.read_session() as session:
             good = newest_good_snapshot(session, target=name, repository=repo_name,
-                                        host=config.host)
+                                        host=config.host_of(name))
         if good is None:
             raise BadRequestError(f"no good backup of {name!r} in {repo_name!r} is recorded")
         run.snapshot_id = good.snapshot_id
         repo = restic_repository(config, repo_name)
         limits = Limits.after(config.timeouts.restic)
-        snapshot, listing = list_snapshot(repo, SnapshotIdentity(config.host, name),
+        snapshot, listing = list_snapshot(repo, config.identity(name),
                                           good.snapshot_id, limits=limits)
         files = {str(node["path"]): node for node in listing.files}
         walked = walk([str(p) for p in target.paths], budget=WALK_BUDGET,

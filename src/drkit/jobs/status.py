@@ -135,13 +135,12 @@ def target_statuses(config: Config, catalog: Catalog, plans: dict[str, RecoveryP
     now = now or utcnow()
     plans = plans or {}
     with catalog.read_session() as session:
-        states = {(s.target, s.repository): s
-                  for s in queries.backup_states(
-                      session, ("backup", "copy"), host=config.host,
-                      pairs=[(t, r) for t in config.targets for r in config.holding(t)])}
+        states = queries.states_by_host(session, ("backup", "copy"), [
+            (config.host_of(t), t, r) for t in config.targets for r in config.holding(t)])
         drills = queries.last_drills(session)
         checks = queries.last_checks(session)
-        flagged = [a for a in anomalies(session, host=config.host) if a.open]
+        flagged = [a for a in anomalies(session) if a.open and a.target in config.targets
+                   and a.host == config.host_of(a.target)]
     out = []
     for name in config.targets:
         repos = []
