@@ -264,3 +264,39 @@ def test_two_sites_share_a_server_and_each_updates_only_its_own_deployments(
     assert found["eu-1.backup-t"][2] == {"target": "t", "repositories": ["r"]}
     assert found["us-2.check"][2] == {"repositories": ["r"]}
     assert not any(str(project.root) in json.dumps(p) for _, _, p in found.values())
+
+
+def test_drkit_log_lines_reach_the_run_logs_with_secrets_masked(prefect_harness: None,
+                                                                 env: Project) -> None:
+    import logging
+    import uuid
+
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.runtime import flow_run
+
+    from drkit.flows.common import _as_flow_run, _config
+
+    project = env
+    files_project(project)
+    password = project.env["DRKIT_TEST_PASSWORD"]
+
+    @task
+    def talk(config_path: str) -> None:
+        with _as_flow_run(_config(config_path)):
+            logging.getLogger("drkit.test").info("the repository password is %s", password)
+            logging.getLogger("drkit.test").debug("below INFO: not sent")
+
+    @flow
+    def talker(config_path: str) -> str:
+        talk(config_path)
+        return str(flow_run.id)
+
+    run_id = talker(str(project.config_path))
+    with get_client(sync_client=True) as client:
+        messages = [log.message for log in client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)])))]
+    assert "the repository password is ***" in messages, messages
+    assert not any(password in m for m in messages)
+    assert not any("below INFO" in m for m in messages)

@@ -62,8 +62,10 @@ def _as_flow_run(config: Config) -> Iterator[None]:
     from drkit.flows.console import run_logs
     from drkit.flows.slots import prefect_gate
     from drkit.identity import os_actor, pop_actor, push_actor
+    from drkit.jobs.common import config_secrets
     from drkit.jobs.locks import install_gate
 
+    config_secrets(config)  # known from the start: masked in every line and artifact
     name = deployment.name or "no deployment"
     push_actor(f"prefect flow run {flow_run.name} ({flow_run.id}), deployment {name}, "
                f"as {os_actor()} on {socket.gethostname()}")

@@ -17,20 +17,6 @@ log = logging.getLogger("drkit.console")
 BREACHED = "drkit.drill.breached"
 
 
-class _RunIds(logging.Filter):
-    """Stamps each record with the run it belongs to, so that lines logged by drkit's worker
-    threads (which have no Prefect run context) reach the run's logs too."""
-
-    def __init__(self, flow_run_id: Any, task_run_id: Any) -> None:
-        super().__init__()
-        self.flow_run_id, self.task_run_id = flow_run_id, task_run_id
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.flow_run_id = self.flow_run_id
-        record.task_run_id = self.task_run_id
-        return True
-
-
 @contextmanager
 def run_logs() -> Iterator[None]:
     """While a task works, drkit's loggers (``drkit.*``) send INFO and above to the run's
@@ -38,14 +24,29 @@ def run_logs() -> Iterator[None]:
     from prefect.context import TaskRunContext
     from prefect.logging.handlers import APILogHandler
 
+    from drkit.config.secrets import redact
+
     context = TaskRunContext.get()
     if context is None:
         yield
         return
+    flow_run_id, task_run_id = context.task_run.flow_run_id, context.task_run.id
+
+    class ForTheRun(APILogHandler):
+        """Sends a copy of each record, stamped with the run it belongs to (lines from
+        drkit's worker threads have no Prefect run context) and with every secret drkit
+        knows masked, as drkit's own log output is (the Prefect API stores it)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            masked = logging.makeLogRecord(record.__dict__)
+            masked.msg, masked.args = redact(record.getMessage()), None
+            masked.exc_info, masked.exc_text = None, None
+            masked.flow_run_id, masked.task_run_id = flow_run_id, task_run_id
+            super().emit(masked)
+
     logger = logging.getLogger("drkit")
-    handler = APILogHandler()
+    handler = ForTheRun()
     handler.setLevel(logging.INFO)
-    handler.addFilter(_RunIds(context.task_run.flow_run_id, context.task_run.id))
     level = logger.level
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
@@ -67,8 +68,16 @@ def artifact_key(*parts: str) -> str:
 
 
 def _publish(what: str, create: Any, *args: Any, **kwargs: Any) -> None:
+    """``create(*args, **kwargs)`` with every secret drkit knows masked in its arguments."""
+    import json
+
+    from drkit.config.secrets import redact
+
+    def masked(value: Any) -> Any:
+        return json.loads(redact(json.dumps(value, default=str)))
+
     try:
-        create(*args, **kwargs)
+        create(*masked(list(args)), **masked(kwargs))
     except Exception as exc:
         log.warning("could not publish the %s to Prefect: %s", what, exc)
 
