@@ -249,6 +249,14 @@ def test_two_sites_share_a_server_and_each_updates_only_its_own_deployments(
             return {d.name: (d.schedules[0].schedule.cron, sorted(d.tags), d.parameters)
                     for d in client.read_deployments() if "drkit" in d.tags}
 
+    def collisions() -> dict[str, str]:
+        with get_client(sync_client=True) as client:
+            return {d.name: str(d.concurrency_options.collision_strategy.value)
+                    for d in client.read_deployments() if "drkit" in d.tags
+                    and d.global_concurrency_limit is not None
+                    and d.global_concurrency_limit.limit == 1
+                    and d.concurrency_options is not None}
+
     # Both sites declare the same schedule names; neither's deploy touches the other's.
     assert register("eu-1", config) == ["eu-1.backup-t", "eu-1.backup-u", "eu-1.check"]
     assert register("us-2", config) == ["us-2.backup-t", "us-2.backup-u", "us-2.check"]
@@ -264,6 +272,10 @@ def test_two_sites_share_a_server_and_each_updates_only_its_own_deployments(
     assert found["eu-1.backup-t"][2] == {"target": "t", "repositories": ["r"]}
     assert found["us-2.check"][2] == {"repositories": ["r"]}
     assert not any(str(project.root) in json.dumps(p) for _, _, p in found.values())
+    # One run at a time each: a backup's extra runs wait (then skip), others are cancelled.
+    assert collisions() == {"eu-1.backup-t": "ENQUEUE", "eu-1.check": "CANCEL_NEW",
+                            "us-2.backup-t": "ENQUEUE", "us-2.backup-u": "ENQUEUE",
+                            "us-2.check": "CANCEL_NEW"}
 
 
 def test_drkit_log_lines_reach_the_run_logs_with_secrets_masked(prefect_harness: None,
@@ -300,3 +312,80 @@ def test_drkit_log_lines_reach_the_run_logs_with_secrets_masked(prefect_harness:
     assert "the repository password is ***" in messages, messages
     assert not any(password in m for m in messages)
     assert not any("below INFO" in m for m in messages)
+
+
+def test_a_repository_held_elsewhere_fails_the_run_loudly_once_lock_timeout_passes(
+        prefect_harness: None, env: Project) -> None:
+    """Another host's backup holds a slot of the repository's Prefect concurrency limit: a
+    check (which needs the repository alone) waits ``lock_timeout``, then fails, recorded."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.states import State
+
+    from drkit.config.loader import load_config
+    from drkit.flows.flows import check_flow
+    from drkit.flows.slots import ensure_limits, limit_name
+
+    project = env
+    files_project(project, lock_timeout="2s", retries={"attempts": 0, "delays": ["1s"]})
+    config = load_config(project.config_path)
+    ensure_limits(config, ["r"])
+    with concurrency(limit_name(config, "r"), occupy=1, strict=True):
+        state: State[Any] = check_flow(config=str(project.config_path), return_state=True)
+    assert state.is_failed()
+    (record,) = records(project, "check")
+    assert record["status"] == "failed"
+    assert "repository 'r' is held by another run" in record["error"]
+    assert limit_name(config, "r") in record["error"]
+    # Free again: the same check passes.
+    assert check_flow(config=str(project.config_path))[0]["status"] == "passed"
+
+
+def test_flow_runs_publish_artifacts_and_a_failed_drill_its_event(prefect_harness: None,
+                                                                   env: Project) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.states import State
+
+    from drkit.flows.flows import backup_flow, drill_flow, report_flow
+
+    project = env
+    files_project(project)
+    plans = project.root / "recovery_plans"
+    (plans / "broken.yaml").write_text(
+        "name: broken\nobjectives: {rpo: 1h, rto: 10m}\nsteps:\n"
+        "  - target: t\n    checks:\n      - files_exist: [not-there.txt]\n")
+    config = str(project.config_path)
+    (run,) = backup_flow(config=config, target="t")
+    state: State[Any] = drill_flow(config=config, plan="broken", return_state=True)
+    assert state.is_failed()
+    report = report_flow(config=config, since="1d", fmt="json")
+
+    def artifact(key: str) -> Any:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key])))
+        assert len(found) == 1, (key, found)
+        return found[0]
+
+    backup = artifact("backup-t")
+    rows = json.loads(backup.data) if isinstance(backup.data, str) else backup.data
+    assert [(r["target"], r["repository"], r["status"], r["snapshot"]) for r in rows] == [
+        ("t", "r", "succeeded", run["snapshot_id"][:8])]
+    drill = artifact("drill-broken")
+    rows = json.loads(drill.data) if isinstance(drill.data, str) else drill.data
+    assert rows[-1]["what"] == "verdict" and rows[-1]["result"] == "failed"
+    checks = {r["what"]: r["result"] for r in rows if r["what"].startswith("check ")}
+    assert checks["check files_exist: not-there.txt on t"] == "failed", rows
+    summary = artifact("report")
+    assert summary.type == "markdown" and report["path"] in str(summary.data)
+
+    def breached() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return list(client.read_events(filter=EventFilter(
+                event=EventNameFilter(name=["drkit.drill.breached"])), limit=50).events)
+
+    (event,) = wait_for(breached, "the drkit.drill.breached event", 60)
+    assert event.resource.id == "drkit.plan.broken"
+    assert event.payload["status"] == "failed"
+    assert event.payload["record_id"] == records(project, "drill")[0]["record_id"]
