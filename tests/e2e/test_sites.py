@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,9 +27,9 @@ from drkit.processes import free_port
 from tests.conftest import Project
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="two hosts need root for unshare (UTS + mount namespaces)")]
+pytestmark = pytest.mark.slow
+namespaces = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                                reason="two hosts need root for unshare (UTS + mount namespaces)")
 
 
 @pytest.fixture(scope="module")
@@ -141,19 +142,26 @@ class Site:
     def log(self, host: str) -> str:
         return (self.root / f"worker-{host}.log").read_text(errors="replace")[-4000:]
 
+    @contextmanager
+    def client(self) -> Iterator[Any]:
+        """A client of this site's server (whatever server an earlier test in this process
+        pointed Prefect's settings at, which it read once, at import)."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.api}), \
+                get_client(sync_client=True) as client:
+            yield client
+
     def run(self, deployment: str) -> str:
         """Queue one run of ``deployment`` now; its id."""
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
+        with self.client() as client:
             found = client.read_deployment_by_name(f"{deployment.split('.')[1].split('-')[0]}/"
                                                    f"{deployment}")
             return str(client.create_flow_run_from_deployment(found.id).id)
 
     def state(self, run_id: str) -> tuple[str, str]:
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
+        with self.client() as client:
             run = client.read_flow_run(uuid.UUID(run_id))
             assert run.state is not None
             return run.state.type.value, str(run.state.message or "")
@@ -166,10 +174,9 @@ class Site:
 
     def logged(self, run_id: str, text: str) -> bool:
         """Whether the run's logs in Prefect have a line containing ``text``."""
-        from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-        with get_client(sync_client=True) as client:
+        with self.client() as client:
             logs = client.read_logs(log_filter=LogFilter(
                 flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)])))
         return any(text in log.message for log in logs)
@@ -203,6 +210,7 @@ def site(project: Project, postgres: Any, prefect_on_postgres: str,
         built.close()
 
 
+@namespaces
 def test_two_hosts_one_site(site: Site) -> None:
     assert site.drkit("repo", "init").returncode == 0
     deployed = site.drkit("deploy")
@@ -257,10 +265,9 @@ def test_two_hosts_one_site(site: Site) -> None:
     # A drill through its deployment (any host) publishes its table artifact.
     drill = site.run("two.drill-p")
     assert site.finished(drill) == "COMPLETED", site.log("host-a") + site.log("host-b")
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
+    with site.client() as client:
         (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(drill)])))
     rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
@@ -276,7 +283,7 @@ def test_two_hosts_one_site(site: Site) -> None:
     late = []
     from prefect.states import Scheduled
 
-    with get_client(sync_client=True) as client:
+    with site.client() as client:
         found = client.read_deployment_by_name("backup/two.backup-a-files")
         for offset in (1, 2, 3):
             late.append(str(client.create_flow_run_from_deployment(
@@ -310,18 +317,34 @@ def test_deploy_refuses_what_cannot_work(project: Project, prefect_on_postgres: 
     project.write_config(config)
     env = {**os.environ, **project.env, "PREFECT_API_URL": prefect_on_postgres,
            "PREFECT_HOME": str(project.root / "client")}
-    shared = subprocess.run([sys.executable, "-m", "drkit", "--config",
-                             str(project.config_path), "deploy"], capture_output=True,
-                            text=True, env=env, timeout=120)
+    def deploy() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "drkit", "--config",
+                               str(project.config_path), "deploy"], capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    shared = deploy()
     assert shared.returncode == 2
     assert "SQLite catalog" in shared.stderr and "host-a, host-b" in shared.stderr
+    # No site of its own: it would overwrite another config's deployments.
+    project.write_config({k: v for k, v in config.items() if k != "site"})
+    nameless = deploy()
+    assert nameless.returncode == 2 and "needs 'site:'" in nameless.stderr
+    # A scheduled target with no host beside bound ones would wait for this host forever.
+    unbound = {**config, "catalog": "postgresql+psycopg://drkit@db.invalid/drkit",
+               "targets": {**config["targets"], "loose": {
+                   "kind": "files", "paths": [str(data)], "repositories": ["r"],
+                   "schedule": "0 0 1 1 *"}}}
+    project.write_config(unbound)
+    loose = deploy()
+    assert loose.returncode == 2 and "targets loose name no 'host:'" in loose.stderr
+    project.write_config(config)
     env.pop("PREFECT_API_URL")
     lonely = subprocess.run([sys.executable, "-m", "drkit", "--config",
                              str(project.config_path), "deploy"], capture_output=True,
                             text=True, env=env, timeout=60)
     assert lonely.returncode == 2 and "PREFECT_API_URL" in lonely.stderr
     # A Prefect profile's PREFECT_API_URL counts as set: deploy gets as far as the catalog.
-    (project.root / "client").mkdir()
+    (project.root / "client").mkdir(exist_ok=True)
     (project.root / "client" / "profiles.toml").write_text(
         f'active = "site"\n[profiles.site]\nPREFECT_API_URL = "{prefect_on_postgres}"\n')
     profiled = subprocess.run([sys.executable, "-m", "drkit", "--config",

@@ -343,7 +343,11 @@ def test_a_repository_held_elsewhere_fails_the_run_loudly_once_lock_timeout_pass
 def test_flow_runs_publish_artifacts_and_a_failed_drill_its_event(prefect_harness: None,
                                                                    env: Project) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
     from prefect.events.filters import EventFilter, EventNameFilter
     from prefect.states import State
 
@@ -356,36 +360,45 @@ def test_flow_runs_publish_artifacts_and_a_failed_drill_its_event(prefect_harnes
         "name: broken\nobjectives: {rpo: 1h, rto: 10m}\nsteps:\n"
         "  - target: t\n    checks:\n      - files_exist: [not-there.txt]\n")
     config = str(project.config_path)
-    (run,) = backup_flow(config=config, target="t")
+    backed: State[Any] = backup_flow(config=config, target="t", return_state=True)
+    (run,) = backed.result()
     state: State[Any] = drill_flow(config=config, plan="broken", return_state=True)
     assert state.is_failed()
-    report = report_flow(config=config, since="1d", fmt="json")
+    reported: State[Any] = report_flow(config=config, since="1d", fmt="json",
+                                       return_state=True)
+    report = reported.result()
 
-    def artifact(key: str) -> Any:
+    def artifact(key: str, of: State[Any]) -> Any:
+        """The artifact ``key`` of the flow run that ended in ``of`` (the Prefect API is
+        shared by every flow test of the session)."""
         with get_client(sync_client=True) as client:
             found = client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[key])))
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(
+                    any_=[of.state_details.flow_run_id])))
         assert len(found) == 1, (key, found)
         return found[0]
 
-    backup = artifact("backup-t")
+    backup = artifact("backup-t", backed)
     rows = json.loads(backup.data) if isinstance(backup.data, str) else backup.data
     assert [(r["target"], r["repository"], r["status"], r["snapshot"]) for r in rows] == [
         ("t", "r", "succeeded", run["snapshot_id"][:8])]
-    drill = artifact("drill-broken")
+    drill = artifact("drill-broken", state)
     rows = json.loads(drill.data) if isinstance(drill.data, str) else drill.data
     assert rows[-1]["what"] == "verdict" and rows[-1]["result"] == "failed"
     checks = {r["what"]: r["result"] for r in rows if r["what"].startswith("check ")}
     assert checks["check files_exist: not-there.txt on t"] == "failed", rows
-    summary = artifact("report")
+    summary = artifact("report", reported)
     assert summary.type == "markdown" and report["path"] in str(summary.data)
+
+    (drilled,) = records(project, "drill")
 
     def breached() -> list[Any]:
         with get_client(sync_client=True) as client:
-            return list(client.read_events(filter=EventFilter(
-                event=EventNameFilter(name=["drkit.drill.breached"])), limit=50).events)
+            return [e for e in client.read_events(filter=EventFilter(
+                event=EventNameFilter(name=["drkit.drill.breached"])), limit=50).events
+                if e.resource.id == "drkit.plan.broken"
+                and e.payload.get("record_id") == drilled["record_id"]]
 
-    (event,) = wait_for(breached, "the drkit.drill.breached event", 60)
+    (event,) = wait_for(breached, "the drkit.drill.breached event of this drill", 60)
     assert event.resource.id == "drkit.plan.broken"
     assert event.payload["status"] == "failed"
-    assert event.payload["record_id"] == records(project, "drill")[0]["record_id"]

@@ -160,3 +160,47 @@ def test_copy_schedule_needs_a_copy_repository(tmp_path: Path) -> None:
         "s": {"url": "/srv/s", "password": {"env": "P"}, "copy_schedule": "15 2 * * *"}}}
     with pytest.raises(ConfigError, match="copy_schedule applies to a copy repository"):
         load_config(write(tmp_path, config))
+
+
+def test_a_late_run_is_skipped_only_when_every_repository_has_a_newer_good_backup(
+        tmp_path: Path) -> None:
+    """The skip rule with Prefect's aware times against the catalog's naive UTC ones, and a
+    target bound to another host judged by that host's records."""
+    from datetime import UTC
+    from zoneinfo import ZoneInfo
+
+    from drkit.jobs.schedule import record_skips, skip_reason
+
+    settings = {**CONFIG, "targets": {**CONFIG["targets"], "app": {
+        **CONFIG["targets"]["app"], "host": "web-1"}}}
+    config = load_config(write(tmp_path, settings))
+    catalog = open_catalog(config.catalog, base_dir=config.base_dir, hostname="web-1")
+    base = datetime(2026, 11, 25, 12, 0)  # naive UTC, as the catalog keeps time
+    berlin = ZoneInfo("Europe/Berlin")  # UTC+1 that day: the same instant, other wall time
+
+    def good(repository: str, at: datetime) -> None:
+        catalog.append(NewRecord(kind="backup", status="succeeded", target="app",
+                                 repository=repository, started_at=at, finished_at=at,
+                                 snapshot_id=f"{repository}{at:%H%M}aaaa"))
+
+    due = base.replace(tzinfo=UTC)
+    assert skip_reason(config, catalog, "app", ["r", "s"], due) is None  # nothing yet
+    good("r", base + timedelta(minutes=5))
+    assert skip_reason(config, catalog, "app", ["r", "s"], due) is None  # s has none newer
+    good("s", base - timedelta(minutes=5))  # older than the run's scheduled time
+    assert skip_reason(config, catalog, "app", ["r", "s"], due) is None
+    good("s", base + timedelta(seconds=1))
+    newer = skip_reason(config, catalog, "app", ["r", "s"], due.astimezone(berlin))
+    assert newer is not None and sorted(newer) == ["r", "s"]
+    assert newer["s"]["recovery_point_at"] == "2026-11-25T12:00:01Z"
+    # An hour later in Berlin's wall time is an hour later: nothing is newer than that.
+    assert skip_reason(config, catalog, "app", ["r", "s"],
+                       (due + timedelta(hours=1)).astimezone(berlin)) is None
+    # Another host's backups of a target of the same name do not count.
+    other = open_catalog(config.catalog, base_dir=config.base_dir, hostname="web-2")
+    other.append(NewRecord(kind="backup", status="succeeded", target="app", repository="r",
+                           started_at=base + timedelta(hours=3),
+                           finished_at=base + timedelta(hours=3)))
+    assert skip_reason(config, catalog, "app", ["r", "s"], due + timedelta(hours=2)) is None
+    ids = record_skips(config, catalog, "app", due, newer, run="run-1")
+    assert len(ids) == 2

@@ -240,14 +240,16 @@ class Catalog:
 
     def finish_run(self, handle: RunHandle, *, status: str, snapshot_id: str | None = None,
                    error: str | None = None, evidence: dict[str, Any] | None = None,
-                   finished_at: datetime | None = None) -> Record:
-        """Append the record of a journaled run (close the journal entry afterwards)."""
+                   finished_at: datetime | None = None, hostname: str | None = None
+                   ) -> Record:
+        """Append the record of a journaled run (close the journal entry afterwards);
+        ``hostname``: see :class:`NewRecord`."""
         return self.append(NewRecord(
             kind=handle.kind, status=status, started_at=handle.started_at,
             finished_at=finished_at or utcnow(), target=handle.target,
             repository=handle.repository, plan=handle.plan, snapshot_id=snapshot_id,
             error=error, evidence=evidence or {}, restic_version=handle.restic_version,
-            run_id=handle.run_id,
+            run_id=handle.run_id, hostname=hostname,
         ))
 
     def recover_interrupted(self, journal: RunJournal) -> list[Record]:

@@ -69,12 +69,16 @@ def artifact_key(*parts: str) -> str:
 
 def _publish(what: str, create: Any, *args: Any, **kwargs: Any) -> None:
     """``create(*args, **kwargs)`` with every secret drkit knows masked in its arguments."""
-    import json
-
     from drkit.config.secrets import redact
 
     def masked(value: Any) -> Any:
-        return json.loads(redact(json.dumps(value, default=str)))
+        if isinstance(value, str):
+            return redact(value)
+        if isinstance(value, dict):
+            return {masked(k): masked(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [masked(v) for v in value]
+        return value
 
     try:
         create(*masked(list(args)), **masked(kwargs))

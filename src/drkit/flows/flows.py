@@ -193,9 +193,13 @@ def copy_flow(repository: str, config: str | None = None) -> list[dict[str, Any]
     """Fill one copy repository from its source (what the catalog says is good, not copied
     before); transient failures are retried with the config's ``retries``."""
     settings = _config(config)
+    declared = settings.repositories.get(repository)
+    source = declared.copy_from if declared is not None else None
+    copied = [t for t in settings.targets.values() if source in t.repositories]
+    limit = sum((t.timeout or settings.timeouts.backup) for t in copied) or \
+        settings.timeouts.backup  # targets are copied one after another
     result: list[dict[str, Any]] = _retrying(
-        _timed(copy_task, settings.timeouts.backup + settings.lock_timeout), settings)(
-        config, repository)
+        _timed(copy_task, limit + settings.lock_timeout), settings)(config, repository)
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from contextlib import ExitStack
 from typing import Any
@@ -71,6 +72,7 @@ def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, *,
             ui = server.url
             dog = stack.enter_context(Watchdog(server, server_restarts))
         else:
+            _require_site(config, "serve")
             os.environ["PREFECT_API_URL"] = api
             ui = api.removesuffix("/").removesuffix("/api")
         from drkit.flows.deployments import (
@@ -98,26 +100,57 @@ def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, *,
         from prefect import serve as prefect_serve
 
         while True:
-            restarts = dog.restarted if dog is not None else 0
+            deaths = dog.deaths if dog is not None else 0
+            handler = signal.getsignal(signal.SIGTERM)  # Prefect's runner replaces it
             try:
                 prefect_serve(*(deployment for _, deployment in found),
                               print_starting_message=False)
                 break
             except BaseException as exc:
+                signal.signal(signal.SIGTERM, handler)
                 if dog is not None:
                     dog.settle()  # the server died? then restarted, or serve must stop
                     if dog.failure is not None:
                         raise DrkitError(dog.failure) from None
                 if isinstance(exc, KeyboardInterrupt):
                     break  # Ctrl-C or SIGTERM: the way serve stops
-                if dog is None or dog.restarted == restarts:
+                if dog is None or dog.deaths == deaths:
                     raise
                 log.warning("the Prefect runner stopped with the server (%s); serving "
                             "again", type(exc).__name__)
+            finally:
+                signal.signal(signal.SIGTERM, handler)
     if dog is not None and dog.failure is not None:
         raise DrkitError(dog.failure)
     print("serve stopped", flush=True)
     return 0
+
+
+def _require_site(config: Config, doing: str) -> None:
+    """What a shared Prefect server and a site of several hosts need from the config: its
+    own ``site:`` (two configs without one would overwrite and clean up each other's
+    deployments), one shared chain (no SQLite with several hosts), and a host for every
+    scheduled target once any target names one (else it would wait for the deploying host)."""
+    if "site" not in config.model_fields_set:
+        raise BadRequestError(f"{doing} on a shared Prefect server needs 'site:' in the config "
+                              f"(deployments are named, tagged and cleaned up by site; two "
+                              f"configs without one would overwrite each other's)",
+                              hint="add e.g. 'site: eu-1' to the config")
+    hosts = config.site_hosts()
+    if len(hosts) > 1 and config.catalog.startswith("sqlite"):
+        raise BadRequestError(
+            f"site {config.site!r} has {len(hosts)} hosts ({', '.join(hosts)}) but a SQLite "
+            f"catalog: every host must append to one shared chain",
+            hint="set 'catalog:' to a PostgreSQL URL (postgresql+psycopg://...) that every "
+                 "host reaches")
+    bound = [name for name, target in config.targets.items() if target.host]
+    unbound = [name for name, target in config.targets.items()
+               if target.schedule and not target.host]
+    if bound and unbound:
+        raise BadRequestError(
+            f"targets {', '.join(unbound)} name no 'host:' while {', '.join(bound)} do: their "
+            f"backups would wait for a worker on {config.host}, the host running {doing}",
+            hint="give every scheduled target its 'host:' (the machine its data is on)")
 
 
 def _require_api() -> str:
@@ -139,13 +172,8 @@ def deploy(config: Config, plans: dict[str, RecoveryPlan], work_pool: str | None
     and the repositories' global concurrency limits."""
     _require_api()
     require_schedules(config, plans)
+    _require_site(config, "deploy")
     hosts = config.site_hosts()
-    if len(hosts) > 1 and config.catalog.startswith("sqlite"):
-        raise BadRequestError(
-            f"site {config.site!r} has {len(hosts)} hosts ({', '.join(hosts)}) but a SQLite "
-            f"catalog: every host must append to one shared chain",
-            hint="set 'catalog:' to a PostgreSQL URL (postgresql+psycopg://...) that every "
-                 "host reaches")
     from drkit.flows.deployments import (
         api_errors,
         build_deployments,
@@ -178,6 +206,7 @@ def worker(config: Config, work_pool: str | None, limit: int | None) -> int:
     """Become ``prefect worker start`` for this host: the site's pool, this host's queue and
     ``any``, ``DRKIT_CONFIG`` set to this config for the runs it starts."""
     _require_api()
+    _require_site(config, "worker")
     from drkit.flows.deployments import default_pool
 
     pool = work_pool or default_pool(config)

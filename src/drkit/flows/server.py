@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,26 +32,25 @@ from drkit.processes import free_port
 
 log = logging.getLogger("drkit.serve")
 HEALTH_TIMEOUT_S = 180.0
+GRACE_S = 30.0  # for serve to stop by itself once its server is gone for good
 
 
 def configured_api_url() -> str | None:
     """The Prefect API this process would talk to: ``PREFECT_API_URL`` from the environment,
-    else from the active Prefect profile (``prefect config set PREFECT_API_URL=...``), read
-    the way Prefect reads it; None when neither sets one."""
+    else what Prefect itself resolves (the active profile, ``prefect.toml``, ``.env``...),
+    asked in a child process (importing Prefect here would freeze its settings before an
+    embedded server's are set); None when nothing sets one."""
     url = os.environ.get("PREFECT_API_URL")
     if url:
         return url
-    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
-    try:
-        profiles = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BadRequestError(f"cannot read the Prefect profiles at {path}: {exc}") from None
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
-    value = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
-    return str(value) if value else None
+    probe = subprocess.run(
+        [sys.executable, "-c", "from prefect.settings import get_current_settings as s; "
+         "print(s().api.url or '')"], capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL)
+    if probe.returncode != 0:
+        raise BadRequestError("cannot read Prefect's settings: "
+                              + (probe.stderr.strip().splitlines() or ["no output"])[-1])
+    return probe.stdout.strip() or None
 
 
 def prefect_environment(home: Path) -> dict[str, str]:
@@ -62,6 +60,11 @@ def prefect_environment(home: Path) -> dict[str, str]:
         "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no phoning home (and no network here)
+        # Concurrency leases on disk beside the database, not in the server's memory: a
+        # restarted server still knows who holds a repository's slots (else the slots of a
+        # run in flight would stay taken for good, and its lease renewals fail).
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE":
+            "prefect.server.concurrency.lease_storage.filesystem",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
     }
 
@@ -147,6 +150,30 @@ def _stop_group(pid: int, process: subprocess.Popen[bytes] | None) -> None:
         process.wait(timeout=10)
 
 
+def _stop_children(parent: int) -> None:
+    """SIGTERM to every child of ``parent`` (the flow runs serve started), SIGKILL to those
+    still there after 10 s."""
+    def children() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == parent:
+                    found.append(int(entry.name))
+        return found
+
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        for pid in children():
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and children():
+            time.sleep(0.2)
+
+
 def is_server_process(pid: int, port: int) -> bool:
     """Whether ``pid`` is a live ``prefect server start ... --port PORT`` (by its real command
     line: a recycled pid is never killed)."""
@@ -202,6 +229,8 @@ class Watchdog:
     def __init__(self, server: EmbeddedServer, restarts: int) -> None:
         self.server, self.restarts_left = server, restarts
         self.restarted = 0
+        self.deaths = 0  # counted as soon as seen, before any restart
+        self._restarting = threading.Event()
         self.failure: str | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="drkit-server-watchdog",
@@ -220,9 +249,25 @@ class Watchdog:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S + 30
         while time.monotonic() < deadline and self.failure is None:
             process = self.server.process
-            if process is not None and process.poll() is None and healthy(self.server.api_url):
+            if not self._restarting.is_set() and process is not None and \
+                    process.poll() is None and healthy(self.server.api_url):
                 return
             time.sleep(0.5)
+
+    def _give_up(self, reason: str) -> None:
+        """Stop serve (SIGTERM to this process, as Ctrl-C would) with :attr:`failure` set.
+        Prefect's runner, stopping, tries to tell the dead server about its runs and may
+        retry for minutes: past :data:`GRACE_S`, the runs still going are stopped (their
+        records are then written as interrupted) and serve exits 1 here."""
+        self.failure = reason
+        log.error("%s", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+        if self._stopping.wait(GRACE_S):
+            return  # serve stopped in time; it reports the failure itself
+        print(f"drkit: error: {reason}", file=sys.stderr, flush=True)
+        _stop_children(os.getpid())
+        self.server.stop()
+        os._exit(1)
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):
@@ -230,15 +275,15 @@ class Watchdog:
             if process is None or process.poll() is None:
                 continue
             code = process.returncode
-            _stop_group(process.pid, process)  # whatever it left of its group
             if self._stopping.is_set():
                 return
+            self._restarting.set()
+            self.deaths += 1
+            _stop_group(process.pid, process)  # whatever it left of its group
             if self.restarts_left <= 0:
-                self.failure = (f"the embedded Prefect server died (exit {code}) and was "
-                                f"restarted {self.restarted} times already; serve stops "
-                                f"(log: {self.server.log_path})")
-                log.error("%s", self.failure)
-                os.kill(os.getpid(), signal.SIGTERM)
+                self._give_up(f"the embedded Prefect server died (exit {code}) and was "
+                              f"restarted {self.restarted} times already; serve stops "
+                              f"(log: {self.server.log_path})")
                 return
             self.restarts_left -= 1
             log.error("the embedded Prefect server died (exit %s); restarting it on %s",
@@ -246,11 +291,10 @@ class Watchdog:
             try:
                 self.server.start()
             except DrkitError as exc:
-                self.failure = f"the embedded Prefect server died and did not restart: {exc}"
-                log.error("%s", self.failure)
-                os.kill(os.getpid(), signal.SIGTERM)
+                self._give_up(f"the embedded Prefect server died and did not restart: {exc}")
                 return
             self.restarted += 1
+            self._restarting.clear()
             log.warning("the embedded Prefect server is back (restart %d)", self.restarted)
             print(f"embedded Prefect server restarted ({self.restarted})", flush=True)
 

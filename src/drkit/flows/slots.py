@@ -1,12 +1,14 @@
 """One writer per repository across hosts: Prefect global concurrency limits.
 
-Each repository has one limit of :data:`SLOTS` slots, named after the repository's URL (so
-two sites, or two names, for one repository share it). A backup occupies one slot (backups
-run beside each other, as restic allows); prune and check occupy every slot, so they run
-alone, whichever hosts the runs are on. A run that cannot get its slots within the config's
-``lock_timeout`` fails as "busy" (transient: retried with ``retries``), recorded like any
-failed run. Leases expire when a holder dies (kill -9, host lost), so a crash frees the
-repository after Prefect's lease duration.
+Each repository has one limit of :data:`SLOTS` slots, named after a hash of the repository's
+URL (so two sites, or two names, for one URL share it; spell the URL the same way). A backup
+occupies one slot (backups run beside each other, as restic allows); prune and check occupy
+every slot, so they run alone, whichever hosts the runs are on. A run that cannot get its
+slots within the config's ``lock_timeout`` fails as "busy" (transient: retried with
+``retries``), recorded like any failed run. Leases expire when a holder dies (kill -9, host
+lost), so a crash frees the repository after the lease duration. A lease that cannot be
+renewed (the Prefect API away for a while) is logged, not fatal: the run goes on under
+restic's lock, which always holds.
 
 Installed as the gate of :func:`drkit.jobs.locks.repository_lock` while a flow run's task
 works; the CLI, which has no Prefect server, never uses it.
@@ -28,9 +30,10 @@ LEASE_S = 300.0  # a dead holder's slots come back after this
 
 
 def limit_name(config: Config, repository: str) -> str:
-    """The global concurrency limit of ``repository`` (by its URL: one per real repository)."""
-    url = config.repositories[repository].url
-    return f"drkit-repository-{repository}-{hashlib.sha256(url.encode()).hexdigest()[:10]}"
+    """The global concurrency limit of ``repository`` (by its URL: one per real repository,
+    whatever each config calls it)."""
+    url = config.repositories[repository].url.rstrip("/")
+    return f"drkit-repository-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
 
 
 def ensure_limits(config: Config, repositories: list[str]) -> None:
@@ -62,19 +65,23 @@ def prefect_gate(config: Config) -> Gate:
         from prefect.concurrency.sync import concurrency
 
         name = limit_name(config, repository)
-        ensure_limits(config, [repository])
         log.info("%s: asks for repository '%s' %s across hosts (limit %s)", action, repository,
                  "alone" if exclusive else "shared", name)
         with ExitStack() as stack:
             try:  # only the wait for the slots is caught here, never the body's errors
-                stack.enter_context(concurrency(name, occupy=SLOTS if exclusive else 1,
-                                                timeout_seconds=max(timeout, 1.0), strict=True,
-                                                lease_duration=LEASE_S))
+                ensure_limits(config, [repository])
+                stack.enter_context(concurrency(
+                    name, occupy=SLOTS if exclusive else 1, timeout_seconds=max(timeout, 1.0),
+                    strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False))
             except TimeoutError:
                 raise RepositoryBusy(
                     f"{action}: repository '{repository}' is held by another run, here or on "
                     f"another host (Prefect concurrency limit {name}; waited {timeout:.0f} s)"
                 ) from None
+            except Exception as exc:  # the API away, the limit deleted or changed
+                raise RepositoryBusy(
+                    f"{action}: cannot take repository '{repository}' across hosts: Prefect "
+                    f"concurrency limit {name}: {type(exc).__name__}: {exc}") from None
             log.info("%s: holds repository '%s' %s across hosts", action, repository,
                      "alone" if exclusive else "shared")
             yield

@@ -23,7 +23,13 @@ from drkit.catalog.chain import canonical_time
 from drkit.catalog.inflight import RunHandle, utcnow
 from drkit.config.models import Config
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.jobs.common import Recorder, detect_restic_version, restic_repository, select_names
+from drkit.jobs.common import (
+    Recorder,
+    detect_restic_version,
+    refuse_elsewhere,
+    restic_repository,
+    select_names,
+)
 from drkit.jobs.locks import RepositoryBusy, repository_lock
 from drkit.jobs.staging import staging_dir
 from drkit.notify import notify_failure, ping
@@ -90,7 +96,7 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
     selected = select_names(names, config.targets, "target")
     if names:
         for name in selected:
-            _refuse_elsewhere(config, name)
+            refuse_elsewhere(config, name)
     else:  # all of this host's targets; another host's are backed up there
         selected = [name for name in selected if config.runs_here(name)]
     if not selected:
@@ -121,16 +127,6 @@ def run_backups(config: Config, recorder: Recorder | None, names: Sequence[str] 
     return runs
 
 
-def _refuse_elsewhere(config: Config, name: str) -> None:
-    """A target bound to another host is never backed up here: its data is not here (or is
-    this host's, which would be recorded as the target's)."""
-    if not config.runs_here(name):
-        raise BadRequestError(f"target '{name}' runs on host '{config.host_of(name)}'; "
-                              f"this is '{config.host}'",
-                              hint="back it up there (drkit backup, or a worker started for "
-                                   "that host: drkit worker)")
-
-
 def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_run: bool = False,
                   restic_version: str | None = None, on_progress: ProgressHook | None = None,
                   cancel: threading.Event | None = None,
@@ -142,7 +138,7 @@ def backup_target(config: Config, recorder: Recorder | None, name: str, *, dry_r
     ``ping``: report the outcome to the target's healthcheck URL, if any. Raises
     :class:`BadRequestError` when no repository of the target is left to back up to.
     """
-    _refuse_elsewhere(config, name)
+    refuse_elsewhere(config, name)
     target = config.targets[name]
     kind = registry.get(target.kind)
     chosen = [r for r in target.repositories if repositories is None or r in repositories]

@@ -61,17 +61,19 @@ def slices_of(setting: str) -> int:
     return max(1, round(100 / percent))
 
 
-def next_slice(catalog: Catalog, repository: str, slices: int) -> int:
+def next_slice(catalog: Catalog, repository: str, slices: int,
+               hosts: tuple[str, ...] = ()) -> int:
     """The slice (1..slices) to read next: the one after the last slice whose data read
     passed, the same again when its read found damage or could not run, 1 when none was read
     yet. Only the data read counts: a storage-posture finding or a snapshot missing from the
     repository fails the check but does not hold the rotation back. State lives in the
-    catalog's check records."""
+    catalog's check records: this host's and those of ``hosts`` (the site's, which may each
+    run the site's check)."""
     with catalog.read_session() as session:
         rows = session.execute(
             select(Record.status, Record.evidence)
             .where(Record.kind == "check", Record.repository == repository,
-                   Record.hostname == catalog.hostname)
+                   Record.hostname.in_({catalog.hostname, *hosts}))
             .order_by(Record.seq.desc()).limit(50)).all()
     for status, evidence in rows:
         data = json.loads(evidence)
@@ -133,14 +135,16 @@ class _Freshness:
     now: datetime | None
 
 
-def _missing_snapshots(catalog: Catalog, repo: ResticRepository,
-                       present: list[str]) -> list[str]:
+def _missing_snapshots(catalog: Catalog, repo: ResticRepository, present: list[str],
+                       hosts: tuple[str, ...] = ()) -> list[str]:
     """Snapshots the catalog recorded as backed up (and not pruned) that the repository no
     longer has: restic's own check cannot see a deleted snapshot file."""
     from drkit.catalog import snapshots as known
 
     with catalog.read_session() as session:
-        expected = known.expected_snapshots(session, repo.name, catalog.hostname)
+        expected = {}  # this host's backups and those of the site's other hosts
+        for host in sorted({catalog.hostname, *hosts}):
+            expected.update(known.expected_snapshots(session, repo.name, host))
     missing = []
     for snapshot_id, (target, when) in sorted(expected.items(), key=lambda item: item[1][1]):
         if not any(full.startswith(snapshot_id) for full in present):
@@ -158,7 +162,7 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     configured = config.checks.read_data_subset if config.checks else None
     if subset is None and configured and configured.strip() not in ("100%", "1/1"):
         slices = slices_of(configured)
-        n = next_slice(catalog, name, slices)
+        n = next_slice(catalog, name, slices, tuple(config.site_hosts()))
         subset = f"{n}/{slices}"
         evidence["slice"] = {"n": n, "of": slices}
     elif subset is None:
@@ -170,7 +174,8 @@ def _check_one(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     try:
         data = _check_data(config, repo, subset, evidence, action=action, limits=limits)
         data_s = round(time.monotonic() - start, 3)
-        listed, found = _check_snapshots(catalog, repo, data, action=action, limits=limits)
+        listed, found = _check_snapshots(catalog, repo, data, action=action, limits=limits,
+                                         hosts=tuple(config.site_hosts()))
         posture = _check_posture(repo)
         if data.status != "not_run":
             from drkit.jobs.capacity import measure
@@ -270,7 +275,8 @@ def _check_data(config: Config, repo: ResticRepository, subset: str | None,
 
 
 def _check_snapshots(catalog: Catalog, repo: ResticRepository, data: _Part, *, action: str,
-                     limits: Limits) -> tuple[_Part, list[Snapshot] | None]:
+                     limits: Limits, hosts: tuple[str, ...] = ()
+                     ) -> tuple[_Part, list[Snapshot] | None]:
     """The snapshots the catalog recorded, against the repository's list (skipped when the
     repository could not be checked at all); and that list (None: not read)."""
     part = _Part()
@@ -279,7 +285,7 @@ def _check_snapshots(catalog: Catalog, repo: ResticRepository, data: _Part, *, a
         return part, None
     try:
         present = commands.snapshots(repo, action=action, limits=limits)
-        for error in _missing_snapshots(catalog, repo, [snap.id for snap in present]):
+        for error in _missing_snapshots(catalog, repo, [snap.id for snap in present], hosts):
             part.fail(error)
     except DrkitError as exc:
         part.fail(describe(exc), transient=exc.transient, ran=False)

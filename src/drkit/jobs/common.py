@@ -171,3 +171,13 @@ class CatalogOpener:
             raise self._error
         assert self._result is not None
         return self._result
+
+
+def refuse_elsewhere(config: Config, name: str) -> None:
+    """A target bound to another host is never backed up (or spot-checked) here: its data is
+    not here, or is this host's, which would be recorded as the target's."""
+    if not config.runs_here(name):
+        raise BadRequestError(f"target '{name}' runs on host '{config.host_of(name)}'; "
+                              f"this is '{config.host}'",
+                              hint="run it there (drkit backup, or a worker started for that "
+                                   "host: drkit worker)")

@@ -87,7 +87,7 @@ def _failed(config: Config, recorder: Recorder, run: CopyRun, error: str,
     handle = recorder.journal.open("copy", target=run.target, repository=run.repository,
                                    restic_version=version)
     record = recorder.catalog.get().finish_run(
-        handle, status="failed", error=error,
+        handle, status="failed", error=error, hostname=config.host_of(run.target),
         evidence={"source_repository": run.source, **evidence})
     recorder.journal.close(handle)
     notify_failure(config, "copy", "failed", target=run.target, repository=run.repository,

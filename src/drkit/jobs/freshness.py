@@ -92,7 +92,7 @@ def judge(config: Config, repository: str, listed: Sequence[Snapshot],
     held = {target for target, _ in newest}
     for target in config.targets:  # declared here, and no host's snapshot of it at all
         if repository in config.holding(target) and target not in held:
-            newest[(target, config.host)] = []
+            newest[(target, config.host_of(target))] = []
     default = config.repositories[repository].max_snapshot_age
     if config.repositories[repository].copy_from is not None:
         rpos = {}
@@ -144,7 +144,9 @@ def record_freshness(config: Config, catalog: Catalog, repository: str,
                       f"{describe(error) if error else 'not read'}")
     else:
         with catalog.read_session() as session:
-            unusable = failed_run_snapshots(session, repository=repository, host=config.host)
+            unusable = [snapshot for host in sorted({config.host, *config.site_hosts()})
+                        for snapshot in failed_run_snapshots(session, repository=repository,
+                                                             host=host)]
         rows = judge(config, repository, listed, rpos, moment, frozenset(unusable))
         errors = [row.describe() for row in rows if row.stale]
     status = "failed" if errors else "passed"

@@ -43,12 +43,25 @@ def repository_lock(state_dir: Path, repository: str, *, exclusive: bool, timeou
                     action: str) -> Iterator[str]:
     """Hold the repository's lock (shared or exclusive) for the body; yield when it was got.
 
-    Waits up to ``timeout`` seconds, then raises :class:`RepositoryBusy`.
+    With a gate installed, the gate first (so that waiting for another host never holds this
+    host's lock), then this host's lock: always in that order, so two runs never wait for
+    each other in a circle. Waits up to ``timeout`` seconds in all, then raises
+    :class:`RepositoryBusy`.
     """
+    deadline = time.monotonic() + timeout
+    gate = _gate
+    with gate(repository, exclusive, timeout, action) if gate else nullcontext(), \
+            _host_lock(state_dir, repository, exclusive=exclusive, deadline=deadline,
+                       timeout=timeout, action=action):
+        yield utcnow().isoformat()
+
+
+@contextmanager
+def _host_lock(state_dir: Path, repository: str, *, exclusive: bool, deadline: float,
+               timeout: float, action: str) -> Iterator[None]:
     path = state_dir / "locks" / f"{repository}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    deadline = time.monotonic() + timeout
     with open(path, "a+") as handle:
         told = False
         while True:
@@ -66,9 +79,6 @@ def repository_lock(state_dir: Path, repository: str, *, exclusive: bool, timeou
                     told = True
                 time.sleep(0.1)
         try:
-            gate = _gate
-            left = max(0.0, deadline - time.monotonic())
-            with gate(repository, exclusive, left, action) if gate else nullcontext():
-                yield utcnow().isoformat()
+            yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -23,7 +23,7 @@ from drkit.catalog.inflight import RunJournal, utcnow
 from drkit.catalog.store import Catalog
 from drkit.config.models import Config
 from drkit.errors import BadRequestError, DrkitError, describe
-from drkit.jobs.common import holding_repository, restic_repository
+from drkit.jobs.common import holding_repository, refuse_elsewhere, restic_repository
 from drkit.jobs.staging import staging_dir
 from drkit.notify import notify_failure
 from drkit.restic.commands import parse_restic_time
@@ -105,6 +105,7 @@ def spot_check(config: Config, catalog: Catalog, journal: RunJournal, name: str,
     if not isinstance(target, FilesTarget):
         raise BadRequestError(f"target {name!r} is a {target.kind} target: --spot compares "
                               "a files target's source tree with its snapshot")
+    refuse_elsewhere(config, name)  # the source tree is on the target's host
     repo_name = holding_repository(config, name, repository)
     handle = journal.open("spot", target=name, repository=repo_name)
     run = SpotRun(target=name, repository=repo_name, status="failed")
