@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Any
 
 from drkit.catalog.store import Catalog
@@ -72,7 +72,10 @@ def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, *,
             ui = server.url
             dog = stack.enter_context(Watchdog(server, server_restarts))
         else:
-            _require_site(config, "serve")
+            if "site" not in config.model_fields_set:
+                log.warning("serving on the shared Prefect server %s as site 'default': "
+                            "another config without its own 'site:' would overwrite these "
+                            "deployments (set 'site:' in the config)", api)
             os.environ["PREFECT_API_URL"] = api
             ui = api.removesuffix("/").removesuffix("/api")
         from drkit.flows.deployments import (
@@ -109,7 +112,8 @@ def serve(config: Config, plans: dict[str, RecoveryPlan], catalog: Catalog, *,
             except BaseException as exc:
                 signal.signal(signal.SIGTERM, handler)
                 if dog is not None:
-                    dog.settle()  # the server died? then restarted, or serve must stop
+                    with suppress(KeyboardInterrupt):  # the watchdog giving up signals too
+                        dog.settle()  # the server died? then restarted, or serve must stop
                     if dog.failure is not None:
                         raise DrkitError(dog.failure) from None
                 if isinstance(exc, KeyboardInterrupt):
@@ -143,6 +147,8 @@ def _require_site(config: Config, doing: str) -> None:
             f"catalog: every host must append to one shared chain",
             hint="set 'catalog:' to a PostgreSQL URL (postgresql+psycopg://...) that every "
                  "host reaches")
+    if doing == "serve":
+        return  # serve runs every target here (it refuses other hosts' targets)
     bound = [name for name, target in config.targets.items() if target.host]
     unbound = [name for name, target in config.targets.items()
                if target.schedule and not target.host]

@@ -43,10 +43,14 @@ def configured_api_url() -> str | None:
     url = os.environ.get("PREFECT_API_URL")
     if url:
         return url
-    probe = subprocess.run(
-        [sys.executable, "-c", "from prefect.settings import get_current_settings as s; "
-         "print(s().api.url or '')"], capture_output=True, text=True, timeout=120,
-        stdin=subprocess.DEVNULL)
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", "from prefect.settings import "
+             "get_current_settings as s; print(s().api.url or '')"], capture_output=True,
+            text=True, timeout=120, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired:
+        raise BadRequestError("cannot read Prefect's settings: no answer in 120 s") from None
     if probe.returncode != 0:
         raise BadRequestError("cannot read Prefect's settings: "
                               + (probe.stderr.strip().splitlines() or ["no output"])[-1])
@@ -275,6 +279,8 @@ class Watchdog:
             if process is None or process.poll() is None:
                 continue
             code = process.returncode
+            if code in (0, -signal.SIGTERM, -signal.SIGINT) and self._stopping.wait(GRACE_S):
+                return  # stopped with serve (systemctl stop signals the whole group)
             if self._stopping.is_set():
                 return
             self._restarting.set()
@@ -290,7 +296,7 @@ class Watchdog:
                       code, self.server.url)
             try:
                 self.server.start()
-            except DrkitError as exc:
+            except Exception as exc:
                 self._give_up(f"the embedded Prefect server died and did not restart: {exc}")
                 return
             self.restarted += 1

@@ -7,8 +7,8 @@ every slot, so they run alone, whichever hosts the runs are on. A run that canno
 slots within the config's ``lock_timeout`` fails as "busy" (transient: retried with
 ``retries``), recorded like any failed run. Leases expire when a holder dies (kill -9, host
 lost), so a crash frees the repository after the lease duration. A lease that cannot be
-renewed (the Prefect API away for a while) is logged, not fatal: the run goes on under
-restic's lock, which always holds.
+renewed (the Prefect API away for a while) is logged, not fatal: the run goes on without the
+cross-host exclusion, with restic's lock guarding each restic command only.
 
 Installed as the gate of :func:`drkit.jobs.locks.repository_lock` while a flow run's task
 works; the CLI, which has no Prefect server, never uses it.
@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, suppress
 
 from drkit.config.models import Config
 from drkit.jobs.locks import Gate, RepositoryBusy
@@ -67,23 +68,34 @@ def prefect_gate(config: Config) -> Gate:
         name = limit_name(config, repository)
         log.info("%s: asks for repository '%s' %s across hosts (limit %s)", action, repository,
                  "alone" if exclusive else "shared", name)
-        with ExitStack() as stack:
-            try:  # only the wait for the slots is caught here, never the body's errors
-                ensure_limits(config, [repository])
-                stack.enter_context(concurrency(
-                    name, occupy=SLOTS if exclusive else 1, timeout_seconds=max(timeout, 1.0),
-                    strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False))
-            except TimeoutError:
-                raise RepositoryBusy(
-                    f"{action}: repository '{repository}' is held by another run, here or on "
-                    f"another host (Prefect concurrency limit {name}; waited {timeout:.0f} s)"
-                ) from None
-            except Exception as exc:  # the API away, the limit deleted or changed
-                raise RepositoryBusy(
-                    f"{action}: cannot take repository '{repository}' across hosts: Prefect "
-                    f"concurrency limit {name}: {type(exc).__name__}: {exc}") from None
-            log.info("%s: holds repository '%s' %s across hosts", action, repository,
-                     "alone" if exclusive else "shared")
+        held = concurrency(name, occupy=SLOTS if exclusive else 1,
+                           timeout_seconds=max(timeout, 1.0), strict=True,
+                           lease_duration=LEASE_S, raise_on_lease_renewal_failure=False)
+        try:  # only the wait for the slots is caught here, never the body's errors
+            ensure_limits(config, [repository])
+            held.__enter__()
+        except TimeoutError:
+            raise RepositoryBusy(
+                f"{action}: repository '{repository}' is held by another run, here or on "
+                f"another host (Prefect concurrency limit {name}; waited {timeout:.0f} s)"
+            ) from None
+        except Exception as exc:  # the API away, the limit deleted or changed
+            raise RepositoryBusy(
+                f"{action}: cannot take repository '{repository}' across hosts: Prefect "
+                f"concurrency limit {name}: {type(exc).__name__}: {exc}") from None
+        log.info("%s: holds repository '%s' %s across hosts", action, repository,
+                 "alone" if exclusive else "shared")
+        try:
             yield
+        except BaseException:
+            with suppress(Exception):  # the body's error is the one to tell
+                held.__exit__(*sys.exc_info())
+            raise
+        try:
+            held.__exit__(None, None, None)
+        except Exception as exc:  # the API away: the lease lapses by itself
+            log.warning("%s: could not give repository '%s' back across hosts (%s: %s); "
+                        "its slots free themselves within %.0f s", action, repository,
+                        type(exc).__name__, exc, LEASE_S)
 
     return gate
