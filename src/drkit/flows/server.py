@@ -268,9 +268,9 @@ class Watchdog:
         os.kill(os.getpid(), signal.SIGTERM)
         if self._stopping.wait(GRACE_S):
             return  # serve stopped in time; it reports the failure itself
-        print(f"drkit: error: {reason}", file=sys.stderr, flush=True)
         _stop_children(os.getpid())
         self.server.stop()
+        print(f"drkit: error: {reason}", file=sys.stderr, flush=True)  # the last word
         os._exit(1)
 
     def _watch(self) -> None:
